@@ -1,0 +1,157 @@
+"""The paper's convolutional VAE (Ha & Schmidhuber 2018, Appendix A.1, Fig. 22).
+
+Encoder: four stride-2 4x4 convolutions (32, 64, 128, 256 filters, ReLU) on a 64x64x3 frame,
+flattened to 2x2x256 = 1024, then dense layers to mu and log-variance of z (size Z).
+Decoder: dense z -> 1024 (a 1x1x1024 map), then four stride-2 transposed convolutions with kernels
+5, 5, 6, 6 (128, 64, 32, 3 filters) back to 64x64x3, sigmoid output.
+
+``encode`` and ``decode`` take one example or any leading batch axes: the convolutions are batched
+natively (NHWC) rather than through ``jax.vmap`` because the transposed convolution carries a custom
+VJP whose weight gradient is one matmul over the whole batch. XLA:CPU computes that gradient with
+its generic dilated convolution about 10x slower; under ``vmap`` a custom VJP would materialise a
+weight gradient per example.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def to_float(frame: Array) -> Float[Array, "... 64 64 3"]:
+    """uint8 HWC frames in [0, 255] -> float32 in [0, 1] (any leading axes)."""
+    return frame.astype(jnp.float32) / 255.0
+
+
+def _conv_transpose_impl(x: Array, w: Array) -> Array:
+    return lax.conv_transpose(x, w, (2, 2), "VALID", dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def conv_transpose_s2(x: Float[Array, "N H W C"], w: Float[Array, "k k C O"]) -> Float[Array, "N Ho Wo O"]:
+    """Stride-2 VALID transposed convolution, NHWC / HWIO, output side 2 (H - 1) + k.
+
+    Same values as ``lax.conv_transpose``; the backward pass gathers the k*k strided windows of the
+    output gradient once and computes both the input and the weight gradient as matmuls.
+    """
+    return _conv_transpose_impl(x, w)
+
+
+def _conv_transpose_fwd(x, w):
+    return _conv_transpose_impl(x, w), (x, w)
+
+
+def _conv_transpose_bwd(res, g):
+    x, w = res
+    n, h, wd, c = x.shape
+    k, o = w.shape[0], w.shape[3]
+    # windows[n, i, j, (a, b, o)] = g[n, 2i + a, 2j + b, o]: every output pixel input (i, j) touched
+    windows = jnp.concatenate(
+        [g[:, a : a + 2 * h - 1 : 2, b : b + 2 * wd - 1 : 2] for a in range(k) for b in range(k)], axis=-1
+    ).reshape(n * h * wd, k * k * o)
+    w_flip = w[::-1, ::-1]
+    dx = (windows @ w_flip.transpose(0, 1, 3, 2).reshape(k * k * o, c)).reshape(n, h, wd, c)
+    dw = (x.reshape(n * h * wd, c).T @ windows).reshape(c, k, k, o).transpose(1, 2, 0, 3)
+    return dx, dw[::-1, ::-1]
+
+
+conv_transpose_s2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+class Conv2dS2(eqx.Module):
+    """Stride-2 VALID convolution on NHWC maps (HWIO kernel), default uniform init as in PyTorch."""
+
+    weight: Float[Array, "k k C O"]
+    bias: Float[Array, " O"]
+
+    def __init__(self, cin: int, cout: int, kernel: int, *, key: PRNGKeyArray):
+        kw, kb = jr.split(key)
+        lim = 1.0 / math.sqrt(cin * kernel * kernel)
+        self.weight = jr.uniform(kw, (kernel, kernel, cin, cout), minval=-lim, maxval=lim)
+        self.bias = jr.uniform(kb, (cout,), minval=-lim, maxval=lim)
+
+    def __call__(self, x: Float[Array, "N H W C"]) -> Float[Array, "N Ho Wo O"]:
+        return lax.conv_general_dilated(x, self.weight, (2, 2), "VALID", dimension_numbers=_DN) + self.bias
+
+
+class ConvTranspose2dS2(eqx.Module):
+    """Stride-2 VALID transposed convolution on NHWC maps, output side 2 (H - 1) + k."""
+
+    weight: Float[Array, "k k C O"]
+    bias: Float[Array, " O"]
+
+    def __init__(self, cin: int, cout: int, kernel: int, *, key: PRNGKeyArray):
+        kw, kb = jr.split(key)
+        lim = 1.0 / math.sqrt(cout * kernel * kernel)
+        self.weight = jr.uniform(kw, (kernel, kernel, cin, cout), minval=-lim, maxval=lim)
+        self.bias = jr.uniform(kb, (cout,), minval=-lim, maxval=lim)
+
+    def __call__(self, x: Float[Array, "N H W C"]) -> Float[Array, "N Ho Wo O"]:
+        return conv_transpose_s2(x, self.weight) + self.bias
+
+
+class ConvVAE(eqx.Module):
+    """Convolutional VAE on 64x64x3 frames (float32 HWC in [0, 1]).
+
+    Attributes:
+        z_size: latent size Z.
+    """
+
+    enc: tuple[Conv2dS2, ...]
+    fc_mu: eqx.nn.Linear
+    fc_logvar: eqx.nn.Linear
+    fc_dec: eqx.nn.Linear
+    dec: tuple[ConvTranspose2dS2, ...]
+    z_size: int = eqx.field(static=True)
+
+    def __init__(self, z_size: int = 32, *, key: PRNGKeyArray):
+        keys = jr.split(key, 11)
+        chans = (3, 32, 64, 128, 256)
+        self.enc = tuple(Conv2dS2(chans[i], chans[i + 1], 4, key=keys[i]) for i in range(4))
+        self.fc_mu = eqx.nn.Linear(1024, z_size, key=keys[4])
+        self.fc_logvar = eqx.nn.Linear(1024, z_size, key=keys[5])
+        self.fc_dec = eqx.nn.Linear(z_size, 1024, key=keys[6])
+        dchans = (1024, 128, 64, 32, 3)
+        kernels = (5, 5, 6, 6)
+        self.dec = tuple(ConvTranspose2dS2(dchans[i], dchans[i + 1], kernels[i], key=keys[7 + i]) for i in range(4))
+        self.z_size = z_size
+
+    def encode(self, x: Float[Array, "*B 64 64 3"]) -> tuple[Float[Array, "*B Z"], Float[Array, "*B Z"]]:
+        """Frames (float32 HWC in [0, 1], any leading axes) -> (mu, logvar), each float32 (*B, Z)."""
+        lead = x.shape[:-3]
+        h = x.reshape((-1,) + x.shape[-3:])
+        for conv in self.enc:
+            h = jax.nn.relu(conv(h))
+        h = h.reshape(h.shape[0], -1)
+        mu = jax.vmap(self.fc_mu)(h).reshape(lead + (self.z_size,))
+        logvar = jax.vmap(self.fc_logvar)(h).reshape(lead + (self.z_size,))
+        return mu, logvar
+
+    def decode(self, z: Float[Array, "*B Z"]) -> Float[Array, "*B 64 64 3"]:
+        """Latents (*B, Z) -> frames float32 (*B, 64, 64, 3) in [0, 1]."""
+        lead = z.shape[:-1]
+        h = jax.vmap(self.fc_dec)(z.reshape(-1, self.z_size)).reshape(-1, 1, 1, 1024)
+        for i, deconv in enumerate(self.dec):
+            h = deconv(h)
+            h = jax.nn.relu(h) if i < len(self.dec) - 1 else jax.nn.sigmoid(h)
+        return h.reshape(lead + (64, 64, 3))
+
+    def __call__(
+        self, x: Float[Array, "*B 64 64 3"], *, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "*B 64 64 3"], Float[Array, "*B Z"], Float[Array, "*B Z"]]:
+        """Encode, sample z = mu + sigma * eps (reparameterisation, Kingma & Welling 2014), decode.
+
+        Returns:
+            (reconstruction float32 (*B, 64, 64, 3), mu (*B, Z), logvar (*B, Z)).
+        """
+        mu, logvar = self.encode(x)
+        z = mu + jnp.exp(0.5 * logvar) * jr.normal(key, mu.shape)
+        return self.decode(z), mu, logvar
