@@ -1,0 +1,221 @@
+"""Self-describing orbax checkpoints of Equinox modules (and optimiser states).
+
+A checkpoint directory holds numbered steps (``ckpt/<step>/``) written by an orbax
+``CheckpointManager``; each step stores
+
+* ``model``: the module's arrays as a flat dict ``{"a0000": array, ...}`` in tree order,
+* ``opt``: the optimiser state's arrays the same way (optional),
+* ``meta``: JSON with the module ``kind``, the ``hparams`` that rebuild it, the tree paths and shapes
+  of every array, and any extra fields (the step, the metrics at save time, ...).
+
+Loading never needs the training config: ``load_module`` rebuilds the module from ``hparams`` and
+fills it in. A mismatch between a config and a checkpoint is a ``CheckpointError`` that names both
+values (``z_size=64 in the checkpoint, 32 in the config``) or both shapes. Saves are atomic (orbax
+writes a temporary directory and renames it), so an interrupted save leaves the previous step intact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match what the caller expects."""
+
+
+def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(eqx.filter(tree, eqx.is_array))[0]
+    arrays = {f"a{i:04d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves_with_path)}
+    paths = [jax.tree_util.keystr(p) for p, _ in leaves_with_path]
+    return arrays, paths
+
+
+def _fill(like: Any, arrays: dict[str, Any], paths: list[str], shapes: list[list[int]], where: str) -> Any:
+    """Put ``arrays`` into the array leaves of ``like``, checking paths and shapes."""
+    params, static = eqx.partition(like, eqx.is_array)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if len(leaves_with_path) != len(arrays):
+        raise CheckpointError(
+            f"{where}: checkpoint holds {len(arrays)} arrays but the model built from the config has "
+            f"{len(leaves_with_path)}; the architecture differs"
+        )
+    new_leaves = []
+    for i, (path, leaf) in enumerate(leaves_with_path):
+        saved = arrays[f"a{i:04d}"]
+        if tuple(saved.shape) != tuple(leaf.shape):
+            raise CheckpointError(
+                f"{where}: {jax.tree_util.keystr(path)} has shape {tuple(saved.shape)} in the checkpoint "
+                f"({paths[i]} {tuple(shapes[i])}) but {tuple(leaf.shape)} in the model built from the config"
+            )
+        new_leaves.append(jax.numpy.asarray(saved, dtype=leaf.dtype))
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, new_leaves), static)
+
+
+def _manager(directory: Path, keep: int = 2) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+def save(
+    directory: Path,
+    step: int,
+    model: eqx.Module,
+    *,
+    kind: str,
+    hparams: dict[str, Any],
+    opt_state: Any = None,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> None:
+    """Save ``model`` (and ``opt_state``) as step ``step`` under ``directory``; keeps the last ``keep`` steps.
+
+    Args:
+        directory: checkpoint directory (created if missing).
+        step: step number (int >= 0); saving an existing step replaces it.
+        model: an Equinox module (or any pytree of arrays).
+        kind: what the module is (``"vae"``, ``"mdnrnn"``, ``"controller"``), checked on load.
+        hparams: JSON-able keyword arguments that rebuild the module.
+        opt_state: optional optimiser state to resume training.
+        extra: optional JSON-able fields stored in the metadata.
+    """
+    arrays, paths = _flatten(model)
+    meta = {
+        "kind": kind,
+        "hparams": hparams,
+        "step": int(step),
+        "paths": paths,
+        "shapes": [list(a.shape) for a in arrays.values()],
+        "extra": extra or {},
+    }
+    items = {"model": ocp.args.StandardSave(arrays), "meta": ocp.args.JsonSave(meta)}
+    if opt_state is not None:
+        opt_arrays, opt_paths = _flatten(opt_state)
+        meta["opt_paths"] = opt_paths
+        meta["opt_shapes"] = [list(a.shape) for a in opt_arrays.values()]
+        items["opt"] = ocp.args.StandardSave(opt_arrays)
+    with _manager(directory, keep) as mngr:
+        if step in mngr.all_steps():
+            mngr.delete(step)
+        mngr.save(step, args=ocp.args.Composite(**items))
+        mngr.wait_until_finished()
+
+
+def latest_step(directory: Path) -> int | None:
+    """The newest complete step under ``directory``, or ``None`` when there is none."""
+    if not directory.is_dir():
+        return None
+    with _manager(directory) as mngr:
+        return mngr.latest_step()
+
+
+def read_meta(directory: Path, step: int | None = None) -> dict[str, Any]:
+    """The metadata of ``step`` (default: the latest).
+
+    Raises:
+        CheckpointError: if there is no checkpoint or its metadata cannot be read.
+    """
+    step = _resolve_step(directory, step)
+    try:
+        with _manager(directory) as mngr:
+            return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    except Exception as err:  # orbax raises several types for a damaged directory
+        raise CheckpointError(f"{directory}/{step}: cannot read checkpoint metadata ({err})") from err
+
+
+def _resolve_step(directory: Path, step: int | None) -> int:
+    if step is None:
+        step = latest_step(directory)
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    return step
+
+
+def check_hparams(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    """Raise ``CheckpointError`` naming both values if ``expected`` disagrees with the checkpoint."""
+    saved = meta.get("hparams", {})
+    diffs = [f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config" for k, v in expected.items()
+             if saved.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"{where} does not match the config: " + "; ".join(diffs))
+
+
+def load(
+    directory: Path,
+    like: Any,
+    *,
+    kind: str,
+    step: int | None = None,
+    opt_like: Any = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Restore a module (and optionally an optimiser state) into the structure of ``like``.
+
+    Args:
+        directory: checkpoint directory.
+        like: a module of the right architecture (its values are ignored).
+        kind: the expected ``kind``.
+        step: which step (default: the latest).
+        opt_like: an optimiser state of the right structure, to restore ``opt`` too.
+
+    Returns:
+        (model, opt_state or None, meta).
+
+    Raises:
+        CheckpointError: missing or corrupt checkpoint, wrong kind, or a shape that differs (both named).
+    """
+    step = _resolve_step(directory, step)
+    where = f"checkpoint {directory}/{step}"
+    meta = read_meta(directory, step)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{where} holds a {meta.get('kind')!r}, expected a {kind!r}")
+    items = {"model": ocp.args.StandardRestore()}
+    if opt_like is not None:
+        items["opt"] = ocp.args.StandardRestore()
+    try:
+        with _manager(directory) as mngr:
+            restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as err:
+        raise CheckpointError(f"{where}: cannot read arrays ({err})") from err
+    model = _fill(like, restored["model"], meta["paths"], meta["shapes"], where)
+    opt_state = None
+    if opt_like is not None:
+        opt_state = _fill(opt_like, restored["opt"], meta["opt_paths"], meta["opt_shapes"], where + " (optimiser)")
+    return model, opt_state, meta
+
+
+def load_module(
+    directory: Path,
+    build: Callable[..., Any],
+    *,
+    kind: str,
+    expected: dict[str, Any] | None = None,
+    step: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a module from the checkpoint's own hparams and load its arrays.
+
+    Args:
+        directory: checkpoint directory.
+        build: ``build(**hparams)`` returns a module skeleton.
+        kind: the expected ``kind``.
+        expected: hparams that must match (e.g. ``{"z_size": 32}``), for a clear error.
+        step: which step (default: the latest).
+
+    Returns:
+        (module, meta).
+    """
+    step = _resolve_step(directory, step)
+    meta = read_meta(directory, step)
+    if expected:
+        check_hparams(meta, expected, f"checkpoint {directory}/{step}")
+    like = build(**meta["hparams"])
+    model, _, meta = load(directory, like, kind=kind, step=step)
+    return model, meta

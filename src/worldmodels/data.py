@@ -1,0 +1,234 @@
+"""Rollout datasets: parallel collection into a Minari dataset, and loading it back as arrays.
+
+A dataset lives at ``RUN_DIR/data/NAME/`` in Minari's storage format (HDF5, raw uint8 frames), one
+episode per collection seed. Every finished episode is written as soon as it arrives, so an
+interrupted collection keeps what finished and a re-run continues with the seeds still missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from worldmodels.config import CollectConfig
+from worldmodels.env import ENV_ID, make_env
+from worldmodels.policies import make_policy
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One real episode.
+
+    Attributes:
+        seed: the reset seed.
+        observations: uint8 (T + 1, 64, 64, 3), including the frame after the last action.
+        actions: float32 (T, 3).
+        rewards: float32 (T,).
+        terminations: bool (T,).
+        truncations: bool (T,).
+    """
+
+    seed: int
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+
+    @property
+    def length(self) -> int:
+        """Number of actions T."""
+        return len(self.actions)
+
+
+def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
+    """Where the dataset ``name`` of a run lives."""
+    return Path(run_dir) / "data" / name
+
+
+# Collect
+
+_WORKER_ENV = None
+
+
+def _collect_episode(seed: int, cfg: CollectConfig) -> Episode:
+    """Run one episode of the collection policy (in a worker process)."""
+    global _WORKER_ENV
+    if _WORKER_ENV is None:
+        _WORKER_ENV = make_env(cfg.max_steps)
+    env = _WORKER_ENV
+    policy = make_policy(cfg)
+    policy.reset(seed)
+    obs, _ = env.reset(seed=seed)
+    observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+    while True:
+        action = policy.act(obs)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        terms.append(terminated)
+        truncs.append(truncated)
+        if terminated or truncated:
+            break
+    return Episode(
+        seed=seed,
+        observations=np.stack(observations).astype(np.uint8),
+        actions=np.stack(actions).astype(np.float32),
+        rewards=np.asarray(rewards, np.float32),
+        terminations=np.asarray(terms, bool),
+        truncations=np.asarray(truncs, bool),
+    )
+
+
+@contextmanager
+def _defer_sigint():
+    """Hold Ctrl-C until a dataset write has finished, so the file is never left half-written."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
+def _open_or_create(path: Path, cfg: CollectConfig):
+    from minari.dataset.minari_storage import MinariStorage
+
+    env = make_env(cfg.max_steps)
+    if (path / "metadata.json").exists():
+        try:
+            return MinariStorage.read(path)
+        except Exception as err:
+            raise DatasetError(f"dataset {path} is unreadable ({err}); delete it and collect again") from err
+    storage = MinariStorage.new(
+        path, observation_space=env.observation_space, action_space=env.action_space,
+        data_format="hdf5", jpeg_encoding=False,
+    )
+    storage.update_metadata({
+        "dataset_id": f"carracing/{cfg.policy}-v0", "algorithm_name": cfg.policy,
+        "env_id": ENV_ID, "preprocessing": "crop rows 0:84, resize 64x64 INTER_AREA, uint8",
+        "minari_version": _minari_version(),
+    })
+    env.close()
+    return storage
+
+
+def _minari_version() -> str:
+    import minari
+
+    return minari.__version__
+
+
+def stored_seeds(storage) -> list[int]:
+    """Seeds of the episodes already in a Minari storage."""
+    if storage.total_episodes == 0:
+        return []
+    return [int(m["seed"]) for m in storage.get_episode_metadata(range(storage.total_episodes))]
+
+
+def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
+    """Collect ``cfg.episodes`` episodes with ``cfg.workers`` processes into ``RUN_DIR/data/NAME``.
+
+    Episode i uses reset seed ``cfg.seed + i``; seeds already stored are skipped, so an interrupted
+    collection resumes. Each finished episode is appended to the dataset at once.
+
+    Returns:
+        The dataset directory.
+
+    Raises:
+        DatasetError: if an existing dataset there cannot be read.
+    """
+    from minari.data_collector import EpisodeBuffer
+
+    path = dataset_dir(run_dir, name or cfg.policy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = _open_or_create(path, cfg)
+    done = set(stored_seeds(storage))
+    todo = [cfg.seed + i for i in range(cfg.episodes) if cfg.seed + i not in done]
+    workers = cfg.workers or mp.cpu_count()
+    if not todo:
+        return path
+    bar = tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc=f"collect {name or cfg.policy}",
+               unit="ep")
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        futures = [pool.submit(_collect_episode, seed, cfg) for seed in todo]
+        try:
+            for fut in cf.as_completed(futures):
+                ep = fut.result()
+                buffer = EpisodeBuffer(
+                    seed=ep.seed, observations=ep.observations, actions=ep.actions, rewards=ep.rewards,
+                    terminations=ep.terminations, truncations=ep.truncations,
+                )
+                with _defer_sigint():
+                    storage.update_episodes([buffer])
+                bar.update(1)
+                bar.set_postfix(ret=f"{float(ep.rewards.sum()):.0f}", steps=ep.length)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        finally:
+            bar.close()
+    return path
+
+
+# Load
+
+
+def open_dataset(path: Path):
+    """Open a Minari dataset directory.
+
+    Raises:
+        DatasetError: naming the path, if it is missing or unreadable.
+    """
+    import minari
+
+    path = Path(path)
+    if not (path / "metadata.json").is_file():
+        raise DatasetError(f"no dataset at {path} (missing {path / 'metadata.json'})")
+    try:
+        return minari.MinariDataset(path)
+    except Exception as err:
+        raise DatasetError(f"dataset {path} is unreadable: {err}") from err
+
+
+def load_episodes(path: Path, limit: int | None = None) -> list[Episode]:
+    """All episodes of a dataset (or the first ``limit``) as arrays, in storage order.
+
+    Raises:
+        DatasetError: if the dataset is missing, unreadable or empty.
+    """
+    ds = open_dataset(path)
+    n = ds.total_episodes if limit is None else min(limit, ds.total_episodes)
+    if n == 0:
+        raise DatasetError(f"dataset {path} has no episodes")
+    meta = list(ds.storage.get_episode_metadata(range(n)))
+    episodes = []
+    try:
+        for m, ep in zip(meta, ds.storage.get_episodes(range(n)), strict=True):
+            episodes.append(Episode(
+                seed=int(m.get("seed", -1)),
+                observations=np.asarray(ep["observations"], np.uint8),
+                actions=np.asarray(ep["actions"], np.float32),
+                rewards=np.asarray(ep["rewards"], np.float32),
+                terminations=np.asarray(ep["terminations"], bool),
+                truncations=np.asarray(ep["truncations"], bool),
+            ))
+    except Exception as err:
+        raise DatasetError(f"dataset {path} is unreadable: {err}") from err
+    return episodes
