@@ -42,6 +42,8 @@ class CollectConfig:
 class VAEConfig:
     """Vision model V: the paper's convolutional VAE (Appendix A.1) and its training."""
 
+    dataset: str = "brownian"
+    """Dataset under RUN_DIR/data/ to train on."""
     z_size: int = 32
     """Latent size Z."""
     kl_tolerance: float = 0.5
@@ -64,6 +66,8 @@ class VAEConfig:
 class RNNConfig:
     """Memory model M: the paper's MDN-RNN (Appendix A.2) with reward and done heads."""
 
+    dataset: str = "brownian"
+    """Dataset under RUN_DIR/data/ whose episodes are encoded into latent sequences."""
     hidden_size: int = 256
     """LSTM units."""
     num_mixtures: int = 5

@@ -1,0 +1,34 @@
+"""Run the whole World Models pipeline (collect -> VAE -> MDN-RNN -> CMA-ES in the dream -> real test)
+on one run directory, skipping finished stages and resuming an interrupted one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Args:
+    run_dir: Path
+    """Run directory; every stage reads and writes here."""
+    preset: str = "quick"
+    """Preset in configs/: smoke (CI, minutes), quick (2-core CPU, about an hour), paper."""
+
+
+def main() -> None:
+    import tyro
+
+    from worldmodels.cli import run_main
+    from worldmodels.config import load_preset
+    from worldmodels.pipeline import run_pipeline
+
+    args = tyro.cli(Args, description=__doc__)
+    try:
+        preset = load_preset(args.preset)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    run_main(lambda: run_pipeline(args.run_dir, preset))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Dreams: rollouts of a controller inside the MDN-RNN, fused into one jitted call per generation.
+
+Named vmap layers (evosax style):
+
+``single_rollout``     one controller, one dream of T steps (``lax.scan`` over time)
+``batch_rollout``      one controller, R dreams (vmap over keys) -> mean return
+``population_rollout`` P controllers x R dreams (vmap over parameters) -> (P,) fitness
+
+All candidates of a generation share the R keys (common random numbers), so their fitnesses differ
+by the controller, not by the luck of the dream.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from worldmodels.models.controller import LinearController
+from worldmodels.models.mdnrnn import MDNRNN, LSTMState, sample_next_z
+
+
+class DreamStart(NamedTuple):
+    """Where dreams begin: the VAE posterior of real first frames.
+
+    Attributes:
+        mu: float32 (E, Z).
+        logvar: float32 (E, Z).
+    """
+
+    mu: Float[Array, "E Z"]
+    logvar: Float[Array, "E Z"]
+
+
+class DreamCarry(NamedTuple):
+    """Scan carry of a dream: latent, LSTM state, 1.0 while not done, accumulated return."""
+
+    z: Float[Array, " Z"]
+    state: LSTMState
+    alive: Float[Array, ""]
+    total: Float[Array, ""]
+
+
+def dream_step(
+    controller: LinearController,
+    rnn: MDNRNN,
+    carry: DreamCarry,
+    key: PRNGKeyArray,
+    temperature: float | Array,
+    done_threshold: float,
+) -> tuple[DreamCarry, Float[Array, " 3"]]:
+    """One dream step: act on [z_t, h_t], advance the MDN-RNN, sample z_{t+1} at ``temperature``.
+
+    The reward is added while the dream is alive; the done head (probability > ``done_threshold``)
+    ends it, masking every later reward.
+
+    Returns:
+        (next carry, action (3,)).
+    """
+    action = controller(carry.z, carry.state.h)
+    state, out = rnn(carry.z, action, carry.state)
+    z_next = sample_next_z(out, key, temperature)
+    total = carry.total + carry.alive * out.reward
+    done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
+    return DreamCarry(z_next, state, carry.alive * (1.0 - done), total), action
+
+
+def initial_carry(rnn: MDNRNN, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
+    """Pick a real first frame uniformly and sample its latent z_0 ~ N(mu, sigma)."""
+    k_ep, k_z = jr.split(key)
+    e = jr.randint(k_ep, (), 0, start.mu.shape[0])
+    z0 = start.mu[e] + jnp.exp(0.5 * start.logvar[e]) * jr.normal(k_z, start.mu.shape[1:])
+    return DreamCarry(z0, rnn.initial_state(), jnp.float32(1.0), jnp.float32(0.0))
+
+
+def single_rollout(
+    params: Float[Array, " N"],
+    rnn: MDNRNN,
+    start: DreamStart,
+    key: PRNGKeyArray,
+    *,
+    steps: int,
+    temperature: float | Array,
+    done_threshold: float = 0.5,
+) -> Float[Array, ""]:
+    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,)."""
+    controller = LinearController.from_flat(params, rnn.z_size, rnn.hidden_size, rnn.action_size)
+    k_start, k_steps = jr.split(key)
+
+    def step(carry, k):
+        return dream_step(controller, rnn, carry, k, temperature, done_threshold)[0], None
+
+    carry, _ = jax.lax.scan(step, initial_carry(rnn, start, k_start), jr.split(k_steps, steps))
+    return carry.total
+
+
+def batch_rollout(params, rnn, start, keys: PRNGKeyArray, **kw) -> Float[Array, ""]:
+    """Mean return of one controller over R dreams, one per key in ``keys`` (R,)."""
+    rollout = functools.partial(single_rollout, **kw)  # keyword arguments are not vmapped
+    returns = jax.vmap(rollout, in_axes=(None, None, None, 0))(params, rnn, start, keys)
+    return jnp.mean(returns)
+
+
+def population_rollout(population: Float[Array, "P N"], rnn, start, keys: PRNGKeyArray, **kw) -> Float[Array, " P"]:
+    """Fitness (P,) of P controllers, each the mean over the same R dreams (``keys`` (R,))."""
+    return jax.vmap(functools.partial(batch_rollout, **kw), in_axes=(0, None, None, None))(population, rnn, start, keys)
+
+
+@eqx.filter_jit
+def generation_fitness(
+    population: Float[Array, "P N"],
+    rnn: MDNRNN,
+    start: DreamStart,
+    key: PRNGKeyArray,
+    temperature: Float[Array, ""],
+    rollouts: int,
+    steps: int,
+    done_threshold: float,
+) -> Float[Array, " P"]:
+    """A whole CMA-ES generation, P x R x T dream steps, in one jitted call.
+
+    Args:
+        population: float32 (P, N) flat controllers.
+        rnn: the MDN-RNN.
+        start: real first-frame posteriors.
+        key: this generation's key; split into the R shared dream keys.
+        temperature: tau (a traced scalar, so changing it does not recompile).
+        rollouts, steps, done_threshold: static.
+
+    Returns:
+        float32 (P,) mean dream return per candidate.
+    """
+    keys = jr.split(key, rollouts)
+    return population_rollout(
+        population, rnn, start, keys, steps=steps, temperature=temperature, done_threshold=done_threshold
+    )
+
+
+def dream_flops_per_step(z_size: int, hidden_size: int, num_mixtures: int, action_size: int = 3) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one dream step: controller, LSTM cell and MDN head."""
+    ctrl = 2 * action_size * (z_size + hidden_size)
+    lstm = 2 * 4 * hidden_size * (z_size + action_size + hidden_size)
+    head = 2 * hidden_size * (num_mixtures + 2 * num_mixtures * z_size + 2)
+    return ctrl + lstm + head

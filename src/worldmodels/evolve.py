@@ -1,0 +1,123 @@
+"""CMA-ES (Hansen 2016, pycma) around one jitted fitness call per generation.
+
+Each generation: ``ask`` P candidates, score them with ``dream.generation_fitness`` (P x R x T dream
+steps in one call), ``tell`` the negated fitness. The generation's best candidate and the CMA-ES
+mean are then re-scored on R fresh dreams (as the paper re-evaluates on new rollouts, Appendix A.3);
+the best of those re-scores is kept as the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cma
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from tqdm.auto import tqdm
+
+from worldmodels import checkpoint
+from worldmodels.config import DreamConfig
+from worldmodels.dream import DreamStart, generation_fitness
+from worldmodels.models import MDNRNN, LinearController
+from worldmodels.train import append_jsonl
+
+
+def controller_hparams(rnn: MDNRNN) -> dict:
+    """Sizes that rebuild the controller."""
+    return {"z_size": rnn.z_size, "hidden_size": rnn.hidden_size, "action_size": rnn.action_size}
+
+
+def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> LinearController:
+    """Controller skeleton (zeros) for loading."""
+    n = LinearController.num_params(z_size, hidden_size, action_size)
+    return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size)
+
+
+def evolve(
+    out_dir: Path,
+    rnn: MDNRNN,
+    start: DreamStart,
+    cfg: DreamConfig,
+    real_check: Callable[[np.ndarray], float] | None = None,
+) -> np.ndarray:
+    """Evolve a linear controller in the dream; resumes from ``out_dir/es_state.npz``.
+
+    Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
+    re-scored best, seconds), ``ckpt/`` (the best controller) and ``es_state.npz`` (the CMA-ES mean
+    and step size; pycma's covariance is not kept, so a resumed run restarts the covariance).
+
+    Args:
+        out_dir: the run's ``controller/`` directory.
+        rnn: the trained MDN-RNN.
+        start: dream start states.
+        cfg: dream and CMA-ES settings.
+        real_check: optional ``real_check(flat_params) -> mean real return``, called every
+            ``cfg.eval_every`` generations.
+
+    Returns:
+        The best controller's flat parameters, float32 (N,).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hparams = controller_hparams(rnn)
+    n = LinearController.num_params(**hparams)
+    state_path = out_dir / "es_state.npz"
+    mean, sigma, first_gen = np.zeros(n), cfg.sigma_init, 0
+    best, best_score = np.zeros(n, np.float32), -np.inf
+    if state_path.is_file():
+        with np.load(state_path, allow_pickle=False) as f:
+            mean, sigma, first_gen = f["mean"], float(f["sigma"]), int(f["generation"])
+            best, best_score = f["best"], float(f["best_score"])
+        if mean.shape != (n,):
+            raise checkpoint.CheckpointError(
+                f"{state_path}: CMA-ES mean has shape {mean.shape}, the MDN-RNN's controller needs ({n},)"
+            )
+    if first_gen >= cfg.generations:
+        return best
+    es = cma.CMAEvolutionStrategy(mean, sigma, {"popsize": cfg.population, "seed": cfg.seed + 1 + first_gen,
+                                                "verbose": -9})
+    key = jr.key(cfg.seed)
+    tau = jnp.float32(cfg.temperature)
+
+    def score(pop: np.ndarray, k) -> np.ndarray:
+        return np.asarray(generation_fitness(jnp.asarray(pop, jnp.float32), rnn, start, k, tau,
+                                             cfg.rollouts, cfg.dream_steps, cfg.done_threshold))
+
+    def save_state(gen: int) -> None:
+        tmp = out_dir / "es_state.tmp.npz"
+        np.savez(tmp, mean=es.mean, sigma=es.sigma, generation=gen, best=best, best_score=best_score)
+        tmp.replace(state_path)
+        checkpoint.save(out_dir / "ckpt", gen, LinearController.from_flat(jnp.asarray(best), **hparams),
+                        kind="controller", hparams=hparams, extra={"dream_score": best_score, "generation": gen})
+
+    bar = tqdm(range(first_gen, cfg.generations), initial=first_gen, total=cfg.generations, desc="CMA-ES", unit="gen")
+    for gen in bar:
+        t0 = time.perf_counter()
+        k_gen, k_check = jr.split(jr.fold_in(key, gen))
+        population = np.asarray(es.ask())
+        fitness = score(population, k_gen)
+        es.tell(list(population), list(-fitness.astype(np.float64)))
+        # Re-score the generation's best and the mean on fresh dreams (a (2, N) call, compiled once).
+        check = np.stack([population[int(np.argmax(fitness))], es.mean])
+        rescored = score(check, k_check)
+        cand = (float(rescored[0]), check[0]), (float(rescored[1]), check[1])
+        for s, params in cand:
+            if s > best_score:
+                best_score, best = s, params.astype(np.float32)
+        record = {
+            "generation": gen + 1, "best": float(fitness.max()), "mean": float(fitness.mean()),
+            "std": float(fitness.std()), "sigma": float(es.sigma), "rescored_best": cand[0][0],
+            "rescored_mean": cand[1][0], "kept_score": best_score, "seconds": time.perf_counter() - t0,
+        }
+        if real_check is not None and cfg.eval_every and (gen + 1) % cfg.eval_every == 0:
+            record["real_mean"] = float(real_check(best))
+        append_jsonl(out_dir / "metrics.jsonl", record)
+        bar.set_postfix(best=f"{record['best']:.1f}", mean=f"{record['mean']:.1f}", kept=f"{best_score:.1f}")
+        if (gen + 1) % cfg.checkpoint_every == 0 or gen + 1 == cfg.generations:
+            save_state(gen + 1)
+    bar.close()
+    (out_dir / "summary.json").write_text(json.dumps({"dream_score": best_score, "generations": cfg.generations}))
+    return best

@@ -1,0 +1,354 @@
+"""Supervised training loops for V and M: one jitted update per step, metrics, checkpoints, NaN stop.
+
+``fit`` is the shared loop. ``train_vae`` and ``train_rnn`` are the two stages; each resumes from its
+latest checkpoint, so an interrupted run continues where it stopped and a finished one is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from worldmodels import checkpoint
+from worldmodels.config import RNNConfig, VAEConfig
+from worldmodels.data import Episode
+from worldmodels.losses import rnn_step_loss, vae_loss
+from worldmodels.models import MDNRNN, ConvVAE
+from worldmodels.models.mdnrnn import rollout_sequence
+from worldmodels.models.vae import to_float
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``path``."""
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """One jitted update: ``step(model, opt_state, batch, key) -> (model, opt_state, metrics)``.
+
+    ``loss_fn(model, batch, key) -> (total, metrics dict)``.
+    """
+
+    @eqx.filter_jit
+    def step(model, opt_state, batch, key):
+        (_, metrics), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return eqx.apply_updates(model, updates), opt_state, metrics
+
+    return step
+
+
+def fit(
+    *,
+    model: eqx.Module,
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable,
+    make_batch: Callable[[int], Any],
+    steps: int,
+    out_dir: Path,
+    kind: str,
+    hparams: dict[str, Any],
+    seed: int,
+    log_every: int,
+    checkpoint_every: int,
+    items_per_step: int,
+    desc: str,
+) -> eqx.Module:
+    """Train ``model`` for ``steps`` updates, resuming from ``out_dir/ckpt`` when it holds a checkpoint.
+
+    Args:
+        model: freshly initialised module (replaced by the checkpoint's when resuming).
+        optimizer: optax transformation.
+        loss_fn: ``loss_fn(model, batch, key) -> (total, metrics)``; metrics are float32 scalars.
+        make_batch: ``make_batch(step)`` -> batch pytree; deterministic in ``step`` so resuming
+            reproduces the data order.
+        steps: total number of updates.
+        out_dir: stage directory; writes ``ckpt/`` and ``metrics.jsonl``.
+        kind, hparams: stored in the checkpoint to rebuild the module.
+        seed: base seed of the per-step keys (``fold_in(key(seed), step)``).
+        log_every, checkpoint_every: cadences in updates.
+        items_per_step: examples per update, for the throughput column.
+        desc: progress-bar label.
+
+    Returns:
+        The trained module.
+
+    Raises:
+        TrainingDiverged: on a non-finite loss, naming the step and the last good checkpoint, which is
+            left intact.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "ckpt"
+    metrics_path = out_dir / "metrics.jsonl"
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    start = 0
+    if checkpoint.latest_step(ckpt_dir) is not None:
+        model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state)
+        checkpoint.check_hparams(meta, hparams, f"checkpoint in {ckpt_dir}")
+        start = int(meta["step"])
+    if start >= steps:
+        return model
+    step_fn = make_step(loss_fn, optimizer)
+    base_key = jr.key(seed)
+    last_good = checkpoint.latest_step(ckpt_dir)
+
+    def save(step: int, metrics: dict[str, float]) -> None:
+        nonlocal last_good
+        checkpoint.save(ckpt_dir, step, model, kind=kind, hparams=hparams, opt_state=opt_state,
+                        extra={"metrics": metrics})
+        last_good = step
+
+    window: dict[str, list[float]] = {}
+    t_window = time.perf_counter()
+    metrics: dict[str, float] = {}
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step")
+    step = start
+    try:
+        for step in bar:
+            batch = make_batch(step)
+            new_model, new_opt_state, out = step_fn(model, opt_state, batch, jr.fold_in(base_key, step))
+            metrics = {k: float(v) for k, v in out.items()}
+            if not all(np.isfinite(v) for v in metrics.values()):
+                where = f"{ckpt_dir}/{last_good}" if last_good is not None else "none (no checkpoint yet)"
+                raise TrainingDiverged(
+                    f"{desc}: non-finite loss at step {step + 1} ({metrics}); last good checkpoint: {where}"
+                )
+            model, opt_state = new_model, new_opt_state
+            for k, v in metrics.items():
+                window.setdefault(k, []).append(v)
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                elapsed = time.perf_counter() - t_window
+                record = {"step": done, **{k: float(np.mean(v)) for k, v in window.items()},
+                          "items_per_s": items_per_step * len(window["total"]) / max(elapsed, 1e-9)}
+                append_jsonl(metrics_path, record)
+                bar.set_postfix(loss=f"{record['total']:.3f}")
+                window, t_window = {}, time.perf_counter()
+            if done % checkpoint_every == 0 or done == steps:
+                save(done, metrics)
+    except KeyboardInterrupt:
+        if step > (last_good or 0):
+            save(step, metrics)
+        raise
+    finally:
+        bar.close()
+    return model
+
+
+# Vision
+
+
+def vae_hparams(cfg: VAEConfig) -> dict[str, Any]:
+    """Keyword arguments that rebuild the VAE."""
+    return {"z_size": cfg.z_size}
+
+
+def build_vae(z_size: int = 32) -> ConvVAE:
+    """VAE skeleton for loading."""
+    return ConvVAE(z_size, key=jr.key(0))
+
+
+def frames_of(episodes: list[Episode]) -> np.ndarray:
+    """All observations of the episodes, uint8 (N, 64, 64, 3)."""
+    return np.concatenate([ep.observations for ep in episodes])
+
+
+def train_vae(out_dir: Path, frames: np.ndarray, cfg: VAEConfig) -> ConvVAE:
+    """Train the VAE on uint8 frames (N, 64, 64, 3) drawn uniformly; writes ``recon.png`` at the end.
+
+    Loss: Appendix A.1 of Ha & Schmidhuber 2018 (L2 reconstruction + KL with free bits), see
+    ``losses.vae_loss``.
+    """
+    model = ConvVAE(cfg.z_size, key=jr.key(cfg.seed))
+
+    def loss_fn(model, x, key):
+        x = to_float(x)
+        recon, mu, logvar = model(x, key=key)
+        losses = jax.vmap(vae_loss, in_axes=(0, 0, 0, 0, None))(recon, x, mu, logvar, cfg.kl_tolerance)
+        metrics = {k: jnp.mean(v) for k, v in losses.items()}
+        return metrics["total"], metrics
+
+    def make_batch(step: int) -> np.ndarray:
+        rng = np.random.default_rng([cfg.seed, step])
+        return frames[np.sort(rng.integers(0, len(frames), cfg.batch_size))]
+
+    model = fit(
+        model=model, optimizer=optax.adam(cfg.learning_rate), loss_fn=loss_fn, make_batch=make_batch,
+        steps=cfg.steps, out_dir=out_dir, kind="vae", hparams=vae_hparams(cfg), seed=cfg.seed,
+        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, items_per_step=cfg.batch_size,
+        desc="train VAE",
+    )
+    from worldmodels.viz import save_recon_grid
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    save_recon_grid(out_dir / "recon.png", model, frames[rng.integers(0, len(frames), 8)])
+    return model
+
+
+@eqx.filter_jit
+def _encode_chunk(model: ConvVAE, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return model.encode(to_float(frames))
+
+
+def encode_frames(model: ConvVAE, frames: np.ndarray, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """VAE posterior of every frame: uint8 (N, 64, 64, 3) -> (mu, logvar), float32 (N, Z) each.
+
+    Runs in fixed-size chunks (the last one padded) so it compiles once.
+    """
+    mus, logvars = [], []
+    for i in range(0, len(frames), chunk):
+        block = frames[i : i + chunk]
+        n = len(block)
+        if n < chunk:
+            block = np.concatenate([block, np.zeros((chunk - n,) + block.shape[1:], block.dtype)])
+        mu, logvar = _encode_chunk(model, jnp.asarray(block))
+        mus.append(np.asarray(mu)[:n])
+        logvars.append(np.asarray(logvar)[:n])
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+# Memory
+
+
+class LatentDataset(eqx.Module):
+    """Episodes as latent sequences, concatenated, with per-episode offsets (numpy arrays).
+
+    Attributes:
+        mu, logvar: float32 (sum_e (T_e + 1), Z) VAE posteriors of every frame.
+        actions: float32 (sum_e T_e, 3).
+        rewards: float32 (sum_e T_e,).
+        dones: float32 (sum_e T_e,) 1 where the episode terminated after the action.
+        obs_start, act_start, lengths: int64 (E,) offsets into the frame and action arrays, and T_e.
+    """
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    obs_start: np.ndarray
+    act_start: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.lengths)
+
+    def initial(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) of every episode's first frame, float32 (E, Z) each: the dreams' start states."""
+        return self.mu[self.obs_start], self.logvar[self.obs_start]
+
+    def save(self, path: Path, **extra: Any) -> None:
+        """Write as an ``.npz`` (no pickle)."""
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **{k: getattr(self, k) for k in self.__dataclass_fields__}, **extra)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[LatentDataset, dict[str, np.ndarray]]:
+        """Read an ``.npz`` written by ``save``; returns the dataset and the extra arrays."""
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+        fields = list(cls.__dataclass_fields__)
+        return cls(**{k: data.pop(k) for k in fields}), data
+
+
+def encode_episodes(model: ConvVAE, episodes: list[Episode]) -> LatentDataset:
+    """Encode every frame of every episode with the VAE into a ``LatentDataset``."""
+    mu, logvar = encode_frames(model, frames_of(episodes))
+    lengths = np.array([ep.length for ep in episodes])
+    obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    act_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return LatentDataset(
+        mu=mu, logvar=logvar,
+        actions=np.concatenate([ep.actions for ep in episodes]),
+        rewards=np.concatenate([ep.rewards for ep in episodes]),
+        dones=np.concatenate([ep.terminations for ep in episodes]).astype(np.float32),
+        obs_start=obs_start, act_start=act_start, lengths=lengths,
+    )
+
+
+def rnn_hparams(cfg: RNNConfig, z_size: int) -> dict[str, Any]:
+    """Keyword arguments that rebuild the MDN-RNN."""
+    return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
+
+
+def build_rnn(**hparams: Any) -> MDNRNN:
+    """MDN-RNN skeleton for loading."""
+    return MDNRNN(**hparams, key=jr.key(0))
+
+
+def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, np.ndarray]:
+    """A batch of training windows, deterministic in (cfg.seed, step).
+
+    Each window is seq_len L steps of one episode starting at a uniform offset in [0, T_e - L]
+    (offset 0 when the episode is not longer than L; the tail is masked).
+
+    Returns:
+        dict of numpy arrays: ``mu``, ``logvar`` (B, L + 1, Z); ``actions`` (B, L, 3); ``rewards``,
+        ``dones``, ``mask`` (B, L).
+    """
+    rng = np.random.default_rng([cfg.seed, step])
+    L = cfg.seq_len
+    eps = rng.integers(0, data.num_episodes, cfg.batch_size)
+    lengths = data.lengths[eps]
+    offsets = (rng.random(cfg.batch_size) * np.maximum(lengths - L + 1, 1)).astype(np.int64)
+    t = np.arange(L)
+    valid = t[None, :] < (lengths - offsets)[:, None]
+    act_idx = data.act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], lengths[:, None] - offsets[:, None] - 1)
+    obs_t = np.minimum(np.arange(L + 1)[None, :], (lengths - offsets)[:, None])
+    obs_idx = data.obs_start[eps, None] + offsets[:, None] + obs_t
+    return {
+        "mu": data.mu[obs_idx], "logvar": data.logvar[obs_idx], "actions": data.actions[act_idx],
+        "rewards": data.rewards[act_idx], "dones": data.dones[act_idx], "mask": valid.astype(np.float32),
+    }
+
+
+def rnn_loss(model: MDNRNN, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig):
+    """Masked mean MDN-RNN loss over a batch of windows; z is re-sampled from (mu, sigma) each call."""
+    z = batch["mu"] + jnp.exp(0.5 * batch["logvar"]) * jr.normal(key, batch["mu"].shape)
+
+    def one(z, actions, rewards, dones):
+        _, out = rollout_sequence(model, z[:-1], actions)
+        return jax.vmap(
+            lambda o, zn, r, d: rnn_step_loss(
+                o, zn, r, d, reward_weight=cfg.reward_weight,
+                reward_overpredict_weight=cfg.reward_overpredict_weight, done_weight=cfg.done_weight,
+            )
+        )(out, z[1:], rewards, dones)
+
+    losses = jax.vmap(one)(z, batch["actions"], batch["rewards"], batch["dones"])
+    mask = batch["mask"]
+    denom = jnp.maximum(mask.sum(), 1.0)
+    metrics = {k: jnp.sum(v * mask) / denom for k, v in losses.items()}
+    return metrics["total"], metrics
+
+
+def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN:
+    """Train the MDN-RNN on latent sequences of the frozen VAE (Ha & Schmidhuber 2018, Sec. 2.2)."""
+    hparams = rnn_hparams(cfg, data.mu.shape[-1])
+    model = MDNRNN(**hparams, key=jr.key(cfg.seed))
+    optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+    return fit(
+        model=model, optimizer=optimizer, loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg),
+        make_batch=lambda step: sequence_batch(data, step, cfg), steps=cfg.steps, out_dir=out_dir,
+        kind="mdnrnn", hparams=hparams, seed=cfg.seed, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, items_per_step=cfg.batch_size * cfg.seq_len, desc="train MDN-RNN",
+    )

@@ -1,0 +1,31 @@
+"""Score V + M + C on real CarRacing-v3 episodes (unseen seeds); writes RUN_DIR/eval/results.json and, with --video, mp4 files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+from worldmodels.config import TestConfig
+
+
+@dataclass(frozen=True)
+class Args:
+    run_dir: Path
+    """Run directory (see DESIGN.md: every stage reads and writes here)."""
+    preset: str = "quick"
+    """Preset in configs/ whose values are the defaults of the flags below."""
+    test: tyro.conf.OmitArgPrefixes[TestConfig] = field(default_factory=TestConfig)
+
+
+def main() -> None:
+    from worldmodels.cli import parse, run_main
+    from worldmodels.stages import run_test
+
+    args = parse(Args, __doc__)
+    run_main(lambda: run_test(args.run_dir, args.test))
+
+
+if __name__ == "__main__":
+    main()
