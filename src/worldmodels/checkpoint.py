@@ -143,8 +143,9 @@ def _resolve_step(directory: Path, step: int | None) -> int:
 def check_hparams(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Raise ``CheckpointError`` naming both values if ``expected`` disagrees with the checkpoint."""
     saved = meta.get("hparams", {})
-    diffs = [f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config" for k, v in expected.items()
-             if saved.get(k) != v]
+    diffs = [
+        f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config" for k, v in expected.items() if saved.get(k) != v
+    ]
     if diffs:
         raise CheckpointError(f"{where} does not match the config: " + "; ".join(diffs))
 

@@ -54,7 +54,7 @@ class Episode:
 
 def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
     """Where the dataset ``name`` of a run lives."""
-    return Path(run_dir) / "data" / name
+    return (Path(run_dir) / "data" / name).resolve()
 
 
 # Collect
@@ -115,14 +115,21 @@ def _open_or_create(path: Path, cfg: CollectConfig):
         except Exception as err:
             raise DatasetError(f"dataset {path} is unreadable ({err}); delete it and collect again") from err
     storage = MinariStorage.new(
-        path, observation_space=env.observation_space, action_space=env.action_space,
-        data_format="hdf5", jpeg_encoding=False,
+        path,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        data_format="hdf5",
+        jpeg_encoding=False,
     )
-    storage.update_metadata({
-        "dataset_id": f"carracing/{cfg.policy}-v0", "algorithm_name": cfg.policy,
-        "env_id": ENV_ID, "preprocessing": "crop rows 0:84, resize 64x64 INTER_AREA, uint8",
-        "minari_version": _minari_version(),
-    })
+    storage.update_metadata(
+        {
+            "dataset_id": f"carracing/{cfg.policy}-v0",
+            "algorithm_name": cfg.policy,
+            "env_id": ENV_ID,
+            "preprocessing": "crop rows 0:84, resize 64x64 INTER_AREA, uint8",
+            "minari_version": _minari_version(),
+        }
+    )
     env.close()
     return storage
 
@@ -162,8 +169,7 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
     workers = cfg.workers or mp.cpu_count()
     if not todo:
         return path
-    bar = tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc=f"collect {name or cfg.policy}",
-               unit="ep")
+    bar = tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc=f"collect {name or cfg.policy}", unit="ep")
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
         futures = [pool.submit(_collect_episode, seed, cfg) for seed in todo]
@@ -171,8 +177,12 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
             for fut in cf.as_completed(futures):
                 ep = fut.result()
                 buffer = EpisodeBuffer(
-                    seed=ep.seed, observations=ep.observations, actions=ep.actions, rewards=ep.rewards,
-                    terminations=ep.terminations, truncations=ep.truncations,
+                    seed=ep.seed,
+                    observations=ep.observations,
+                    actions=ep.actions,
+                    rewards=ep.rewards,
+                    terminations=ep.terminations,
+                    truncations=ep.truncations,
                 )
                 with _defer_sigint():
                     storage.update_episodes([buffer])
@@ -198,7 +208,7 @@ def open_dataset(path: Path):
     """
     import minari
 
-    path = Path(path)
+    path = Path(path).resolve()
     if not (path / "metadata.json").is_file():
         raise DatasetError(f"no dataset at {path} (missing {path / 'metadata.json'})")
     try:
@@ -221,14 +231,16 @@ def load_episodes(path: Path, limit: int | None = None) -> list[Episode]:
     episodes = []
     try:
         for m, ep in zip(meta, ds.storage.get_episodes(range(n)), strict=True):
-            episodes.append(Episode(
-                seed=int(m.get("seed", -1)),
-                observations=np.asarray(ep["observations"], np.uint8),
-                actions=np.asarray(ep["actions"], np.float32),
-                rewards=np.asarray(ep["rewards"], np.float32),
-                terminations=np.asarray(ep["terminations"], bool),
-                truncations=np.asarray(ep["truncations"], bool),
-            ))
+            episodes.append(
+                Episode(
+                    seed=int(m.get("seed", -1)),
+                    observations=np.asarray(ep["observations"], np.uint8),
+                    actions=np.asarray(ep["actions"], np.float32),
+                    rewards=np.asarray(ep["rewards"], np.float32),
+                    terminations=np.asarray(ep["terminations"], bool),
+                    truncations=np.asarray(ep["truncations"], bool),
+                )
+            )
     except Exception as err:
         raise DatasetError(f"dataset {path} is unreadable: {err}") from err
     return episodes

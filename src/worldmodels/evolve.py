@@ -37,14 +37,24 @@ def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> Lin
     return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size)
 
 
+def dream_fitness(rnn: MDNRNN, start: DreamStart, cfg: DreamConfig) -> Callable:
+    """``fitness(population (P, N), key) -> (P,)``: mean dream return of each flat controller."""
+    tau = jnp.float32(cfg.temperature)
+
+    def fitness(population, key):
+        return generation_fitness(population, rnn, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold)
+
+    return fitness
+
+
 def evolve(
     out_dir: Path,
-    rnn: MDNRNN,
-    start: DreamStart,
+    fitness: Callable,
+    hparams: dict,
     cfg: DreamConfig,
     real_check: Callable[[np.ndarray], float] | None = None,
 ) -> np.ndarray:
-    """Evolve a linear controller in the dream; resumes from ``out_dir/es_state.npz``.
+    """Evolve a linear controller with CMA-ES; resumes from ``out_dir/es_state.npz``.
 
     Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
     re-scored best, seconds), ``ckpt/`` (the best controller) and ``es_state.npz`` (the CMA-ES mean
@@ -52,9 +62,10 @@ def evolve(
 
     Args:
         out_dir: the run's ``controller/`` directory.
-        rnn: the trained MDN-RNN.
-        start: dream start states.
-        cfg: dream and CMA-ES settings.
+        fitness: ``fitness(population float32 (P, N), key) -> (P,)`` higher is better; one jitted call
+            per generation (``dream_fitness`` for the MDN-RNN's dream).
+        hparams: the controller's sizes (``controller_hparams``), stored with the checkpoint.
+        cfg: CMA-ES settings (population, generations, sigma_init, seed, cadences).
         real_check: optional ``real_check(flat_params) -> mean real return``, called every
             ``cfg.eval_every`` generations.
 
@@ -62,7 +73,6 @@ def evolve(
         The best controller's flat parameters, float32 (N,).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    hparams = controller_hparams(rnn)
     n = LinearController.num_params(**hparams)
     state_path = out_dir / "es_state.npz"
     mean, sigma, first_gen = np.zeros(n), cfg.sigma_init, 0
@@ -77,21 +87,26 @@ def evolve(
             )
     if first_gen >= cfg.generations:
         return best
-    es = cma.CMAEvolutionStrategy(mean, sigma, {"popsize": cfg.population, "seed": cfg.seed + 1 + first_gen,
-                                                "verbose": -9})
+    es = cma.CMAEvolutionStrategy(
+        mean, sigma, {"popsize": cfg.population, "seed": cfg.seed + 1 + first_gen, "verbose": -9}
+    )
     key = jr.key(cfg.seed)
-    tau = jnp.float32(cfg.temperature)
 
     def score(pop: np.ndarray, k) -> np.ndarray:
-        return np.asarray(generation_fitness(jnp.asarray(pop, jnp.float32), rnn, start, k, tau,
-                                             cfg.rollouts, cfg.dream_steps, cfg.done_threshold))
+        return np.asarray(fitness(jnp.asarray(pop, jnp.float32), k))
 
     def save_state(gen: int) -> None:
         tmp = out_dir / "es_state.tmp.npz"
         np.savez(tmp, mean=es.mean, sigma=es.sigma, generation=gen, best=best, best_score=best_score)
         tmp.replace(state_path)
-        checkpoint.save(out_dir / "ckpt", gen, LinearController.from_flat(jnp.asarray(best), **hparams),
-                        kind="controller", hparams=hparams, extra={"dream_score": best_score, "generation": gen})
+        checkpoint.save(
+            out_dir / "ckpt",
+            gen,
+            LinearController.from_flat(jnp.asarray(best), **hparams),
+            kind="controller",
+            hparams=hparams,
+            extra={"dream_score": best_score, "generation": gen},
+        )
 
     bar = tqdm(range(first_gen, cfg.generations), initial=first_gen, total=cfg.generations, desc="CMA-ES", unit="gen")
     for gen in bar:
@@ -108,9 +123,15 @@ def evolve(
             if s > best_score:
                 best_score, best = s, params.astype(np.float32)
         record = {
-            "generation": gen + 1, "best": float(fitness.max()), "mean": float(fitness.mean()),
-            "std": float(fitness.std()), "sigma": float(es.sigma), "rescored_best": cand[0][0],
-            "rescored_mean": cand[1][0], "kept_score": best_score, "seconds": time.perf_counter() - t0,
+            "generation": gen + 1,
+            "best": float(fitness.max()),
+            "mean": float(fitness.mean()),
+            "std": float(fitness.std()),
+            "sigma": float(es.sigma),
+            "rescored_best": cand[0][0],
+            "rescored_mean": cand[1][0],
+            "kept_score": best_score,
+            "seconds": time.perf_counter() - t0,
         }
         if real_check is not None and cfg.eval_every and (gen + 1) % cfg.eval_every == 0:
             record["real_mean"] = float(real_check(best))

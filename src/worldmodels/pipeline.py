@@ -27,11 +27,18 @@ def run_pipeline(run_dir: Path, preset: Preset) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     record_config(run_dir, "preset", preset.name)
     plan = [
-        ("collect", lambda: stages.collect_done(run_dir, preset.collect), lambda: stages.run_collect(run_dir, preset.collect)),
+        (
+            "collect",
+            lambda: stages.collect_done(run_dir, preset.collect),
+            lambda: stages.run_collect(run_dir, preset.collect),
+        ),
         ("vae", lambda: stages.vae_done(run_dir, preset.vae), lambda: stages.run_vae(run_dir, preset.vae)),
         ("rnn", lambda: stages.rnn_done(run_dir, preset.rnn), lambda: stages.run_rnn(run_dir, preset.rnn)),
-        ("dream", lambda: stages.dream_done(run_dir, preset.dream),
-         lambda: stages.run_dream(run_dir, preset.dream, preset.rnn.dataset)),
+        (
+            "dream",
+            lambda: stages.dream_done(run_dir, preset.dream),
+            lambda: stages.run_dream(run_dir, preset.dream, preset.rnn.dataset),
+        ),
         ("test", lambda: stages.test_done(run_dir, preset.test), lambda: stages.run_test(run_dir, preset.test)),
     ]
     report: dict = {"preset": preset.name, "stages": {}}
@@ -57,6 +64,8 @@ def run_pipeline(run_dir: Path, preset: Preset) -> dict:
     table.add_row("total", "", f"{total / 60:.1f} min")
     s = report["score"]
     Console().print(table)
-    print(f"real CarRacing-v3 score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
-          f"(min {s['min']:.1f}, max {s['max']:.1f})")
+    print(
+        f"real CarRacing-v3 score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
+        f"(min {s['min']:.1f}, max {s['max']:.1f})"
+    )
     return report

@@ -22,9 +22,9 @@ class BrownianPolicy:
     instead of white noise that averages out to standing still.
     """
 
-    sigma: float = 0.25
-    theta: float = 0.15
-    mean: tuple[float, float, float] = (0.0, 0.6, 0.05)
+    sigma: float = 0.3
+    theta: float = 0.5
+    mean: tuple[float, float, float] = (0.0, 0.35, 0.0)
 
     def reset(self, seed: int) -> None:
         """Start a new episode with its own random stream."""

@@ -19,7 +19,7 @@ from worldmodels.config import CollectConfig, DreamConfig, RNNConfig, TestConfig
 from worldmodels.data import collect, dataset_dir, load_episodes, open_dataset
 from worldmodels.dream import DreamStart
 from worldmodels.evaluate import Agent, run_episodes, summarize
-from worldmodels.evolve import build_controller, evolve
+from worldmodels.evolve import build_controller, controller_hparams, dream_fitness, evolve
 from worldmodels.models import LinearController
 from worldmodels.train import (
     LatentDataset,
@@ -161,8 +161,12 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     train_rnn(run_dir / "rnn", data, cfg)
     from worldmodels.viz import plot_metrics
 
-    plot_metrics(run_dir / "rnn" / "metrics.jsonl", run_dir / "rnn" / "losses.png",
-                 ["total", "mdn_nll", "reward", "done"], "MDN-RNN training")
+    plot_metrics(
+        run_dir / "rnn" / "metrics.jsonl",
+        run_dir / "rnn" / "losses.png",
+        ["total", "mdn_nll", "reward", "done"],
+        "MDN-RNN training",
+    )
 
 
 def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int):
@@ -172,8 +176,13 @@ def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, worker
 
     def check(flat: np.ndarray) -> float:
         ctrl = LinearController.from_flat(jnp.asarray(flat), rnn.z_size, rnn.hidden_size)
-        res = run_episodes(Agent(vae, rnn, ctrl), list(range(seed, seed + episodes)), workers=workers,
-                           max_steps=max_steps, progress=False)
+        res = run_episodes(
+            Agent(vae, rnn, ctrl),
+            list(range(seed, seed + episodes)),
+            workers=workers,
+            max_steps=max_steps,
+            progress=False,
+        )
         return float(np.mean([r.ret for r in res]))
 
     return check
@@ -194,11 +203,15 @@ def run_dream(run_dir: Path, cfg: DreamConfig, dataset: str = "brownian") -> Non
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
         check = real_checker(run_dir, cfg.eval_episodes, 500_000, 1000, 0)
-    evolve(run_dir / "controller", rnn, start, cfg, real_check=check)
+    evolve(run_dir / "controller", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg, real_check=check)
     from worldmodels.viz import plot_metrics
 
-    plot_metrics(run_dir / "controller" / "metrics.jsonl", run_dir / "controller" / "fitness.png",
-                 ["best", "mean", "rescored_mean", "sigma"], "CMA-ES in the dream")
+    plot_metrics(
+        run_dir / "controller" / "metrics.jsonl",
+        run_dir / "controller" / "fitness.png",
+        ["best", "mean", "rescored_mean", "sigma"],
+        "CMA-ES in the dream",
+    )
 
 
 def run_test(run_dir: Path, cfg: TestConfig) -> dict:
@@ -210,13 +223,21 @@ def run_test(run_dir: Path, cfg: TestConfig) -> dict:
     record_config(run_dir, "test", cfg)
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
     results = run_episodes(
-        Agent(vae, rnn, ctrl), seeds, workers=cfg.workers, max_steps=cfg.max_steps, key=jr.key(cfg.seed),
-        video_dir=run_dir / "eval" if cfg.video else None, video_episodes=cfg.video_episodes, fps=cfg.video_fps,
+        Agent(vae, rnn, ctrl),
+        seeds,
+        workers=cfg.workers,
+        max_steps=cfg.max_steps,
+        key=jr.key(cfg.seed),
+        video_dir=run_dir / "eval" if cfg.video else None,
+        video_episodes=cfg.video_episodes,
+        fps=cfg.video_fps,
     )
     summary = summarize(results)
     out = run_dir / "eval" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
-    print(f"{summary['n']} real episodes: {summary['mean']:.1f} +- {summary['std']:.1f} "
-          f"(min {summary['min']:.1f}, max {summary['max']:.1f}) -> {out}")
+    print(
+        f"{summary['n']} real episodes: {summary['mean']:.1f} +- {summary['std']:.1f} "
+        f"(min {summary['min']:.1f}, max {summary['max']:.1f}) -> {out}"
+    )
     return summary

@@ -111,8 +111,9 @@ def fit(
 
     def save(step: int, metrics: dict[str, float]) -> None:
         nonlocal last_good
-        checkpoint.save(ckpt_dir, step, model, kind=kind, hparams=hparams, opt_state=opt_state,
-                        extra={"metrics": metrics})
+        checkpoint.save(
+            ckpt_dir, step, model, kind=kind, hparams=hparams, opt_state=opt_state, extra={"metrics": metrics}
+        )
         last_good = step
 
     window: dict[str, list[float]] = {}
@@ -136,8 +137,11 @@ def fit(
             done = step + 1
             if done % log_every == 0 or done == steps:
                 elapsed = time.perf_counter() - t_window
-                record = {"step": done, **{k: float(np.mean(v)) for k, v in window.items()},
-                          "items_per_s": items_per_step * len(window["total"]) / max(elapsed, 1e-9)}
+                record = {
+                    "step": done,
+                    **{k: float(np.mean(v)) for k, v in window.items()},
+                    "items_per_s": items_per_step * len(window["total"]) / max(elapsed, 1e-9),
+                }
                 append_jsonl(metrics_path, record)
                 bar.set_postfix(loss=f"{record['total']:.3f}")
                 window, t_window = {}, time.perf_counter()
@@ -190,9 +194,18 @@ def train_vae(out_dir: Path, frames: np.ndarray, cfg: VAEConfig) -> ConvVAE:
         return frames[np.sort(rng.integers(0, len(frames), cfg.batch_size))]
 
     model = fit(
-        model=model, optimizer=optax.adam(cfg.learning_rate), loss_fn=loss_fn, make_batch=make_batch,
-        steps=cfg.steps, out_dir=out_dir, kind="vae", hparams=vae_hparams(cfg), seed=cfg.seed,
-        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, items_per_step=cfg.batch_size,
+        model=model,
+        optimizer=optax.adam(cfg.learning_rate),
+        loss_fn=loss_fn,
+        make_batch=make_batch,
+        steps=cfg.steps,
+        out_dir=out_dir,
+        kind="vae",
+        hparams=vae_hparams(cfg),
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        items_per_step=cfg.batch_size,
         desc="train VAE",
     )
     from worldmodels.viz import save_recon_grid
@@ -277,11 +290,14 @@ def encode_episodes(model: ConvVAE, episodes: list[Episode]) -> LatentDataset:
     obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
     act_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return LatentDataset(
-        mu=mu, logvar=logvar,
+        mu=mu,
+        logvar=logvar,
         actions=np.concatenate([ep.actions for ep in episodes]),
         rewards=np.concatenate([ep.rewards for ep in episodes]),
         dones=np.concatenate([ep.terminations for ep in episodes]).astype(np.float32),
-        obs_start=obs_start, act_start=act_start, lengths=lengths,
+        obs_start=obs_start,
+        act_start=act_start,
+        lengths=lengths,
     )
 
 
@@ -312,12 +328,18 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
     offsets = (rng.random(cfg.batch_size) * np.maximum(lengths - L + 1, 1)).astype(np.int64)
     t = np.arange(L)
     valid = t[None, :] < (lengths - offsets)[:, None]
-    act_idx = data.act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], lengths[:, None] - offsets[:, None] - 1)
+    act_idx = (
+        data.act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], lengths[:, None] - offsets[:, None] - 1)
+    )
     obs_t = np.minimum(np.arange(L + 1)[None, :], (lengths - offsets)[:, None])
     obs_idx = data.obs_start[eps, None] + offsets[:, None] + obs_t
     return {
-        "mu": data.mu[obs_idx], "logvar": data.logvar[obs_idx], "actions": data.actions[act_idx],
-        "rewards": data.rewards[act_idx], "dones": data.dones[act_idx], "mask": valid.astype(np.float32),
+        "mu": data.mu[obs_idx],
+        "logvar": data.logvar[obs_idx],
+        "actions": data.actions[act_idx],
+        "rewards": data.rewards[act_idx],
+        "dones": data.dones[act_idx],
+        "mask": valid.astype(np.float32),
     }
 
 
@@ -329,8 +351,13 @@ def rnn_loss(model: MDNRNN, batch: dict[str, jax.Array], key: jax.Array, cfg: RN
         _, out = rollout_sequence(model, z[:-1], actions)
         return jax.vmap(
             lambda o, zn, r, d: rnn_step_loss(
-                o, zn, r, d, reward_weight=cfg.reward_weight,
-                reward_overpredict_weight=cfg.reward_overpredict_weight, done_weight=cfg.done_weight,
+                o,
+                zn,
+                r,
+                d,
+                reward_weight=cfg.reward_weight,
+                reward_overpredict_weight=cfg.reward_overpredict_weight,
+                done_weight=cfg.done_weight,
             )
         )(out, z[1:], rewards, dones)
 
@@ -347,8 +374,17 @@ def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN:
     model = MDNRNN(**hparams, key=jr.key(cfg.seed))
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
     return fit(
-        model=model, optimizer=optimizer, loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg),
-        make_batch=lambda step: sequence_batch(data, step, cfg), steps=cfg.steps, out_dir=out_dir,
-        kind="mdnrnn", hparams=hparams, seed=cfg.seed, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, items_per_step=cfg.batch_size * cfg.seq_len, desc="train MDN-RNN",
+        model=model,
+        optimizer=optimizer,
+        loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg),
+        make_batch=lambda step: sequence_batch(data, step, cfg),
+        steps=cfg.steps,
+        out_dir=out_dir,
+        kind="mdnrnn",
+        hparams=hparams,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        items_per_step=cfg.batch_size * cfg.seq_len,
+        desc="train MDN-RNN",
     )
