@@ -1,4 +1,6 @@
-"""Score V + M + C on real CarRacing-v3 episodes (unseen seeds); writes RUN_DIR/eval/results.json and, with --video, mp4 files."""
+"""Score V + M + C on real CarRacing-v3 episodes (unseen seeds).
+
+Writes RUN_DIR/eval/results.json and, with --video, side-by-side mp4 files."""
 
 from __future__ import annotations
 

@@ -113,10 +113,10 @@ def evolve(
         t0 = time.perf_counter()
         k_gen, k_check = jr.split(jr.fold_in(key, gen))
         population = np.asarray(es.ask())
-        fitness = score(population, k_gen)
-        es.tell(list(population), list(-fitness.astype(np.float64)))
+        scores = score(population, k_gen)
+        es.tell(list(population), list(-scores.astype(np.float64)))
         # Re-score the generation's best and the mean on fresh dreams (a (2, N) call, compiled once).
-        check = np.stack([population[int(np.argmax(fitness))], es.mean])
+        check = np.stack([population[int(np.argmax(scores))], es.mean])
         rescored = score(check, k_check)
         cand = (float(rescored[0]), check[0]), (float(rescored[1]), check[1])
         for s, params in cand:
@@ -124,9 +124,9 @@ def evolve(
                 best_score, best = s, params.astype(np.float32)
         record = {
             "generation": gen + 1,
-            "best": float(fitness.max()),
-            "mean": float(fitness.mean()),
-            "std": float(fitness.std()),
+            "best": float(scores.max()),
+            "mean": float(scores.mean()),
+            "std": float(scores.std()),
             "sigma": float(es.sigma),
             "rescored_best": cand[0][0],
             "rescored_mean": cand[1][0],

@@ -1,0 +1,110 @@
+"""Shape tests per module, the transposed convolution's custom gradient, scan equals loop."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from jax import lax
+
+from worldmodels.env import preprocess
+from worldmodels.models import MDNRNN, ConvVAE, LinearController
+from worldmodels.models.mdnrnn import most_likely_z, rollout_sequence, sample_next_z
+from worldmodels.models.vae import conv_transpose_s2
+
+
+def test_preprocess_crops_hud_and_resizes():
+    frame = np.zeros((96, 96, 3), np.uint8)
+    frame[84:] = 255  # the HUD rows must not leak into the model's frame
+    out = preprocess(frame)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert out.max() == 0
+    with pytest.raises(ValueError, match="96, 96, 3"):
+        preprocess(np.zeros((96, 96), np.uint8))
+
+
+def test_vae_shapes_single_and_batched():
+    vae = ConvVAE(32, key=jr.key(0))
+    x = jr.uniform(jr.key(1), (64, 64, 3))
+    mu, logvar = vae.encode(x)
+    assert mu.shape == (32,) and logvar.shape == (32,)
+    recon, mu2, _ = vae(x, key=jr.key(2))
+    assert recon.shape == (64, 64, 3)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    xb = jr.uniform(jr.key(1), (2, 5, 64, 64, 3))
+    mub, _ = vae.encode(xb)
+    assert mub.shape == (2, 5, 32)
+    assert vae.decode(mub).shape == (2, 5, 64, 64, 3)
+    # batched and single-example encodings agree
+    np.testing.assert_allclose(vae.encode(xb[0, 0])[0], mub[0, 0], atol=1e-5)
+
+
+def test_vae_paper_parameter_count():
+    vae = ConvVAE(32, key=jr.key(0))
+    n = sum(x.size for x in jax.tree.leaves(eqx.filter(vae, eqx.is_array)))
+    # Encoder convs + mu/logvar dense + decoder dense + deconvs of Ha & Schmidhuber's Fig. 22.
+    enc = (4 * 4 * 3 * 32 + 32) + (4 * 4 * 32 * 64 + 64) + (4 * 4 * 64 * 128 + 128) + (4 * 4 * 128 * 256 + 256)
+    dense = 2 * (1024 * 32 + 32) + (32 * 1024 + 1024)
+    dec = (5 * 5 * 1024 * 128 + 128) + (5 * 5 * 128 * 64 + 64) + (6 * 6 * 64 * 32 + 32) + (6 * 6 * 32 * 3 + 3)
+    assert n == enc + dense + dec
+
+
+@pytest.mark.parametrize("kernel", [5, 6])
+def test_conv_transpose_custom_vjp_matches_autodiff(kernel):
+    x = jr.normal(jr.key(0), (3, 5, 5, 8))
+    w = jr.normal(jr.key(1), (kernel, kernel, 8, 4))
+
+    def reference(x, w):
+        return lax.conv_transpose(x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    np.testing.assert_allclose(conv_transpose_s2(x, w), reference(x, w), rtol=1e-5, atol=1e-4)
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(reference(x, w))), (0, 1))(x, w)
+    g_new = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_transpose_s2(x, w))), (0, 1))(x, w)
+    for a, b in zip(g_ref, g_new, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_mdnrnn_step_shapes_and_normalised_mixture():
+    rnn = MDNRNN(32, 3, 256, 5, key=jr.key(0))
+    state, out = rnn(jnp.zeros(32), jnp.zeros(3), rnn.initial_state())
+    assert state.h.shape == (256,) and state.c.shape == (256,)
+    assert out.log_pi.shape == (5,) and out.mu.shape == (5, 32) and out.log_sigma.shape == (5, 32)
+    assert out.reward.shape == () and out.done_logit.shape == ()
+    np.testing.assert_allclose(jnp.sum(jnp.exp(out.log_pi)), 1.0, rtol=1e-5)
+    assert sample_next_z(out, jr.key(1), 1.0).shape == (32,)
+    assert most_likely_z(out).shape == (32,)
+
+
+def test_rollout_sequence_scan_equals_python_loop():
+    rnn = MDNRNN(8, 3, 16, 3, key=jr.key(0))
+    z = jr.normal(jr.key(1), (12, 8))
+    a = jr.uniform(jr.key(2), (12, 3))
+    final, outs = rollout_sequence(rnn, z, a)
+    state = rnn.initial_state()
+    for t in range(12):
+        state, out = rnn(z[t], a[t], state)
+        np.testing.assert_allclose(outs.mu[t], out.mu, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outs.reward[t], out.reward, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final.h, state.h, rtol=1e-5, atol=1e-6)
+
+
+def test_temperature_scales_sampling_spread():
+    rnn = MDNRNN(4, 3, 8, 2, key=jr.key(0))
+    _, out = rnn(jnp.zeros(4), jnp.zeros(3), rnn.initial_state())
+    keys = jr.split(jr.key(3), 4000)
+    cold = jax.vmap(lambda k: sample_next_z(out, k, 0.1))(keys)
+    hot = jax.vmap(lambda k: sample_next_z(out, k, 2.0))(keys)
+    assert float(jnp.std(hot)) > float(jnp.std(cold))
+
+
+def test_controller_paper_size_and_action_bounds():
+    assert LinearController.num_params(32, 256) == 867
+    flat = jr.normal(jr.key(0), (867,)) * 10.0
+    ctrl = LinearController.from_flat(flat, 32, 256)
+    np.testing.assert_array_equal(ctrl.to_flat(), flat)
+    actions = jax.vmap(ctrl)(jr.normal(jr.key(1), (500, 32)) * 5, jr.normal(jr.key(2), (500, 256)) * 5)
+    assert float(actions[:, 0].min()) >= -1.0 and float(actions[:, 0].max()) <= 1.0
+    assert float(actions[:, 1:].min()) >= 0.0 and float(actions[:, 1:].max()) <= 1.0
+    with pytest.raises(ValueError, match="867"):
+        LinearController.from_flat(jnp.zeros(10), 32, 256)
