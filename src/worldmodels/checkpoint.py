@@ -98,8 +98,8 @@ def save(
         "extra": extra or {},
     }
     items = {"model": ocp.args.StandardSave(arrays), "meta": ocp.args.JsonSave(meta)}
-    if opt_state is not None:
-        opt_arrays, opt_paths = _flatten(opt_state)
+    opt_arrays, opt_paths = _flatten(opt_state) if opt_state is not None else ({}, [])
+    if opt_arrays:  # stateless optimisers (plain SGD) have nothing to save
         meta["opt_paths"] = opt_paths
         meta["opt_shapes"] = [list(a.shape) for a in opt_arrays.values()]
         items["opt"] = ocp.args.StandardSave(opt_arrays)
@@ -179,7 +179,8 @@ def load(
     if meta.get("kind") != kind:
         raise CheckpointError(f"{where} holds a {meta.get('kind')!r}, expected a {kind!r}")
     items = {"model": ocp.args.StandardRestore()}
-    if opt_like is not None:
+    restore_opt = opt_like is not None and "opt_paths" in meta
+    if restore_opt:
         items["opt"] = ocp.args.StandardRestore()
     try:
         with _manager(directory) as mngr:
@@ -187,8 +188,8 @@ def load(
     except Exception as err:
         raise CheckpointError(f"{where}: cannot read arrays ({err})") from err
     model = _fill(like, restored["model"], meta["paths"], meta["shapes"], where)
-    opt_state = None
-    if opt_like is not None:
+    opt_state = opt_like
+    if restore_opt:
         opt_state = _fill(opt_like, restored["opt"], meta["opt_paths"], meta["opt_shapes"], where + " (optimiser)")
     return model, opt_state, meta
 

@@ -49,7 +49,7 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
     def step(model, opt_state, batch, key):
         (_, metrics), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return eqx.apply_updates(model, updates), opt_state, metrics
 
     return step
@@ -100,8 +100,8 @@ def fit(
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     start = 0
     if checkpoint.latest_step(ckpt_dir) is not None:
+        checkpoint.check_hparams(checkpoint.read_meta(ckpt_dir), hparams, f"checkpoint in {ckpt_dir}")
         model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state)
-        checkpoint.check_hparams(meta, hparams, f"checkpoint in {ckpt_dir}")
         start = int(meta["step"])
     if start >= steps:
         return model

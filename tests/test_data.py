@@ -1,0 +1,76 @@
+"""Collection into Minari: real CarRacing-v3 episodes, resume, interruption keeps finished episodes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worldmodels.config import CollectConfig
+from worldmodels.data import DatasetError, collect, dataset_dir, load_episodes, open_dataset
+from worldmodels.policies import BrownianPolicy, make_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_brownian_actions_stay_in_bounds_and_are_smooth():
+    policy = BrownianPolicy()
+    policy.reset(0)
+    actions = np.stack([policy.act() for _ in range(2000)])
+    assert actions[:, 0].min() >= -1 and actions[:, 0].max() <= 1
+    assert actions[:, 1:].min() >= 0 and actions[:, 1:].max() <= 1
+    # smooth: consecutive actions are strongly correlated, unlike white noise
+    assert np.corrcoef(actions[:-1, 0], actions[1:, 0])[0, 1] > 0.3
+    with pytest.raises(ValueError, match="unknown collection policy"):
+        make_policy(CollectConfig(policy="nope"))
+
+
+def test_collect_resumes_with_missing_seeds(tmp_path):
+    cfg = CollectConfig(episodes=2, max_steps=25, workers=2, seed=7)
+    path = collect(tmp_path, cfg)
+    first = {ep.seed: ep for ep in load_episodes(path)}
+    assert set(first) == {7, 8}
+    ep = first[7]
+    assert ep.observations.shape == (26, 64, 64, 3) and ep.observations.dtype == np.uint8
+    assert ep.actions.shape == (25, 3) and ep.rewards.shape == (25,)
+    assert ep.truncations[-1] and not ep.terminations.any()
+    collect(tmp_path, CollectConfig(episodes=3, max_steps=25, workers=2, seed=7))
+    again = {ep.seed: ep for ep in load_episodes(path)}
+    assert set(again) == {7, 8, 9}
+    np.testing.assert_array_equal(again[7].observations, first[7].observations)
+    # Same seed, same policy noise: a re-collected episode is identical.
+    other = collect(tmp_path / "b", CollectConfig(episodes=1, max_steps=25, workers=1, seed=7))
+    np.testing.assert_array_equal(load_episodes(other)[0].actions, first[7].actions)
+
+
+def test_missing_dataset_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="no dataset at .*data/brownian"):
+        open_dataset(dataset_dir(tmp_path))
+
+
+def test_interrupted_collection_keeps_finished_episodes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "collect_data.py"), "--preset", "smoke", "--run-dir", str(run),
+           "--episodes", "40", "--max-steps", "40", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    meta = dataset_dir(run) / "metadata.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if meta.is_file() and open_dataset(dataset_dir(run)).total_episodes >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err.decode()
+    kept = open_dataset(dataset_dir(run)).total_episodes
+    assert 2 <= kept < 40
+    episodes = load_episodes(dataset_dir(run))  # readable after the interruption
+    assert all(ep.length == 40 for ep in episodes)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    seeds = sorted(ep.seed for ep in load_episodes(dataset_dir(run)))
+    assert seeds == list(range(40))

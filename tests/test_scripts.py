@@ -1,0 +1,81 @@
+"""Subprocess smoke tests of every script against the real CarRacing-v3, at the smoke preset's tiny sizes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["collect_data.py", "train_vae.py", "train_rnn.py", "train_dream.py", "test_agent.py", "pipeline.py"]
+
+
+def run(script, *args, ok=True, timeout=600):
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_flags(script):
+    out = run(script, "--help").stdout
+    assert "--run-dir" in out and "--preset" in out
+
+
+def test_stage_help_shows_field_docs():
+    out = run("train_vae.py", "--preset", "smoke", "--help").stdout
+    assert "Free bits per latent dimension" in out and "--kl-tolerance" in out
+
+
+def test_missing_inputs_name_path_and_command(tmp_path):
+    for script, missing, producer in [
+        ("train_vae.py", "data/brownian", "collect_data.py"),
+        ("train_rnn.py", "vae/ckpt", "train_vae.py"),
+        ("train_dream.py", "rnn/ckpt", "train_rnn.py"),
+        ("test_agent.py", "vae/ckpt", "train_vae.py"),
+    ]:
+        proc = run(script, "--preset", "smoke", "--run-dir", str(tmp_path / "empty"), ok=False)
+        assert proc.returncode == 1, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert missing in last and producer in last and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_preset_is_refused(tmp_path):
+    proc = run("train_vae.py", "--preset", "nope", "--run-dir", str(tmp_path), ok=False)
+    assert proc.returncode != 0 and "unknown preset 'nope'" in proc.stderr
+
+
+def test_every_script_end_to_end(tmp_path):
+    rd = str(tmp_path / "run")
+    common = ["--preset", "smoke", "--run-dir", rd]
+    run("collect_data.py", *common)
+    run("train_vae.py", *common)
+    run("train_rnn.py", *common)
+    run("train_dream.py", *common)
+    run("test_agent.py", *common, "--video")
+    run_dir = Path(rd)
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["n"] == 2 and len(results["episodes"]) == 2
+    assert {"seed", "return", "steps"} <= set(results["episodes"][0])
+    assert all(ep["seed"] >= 1_000_000 for ep in results["episodes"])  # never a collection seed
+    videos = sorted((run_dir / "eval").glob("*.mp4"))
+    assert videos
+    frames = iio.imread(videos[0], plugin="pyav") if False else iio.imread(videos[0])
+    assert frames.shape[0] > 10 and frames.shape[2] == 3 * frames.shape[1]  # real | VAE | MDN-RNN
+    config = json.loads((run_dir / "config.json").read_text())
+    assert {"collect", "vae", "rnn", "dream", "test"} <= set(config)
+    for part in ("vae/recon.png", "vae/metrics.jsonl", "rnn/metrics.jsonl", "controller/metrics.jsonl"):
+        assert (run_dir / part).is_file(), part
+
+    # Everything is done: the pipeline skips every stage and prints its table.
+    out = run("pipeline.py", *common).stdout
+    assert out.count("skipped") == 5 and "real CarRacing-v3 score" in out
+
+    # A config whose sizes differ from the checkpoint is refused with both sizes named.
+    proc = run("train_vae.py", *common, "--z-size", "64", "--steps", "40", ok=False)
+    assert proc.returncode == 1
+    assert "z_size=32 in the checkpoint, 64 in the config" in proc.stderr
