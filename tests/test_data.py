@@ -54,8 +54,20 @@ def test_missing_dataset_is_named(tmp_path):
 
 def test_interrupted_collection_keeps_finished_episodes(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "collect_data.py"), "--preset", "smoke", "--run-dir", str(run),
-           "--episodes", "40", "--max-steps", "40", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "collect_data.py"),
+        "--preset",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--episodes",
+        "40",
+        "--max-steps",
+        "40",
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     meta = dataset_dir(run) / "metadata.json"
     deadline = time.time() + 120

@@ -13,8 +13,9 @@ SCRIPTS = ["collect_data.py", "train_vae.py", "train_rnn.py", "train_dream.py", 
 
 
 def run(script, *args, ok=True, timeout=600):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     if ok:
         assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

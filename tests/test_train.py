@@ -44,15 +44,27 @@ def test_sequence_batch_windows_and_mask():
 
 def test_rnn_training_reduces_loss_and_resumes(tmp_path):
     data = toy_latents()
-    cfg = RNNConfig(hidden_size=16, num_mixtures=2, seq_len=10, batch_size=8, steps=30, log_every=10,
-                    checkpoint_every=10)
+    cfg = RNNConfig(
+        hidden_size=16, num_mixtures=2, seq_len=10, batch_size=8, steps=30, log_every=10, checkpoint_every=10
+    )
     hp = {"z_size": 4, "action_size": 3, "hidden_size": 16, "num_mixtures": 2}
 
     def run(steps):
-        return fit(model=MDNRNN(**hp, key=jr.key(0)), optimizer=optax.adam(1e-2),
-                   loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg), make_batch=lambda s: sequence_batch(data, s, cfg),
-                   steps=steps, out_dir=tmp_path / "rnn", kind="mdnrnn", hparams=hp, seed=0, log_every=10,
-                   checkpoint_every=10, items_per_step=80, desc="test")
+        return fit(
+            model=MDNRNN(**hp, key=jr.key(0)),
+            optimizer=optax.adam(1e-2),
+            loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg),
+            make_batch=lambda s: sequence_batch(data, s, cfg),
+            steps=steps,
+            out_dir=tmp_path / "rnn",
+            kind="mdnrnn",
+            hparams=hp,
+            seed=0,
+            log_every=10,
+            checkpoint_every=10,
+            items_per_step=80,
+            desc="test",
+        )
 
     run(20)
     assert checkpoint.latest_step(tmp_path / "rnn" / "ckpt") == 20
@@ -71,9 +83,21 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
         return loss, {"total": loss}
 
     with pytest.raises(TrainingDiverged, match=r"step 7.*last good checkpoint: .*ckpt/5"):
-        fit(model=MDNRNN(**hp, key=jr.key(0)), optimizer=optax.sgd(1e-3), loss_fn=loss_fn,
-            make_batch=lambda s: jnp.float32(np.nan if s == 6 else 1.0), steps=10, out_dir=tmp_path / "x",
-            kind="mdnrnn", hparams=hp, seed=0, log_every=1, checkpoint_every=5, items_per_step=1, desc="nan")
+        fit(
+            model=MDNRNN(**hp, key=jr.key(0)),
+            optimizer=optax.sgd(1e-3),
+            loss_fn=loss_fn,
+            make_batch=lambda s: jnp.float32(np.nan if s == 6 else 1.0),
+            steps=10,
+            out_dir=tmp_path / "x",
+            kind="mdnrnn",
+            hparams=hp,
+            seed=0,
+            log_every=1,
+            checkpoint_every=5,
+            items_per_step=1,
+            desc="nan",
+        )
     assert checkpoint.latest_step(tmp_path / "x" / "ckpt") == 5
     model, _, meta = checkpoint.load(tmp_path / "x" / "ckpt", MDNRNN(**hp, key=jr.key(1)), kind="mdnrnn")
     assert np.isfinite(np.asarray(model.head.bias)).all() and meta["step"] == 5

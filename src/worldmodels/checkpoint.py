@@ -168,7 +168,8 @@ def load(
         opt_like: an optimiser state of the right structure, to restore ``opt`` too.
 
     Returns:
-        (model, opt_state or None, meta).
+        (model, opt_state, meta); ``opt_state`` is ``opt_like`` unchanged when the checkpoint stores
+        none (a stateless optimiser) and ``None`` when ``opt_like`` is ``None``.
 
     Raises:
         CheckpointError: missing or corrupt checkpoint, wrong kind, or a shape that differs (both named).

@@ -108,6 +108,7 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
     frames = frames_of(load_episodes(data))
     print(f"training the VAE on {len(frames)} frames from {data}")
     train_vae(run_dir / "vae", frames, cfg)
+    _finish(run_dir / "vae", ["total", "recon", "kl_raw"], "VAE training", "recon.png")
 
 
 def load_vae(run_dir: Path, expected: dict | None = None):
@@ -159,14 +160,21 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     data = latents(run_dir, cfg.dataset)
     print(f"training the MDN-RNN on {data.num_episodes} episodes, {len(data.actions)} steps")
     train_rnn(run_dir / "rnn", data, cfg)
+    _finish(run_dir / "rnn", ["total", "mdn_nll", "reward", "done"], "MDN-RNN training")
+
+
+def _finish(out_dir: Path, keys: list[str], title: str, *pictures: str, png: str = "losses.png") -> None:
+    """Plot the stage's metrics to ``png`` and print its last logged values (the stage's summary)."""
     from worldmodels.viz import plot_metrics
 
-    plot_metrics(
-        run_dir / "rnn" / "metrics.jsonl",
-        run_dir / "rnn" / "losses.png",
-        ["total", "mdn_nll", "reward", "done"],
-        "MDN-RNN training",
-    )
+    metrics = out_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return
+    plot_metrics(metrics, out_dir / png, keys, title)
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    xkey = "step" if "step" in last else "generation"
+    values = ", ".join(f"{k} {last[k]:.4g}" for k in keys if k in last)
+    print(f"{title}: {xkey} {last[xkey]}: {values} -> {out_dir} ({', '.join((png, *pictures))})")
 
 
 def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int):
@@ -204,14 +212,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig, dataset: str = "brownian") -> Non
         # Seeds between collection's and the final test's.
         check = real_checker(run_dir, cfg.eval_episodes, 500_000, 1000, 0)
     evolve(run_dir / "controller", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg, real_check=check)
-    from worldmodels.viz import plot_metrics
-
-    plot_metrics(
-        run_dir / "controller" / "metrics.jsonl",
-        run_dir / "controller" / "fitness.png",
-        ["best", "mean", "rescored_mean", "sigma"],
-        "CMA-ES in the dream",
-    )
+    _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
 
 def run_test(run_dir: Path, cfg: TestConfig) -> dict:
