@@ -23,7 +23,10 @@ def test_round_trip_with_optimiser_state(tmp_path):
     checkpoint.save(tmp_path / "ck", 3, rnn, kind="mdnrnn", hparams=hp, opt_state=state, extra={"loss": 1.5})
     other = MDNRNN(8, 3, 16, 3, key=jr.key(9))
     loaded, loaded_state, meta = checkpoint.load(tmp_path / "ck", other, kind="mdnrnn", opt_like=state)
-    for a, b in zip(jax.tree.leaves(eqx.filter(rnn, eqx.is_array)), jax.tree.leaves(eqx.filter(loaded, eqx.is_array))):
+    leaves = zip(
+        jax.tree.leaves(eqx.filter(rnn, eqx.is_array)), jax.tree.leaves(eqx.filter(loaded, eqx.is_array)), strict=True
+    )
+    for a, b in leaves:
         np.testing.assert_array_equal(a, b)
     assert meta["step"] == 3 and meta["extra"]["loss"] == 1.5
     assert jax.tree.structure(loaded_state) == jax.tree.structure(state)

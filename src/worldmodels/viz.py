@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -58,9 +59,13 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
     import imageio.v2 as imageio
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=16) as writer:
-        for frame in frames:
-            writer.append_data(frame)
+    with warnings.catch_warnings():
+        # ffmpeg is started with fork+exec; JAX's warning about forking a multithreaded process does
+        # not apply to a child that immediately execs.
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=16) as writer:
+            for frame in frames:
+                writer.append_data(frame)
 
 
 def plot_metrics(metrics_path: Path, out_path: Path, keys: list[str], title: str) -> None:
