@@ -153,7 +153,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     """Train M on the VAE's latent sequences; writes ``RUN_DIR/rnn/``."""
     run_dir = Path(run_dir)
     record_config(run_dir, "rnn", cfg)
-    vae, _ = load_vae(run_dir)
+    _require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     if rnn_done(run_dir, cfg):
         print(f"MDN-RNN already trained ({run_dir / 'rnn'})")
         return

@@ -66,6 +66,14 @@ def _conv_transpose_bwd(res, g):
 conv_transpose_s2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
+def _uniform_init(key: PRNGKeyArray, kernel: int, cin: int, cout: int, fan_in: int) -> tuple[Array, Array]:
+    """HWIO weight and bias drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default."""
+    kw, kb = jr.split(key)
+    lim = 1.0 / math.sqrt(fan_in)
+    weight = jr.uniform(kw, (kernel, kernel, cin, cout), minval=-lim, maxval=lim)
+    return weight, jr.uniform(kb, (cout,), minval=-lim, maxval=lim)
+
+
 class Conv2dS2(eqx.Module):
     """Stride-2 VALID convolution on NHWC maps (HWIO kernel), default uniform init as in PyTorch."""
 
@@ -73,10 +81,7 @@ class Conv2dS2(eqx.Module):
     bias: Float[Array, " O"]
 
     def __init__(self, cin: int, cout: int, kernel: int, *, key: PRNGKeyArray):
-        kw, kb = jr.split(key)
-        lim = 1.0 / math.sqrt(cin * kernel * kernel)
-        self.weight = jr.uniform(kw, (kernel, kernel, cin, cout), minval=-lim, maxval=lim)
-        self.bias = jr.uniform(kb, (cout,), minval=-lim, maxval=lim)
+        self.weight, self.bias = _uniform_init(key, kernel, cin, cout, fan_in=cin * kernel * kernel)
 
     def __call__(self, x: Float[Array, "N H W C"]) -> Float[Array, "N Ho Wo O"]:
         return lax.conv_general_dilated(x, self.weight, (2, 2), "VALID", dimension_numbers=_DN) + self.bias
@@ -89,10 +94,8 @@ class ConvTranspose2dS2(eqx.Module):
     bias: Float[Array, " O"]
 
     def __init__(self, cin: int, cout: int, kernel: int, *, key: PRNGKeyArray):
-        kw, kb = jr.split(key)
-        lim = 1.0 / math.sqrt(cout * kernel * kernel)
-        self.weight = jr.uniform(kw, (kernel, kernel, cin, cout), minval=-lim, maxval=lim)
-        self.bias = jr.uniform(kb, (cout,), minval=-lim, maxval=lim)
+        # A transposed convolution's fan-in is its output channels times the kernel area (PyTorch's rule).
+        self.weight, self.bias = _uniform_init(key, kernel, cin, cout, fan_in=cout * kernel * kernel)
 
     def __call__(self, x: Float[Array, "N H W C"]) -> Float[Array, "N Ho Wo O"]:
         return conv_transpose_s2(x, self.weight) + self.bias
