@@ -135,14 +135,17 @@ def load_controller(run_dir: Path, expected: dict | None = None):
 def latents(run_dir: Path, dataset: str) -> LatentDataset:
     """The dataset encoded by the run's VAE, cached in ``RUN_DIR/rnn/latents.npz`` (keyed by VAE step)."""
     run_dir = Path(run_dir)
-    vae, meta = load_vae(run_dir)
+    vae_dir = run_dir / "vae" / "ckpt"
+    _require_ckpt(vae_dir, f"uv run train_vae.py --run-dir {run_dir}")
+    vae_step = checkpoint.latest_step(vae_dir)
     cache = run_dir / "rnn" / "latents.npz"
     if cache.is_file():
         data, extra = LatentDataset.load(cache)
-        if int(extra["vae_step"]) == meta["step"] and str(extra["dataset"]) == dataset:
+        if int(extra["vae_step"]) == vae_step and str(extra["dataset"]) == dataset:
             return data
     path = dataset_dir(run_dir, dataset)
     _require(path / "metadata.json", _collect_cmd(run_dir))
+    vae, meta = load_vae(run_dir)
     data = encode_episodes(vae, load_episodes(path))
     cache.parent.mkdir(parents=True, exist_ok=True)
     data.save(cache, vae_step=np.int64(meta["step"]), dataset=np.str_(dataset))
