@@ -80,3 +80,19 @@ def test_every_script_end_to_end(tmp_path):
     proc = run("train_vae.py", *common, "--z-size", "64", "--steps", "40", ok=False)
     assert proc.returncode == 1
     assert "z_size=32 in the checkpoint, 64 in the config" in proc.stderr
+
+
+def test_dream_benchmark_small(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_dream.py"), "--small", "--json", str(tmp_path / "b.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["fused_steps_per_s"] > 0 and figures["loop_steps_per_s"] > 0
+    assert figures["flops_per_step"] == 765_120  # Z 32, LSTM 256, 5 mixtures, 3 actions
+    assert 0 < figures["roofline_fraction"]
+    assert "fraction of the matmul roofline" in proc.stdout
