@@ -74,6 +74,7 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
     while time.time() < deadline:
         if meta.is_file() and open_dataset(dataset_dir(run)).total_episodes >= 2:
             break
+        assert not (dataset_dir(run) / "metadata.json").exists() or (dataset_dir(run) / "main_data.hdf5").exists()
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)

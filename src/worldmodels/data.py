@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import shutil
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,32 +107,38 @@ def _defer_sigint():
 
 
 def _open_or_create(path: Path, cfg: CollectConfig):
+    """Open the Minari storage at ``path``, creating it first (atomically) if it does not exist."""
     from minari.dataset.minari_storage import MinariStorage
 
-    env = make_env(cfg.max_steps)
-    if (path / "metadata.json").exists():
-        try:
-            return MinariStorage.read(path)
-        except Exception as err:
-            raise DatasetError(f"dataset {path} is unreadable ({err}); delete it and collect again") from err
-    storage = MinariStorage.new(
-        path,
-        observation_space=env.observation_space,
-        action_space=env.action_space,
-        data_format="hdf5",
-        jpeg_encoding=False,
-    )
-    storage.update_metadata(
-        {
-            "dataset_id": f"carracing/{cfg.policy}-v0",
-            "algorithm_name": cfg.policy,
-            "env_id": ENV_ID,
-            "preprocessing": "crop rows 0:84, resize 64x64 INTER_AREA, uint8",
-            "minari_version": _minari_version(),
-        }
-    )
-    env.close()
-    return storage
+    if not (path / "metadata.json").exists():
+        # Build the empty dataset beside its final place and rename it in, so an interruption
+        # never leaves a half-created dataset behind.
+        tmp = path.with_name(path.name + ".creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        env = make_env(cfg.max_steps)
+        storage = MinariStorage.new(
+            tmp,
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            data_format="hdf5",
+            jpeg_encoding=False,
+        )
+        env.close()
+        storage.update_metadata(
+            {
+                "dataset_id": f"carracing/{cfg.policy}-v0",
+                "algorithm_name": cfg.policy,
+                "env_id": ENV_ID,
+                "preprocessing": "crop rows 0:84, resize 64x64 INTER_AREA, uint8",
+                "minari_version": _minari_version(),
+            }
+        )
+        shutil.rmtree(path, ignore_errors=True)  # an empty leftover directory, if any
+        tmp.rename(path)
+    try:
+        return MinariStorage.read(path)
+    except Exception as err:
+        raise DatasetError(f"dataset {path} is unreadable ({err}); delete it and collect again") from err
 
 
 def _minari_version() -> str:
