@@ -56,7 +56,7 @@ def test_every_script_end_to_end(tmp_path):
     run("collect_data.py", *common)
     run("train_vae.py", *common)
     run("train_rnn.py", *common)
-    run("train_dream.py", *common)
+    run("train_dream.py", *common, "--eval-every", "2", "--eval-episodes", "2")
     run("test_agent.py", *common, "--video")
     run_dir = Path(rd)
     results = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -65,10 +65,13 @@ def test_every_script_end_to_end(tmp_path):
     assert all(ep["seed"] >= 1_000_000 for ep in results["episodes"])  # never a collection seed
     videos = sorted((run_dir / "eval").glob("*.mp4"))
     assert videos
-    frames = iio.imread(videos[0], plugin="pyav") if False else iio.imread(videos[0])
+    frames = iio.imread(videos[0])
     assert frames.shape[0] > 10 and frames.shape[2] == 3 * frames.shape[1]  # real | VAE | MDN-RNN
     config = json.loads((run_dir / "config.json").read_text())
     assert {"collect", "vae", "rnn", "dream", "test"} <= set(config)
+    generations = [json.loads(x) for x in (run_dir / "controller" / "metrics.jsonl").read_text().splitlines()]
+    assert [g["generation"] for g in generations] == [1, 2, 3]
+    assert "real_mean" in generations[1] and "real_mean" not in generations[0]  # checked every 2 generations
     for part in ("vae/recon.png", "vae/metrics.jsonl", "rnn/metrics.jsonl", "controller/metrics.jsonl"):
         assert (run_dir / part).is_file(), part
 

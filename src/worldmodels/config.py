@@ -119,6 +119,8 @@ class DreamConfig:
     """Score the best candidate in the real environment every this many generations (0 = never)."""
     eval_episodes: int = 4
     """Real episodes for those periodic checks."""
+    eval_max_steps: int = 1000
+    """Episode length cap of those periodic checks."""
     checkpoint_every: int = 10
     """Save the CMA-ES mean, step size and best controller every this many generations."""
     seed: int = 0

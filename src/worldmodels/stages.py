@@ -213,7 +213,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig, dataset: str = "brownian") -> Non
     check = None
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
-        check = real_checker(run_dir, cfg.eval_episodes, 500_000, 1000, 0)
+        check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0)
     evolve(run_dir / "controller", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg, real_check=check)
     _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
