@@ -17,6 +17,10 @@ from worldmodels import stages
 from worldmodels.config import Preset, record_config
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def run_pipeline(run_dir: Path, preset: Preset) -> dict:
     """Run every stage of ``preset`` in order on ``run_dir``.
 
@@ -59,9 +63,9 @@ def run_pipeline(run_dir: Path, preset: Preset) -> dict:
     table.add_column("status")
     table.add_column("wall time", justify="right")
     for name, row in report["stages"].items():
-        table.add_row(name, row["status"], f"{row['seconds'] / 60:.1f} min")
+        table.add_row(name, row["status"], _duration(row["seconds"]))
     total = sum(r["seconds"] for r in report["stages"].values())
-    table.add_row("total", "", f"{total / 60:.1f} min")
+    table.add_row("total", "", _duration(total))
     s = report["score"]
     Console().print(table)
     print(
