@@ -43,7 +43,7 @@ def test_vae_shapes_single_and_batched():
 def test_vae_paper_parameter_count():
     vae = ConvVAE(32, key=jr.key(0))
     n = sum(x.size for x in jax.tree.leaves(eqx.filter(vae, eqx.is_array)))
-    # Encoder convs + mu/logvar dense + decoder dense + deconvs of Ha & Schmidhuber's Fig. 22.
+    # Encoder convs + mu/logvar dense + decoder dense + deconvs of Ha & Schmidhuber's Appendix A.1.
     enc = (4 * 4 * 3 * 32 + 32) + (4 * 4 * 32 * 64 + 64) + (4 * 4 * 64 * 128 + 128) + (4 * 4 * 128 * 256 + 256)
     dense = 2 * (1024 * 32 + 32) + (32 * 1024 + 1024)
     dec = (5 * 5 * 1024 * 128 + 128) + (5 * 5 * 128 * 64 + 64) + (6 * 6 * 64 * 32 + 32) + (6 * 6 * 32 * 3 + 3)

@@ -18,7 +18,7 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 @dataclass(frozen=True)
 class CollectConfig:
-    """Rollout collection with the paper's random policy (Sec. 4.1: 10,000 random rollouts)."""
+    """Rollout collection with the paper's random policy (Sec. 3.1: 10,000 random rollouts)."""
 
     episodes: int = 10_000
     """Number of episodes to collect (finished episodes already on disk count towards it)."""
@@ -108,7 +108,7 @@ class DreamConfig:
     dream_steps: int = 1000
     """Length T of each dream rollout in steps."""
     temperature: float = 1.0
-    """Dream temperature tau: mixture logits / tau and sigma * sqrt(tau) (Sec. 4.5)."""
+    """Dream temperature tau: mixture logits / tau and sigma * sqrt(tau) (Sec. 4, "Cheating the World Model")."""
     generations: int = 200
     """Number of CMA-ES generations."""
     sigma_init: float = 0.1

@@ -1,7 +1,7 @@
 """CarRacing-v3 preprocessing and environment factories.
 
 Frames are cropped above the HUD (rows 0:84 of the 96x96 render) and resized to 64x64 with
-``cv2.INTER_AREA``, as in Ha & Schmidhuber 2018 (Sec. 4.1). Actions are CarRacing's continuous
+``cv2.INTER_AREA``, as in Ha & Schmidhuber 2018 (Sec. 3.1). Actions are CarRacing's continuous
 (steer in [-1, 1], gas in [0, 1], brake in [0, 1]).
 """
 

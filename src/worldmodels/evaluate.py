@@ -27,7 +27,7 @@ from worldmodels.models.vae import to_float
 
 
 class Agent(eqx.Module):
-    """The paper's agent: V encodes the frame, C acts on [z, h], M updates h (Fig. 4)."""
+    """The paper's agent: V encodes the frame, C acts on [z, h], M updates h (Sec. 2.4)."""
 
     vae: ConvVAE
     rnn: MDNRNN

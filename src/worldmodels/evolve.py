@@ -2,7 +2,7 @@
 
 Each generation: ``ask`` P candidates, score them with ``dream.generation_fitness`` (P x R x T dream
 steps in one call), ``tell`` the negated fitness. The generation's best candidate and the CMA-ES
-mean are then re-scored on R fresh dreams (as the paper re-evaluates on new rollouts, Appendix A.3);
+mean are then re-scored on R fresh dreams (as the paper re-evaluates on new rollouts, Appendix A.4);
 the best of those re-scores is kept as the controller.
 """
 

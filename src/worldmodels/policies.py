@@ -18,7 +18,7 @@ class BrownianPolicy:
     """Smooth random actions: an Ornstein-Uhlenbeck process clipped to the action box.
 
     a_{t+1} = clip(a_t + theta (mean - a_t) + sigma * eps_t), eps_t ~ N(0, I). Random driving that
-    turns, accelerates and brakes for stretches of time, like the paper's random rollouts (Sec. 4.1),
+    turns, accelerates and brakes for stretches of time, like the paper's random rollouts (Sec. 3.1),
     instead of white noise that averages out to standing still.
     """
 

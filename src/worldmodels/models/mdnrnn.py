@@ -98,7 +98,7 @@ class MDNRNN(eqx.Module):
 
 
 def sample_next_z(out: MDNOutput, key: PRNGKeyArray, temperature: float | Array = 1.0) -> Float[Array, " Z"]:
-    """Sample z_{t+1} from the mixture at a temperature (Ha & Schmidhuber 2018, Sec. 4.5).
+    """Sample z_{t+1} from the mixture at a temperature (Ha & Schmidhuber 2018, Sec. 4, "Cheating the World Model").
 
     The temperature tau divides the mixture logits and scales each sigma by sqrt(tau): tau < 1 is
     more deterministic, tau > 1 more uncertain.

@@ -1,4 +1,4 @@
-"""The paper's convolutional VAE (Ha & Schmidhuber 2018, Appendix A.1, Fig. 22).
+"""The paper's convolutional VAE (Ha & Schmidhuber 2018, Appendix A.1).
 
 Encoder: four stride-2 4x4 convolutions (32, 64, 128, 256 filters, ReLU) on a 64x64x3 frame,
 flattened to 2x2x256 = 1024, then dense layers to mu and log-variance of z (size Z).
