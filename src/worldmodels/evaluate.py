@@ -103,7 +103,6 @@ def run_episodes(
     env = _vector_env(workers, max_steps)
     results: list[EpisodeResult] = []
     bar = tqdm(total=len(seeds), desc="real episodes", unit="ep", disable=not progress)
-    step_count = 0
     try:
         for first in range(0, len(seeds), workers):
             round_seeds = list(seeds[first : first + workers])
@@ -131,7 +130,6 @@ def run_episodes(
                 obs, reward, terminated, truncated, _ = env.step(np.asarray(actions))
                 returns += np.where(active, reward, 0.0)
                 lengths += active
-                step_count += int(active.sum())
                 active &= ~(terminated | truncated)
             for i in range(n):
                 results.append(EpisodeResult(round_seeds[i], float(returns[i]), int(lengths[i])))
