@@ -157,6 +157,7 @@ def load(
     kind: str,
     step: int | None = None,
     opt_like: Any = None,
+    expected: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Restore a module (and optionally an optimiser state) into the structure of ``like``.
 
@@ -166,19 +167,37 @@ def load(
         kind: the expected ``kind``.
         step: which step (default: the latest).
         opt_like: an optimiser state of the right structure, to restore ``opt`` too.
+        expected: hparams that must match (e.g. ``{"z_size": 32}``), for an error naming both values.
 
     Returns:
         (model, opt_state, meta); ``opt_state`` is ``opt_like`` unchanged when the checkpoint stores
         none (a stateless optimiser) and ``None`` when ``opt_like`` is ``None``.
 
     Raises:
-        CheckpointError: missing or corrupt checkpoint, wrong kind, or a shape that differs (both named).
+        CheckpointError: missing or corrupt checkpoint, wrong kind, differing hparams, or a shape that
+            differs (both named).
     """
+    step, meta = _checked_meta(directory, step, kind, expected)
+    return (*_restore(directory, step, meta, like, opt_like), meta)
+
+
+def _checked_meta(
+    directory: Path, step: int | None, kind: str, expected: dict[str, Any] | None
+) -> tuple[int, dict[str, Any]]:
+    """Read a step's metadata once and check its kind and hparams."""
     step = _resolve_step(directory, step)
     where = f"checkpoint {directory}/{step}"
     meta = read_meta(directory, step)
     if meta.get("kind") != kind:
         raise CheckpointError(f"{where} holds a {meta.get('kind')!r}, expected a {kind!r}")
+    if expected:
+        check_hparams(meta, expected, where)
+    return step, meta
+
+
+def _restore(directory: Path, step: int, meta: dict[str, Any], like: Any, opt_like: Any) -> tuple[Any, Any]:
+    """Read the arrays of ``step`` into the structures of ``like`` (and ``opt_like``)."""
+    where = f"checkpoint {directory}/{step}"
     items = {"model": ocp.args.StandardRestore()}
     restore_opt = opt_like is not None and "opt_paths" in meta
     if restore_opt:
@@ -192,7 +211,7 @@ def load(
     opt_state = opt_like
     if restore_opt:
         opt_state = _fill(opt_like, restored["opt"], meta["opt_paths"], meta["opt_shapes"], where + " (optimiser)")
-    return model, opt_state, meta
+    return model, opt_state
 
 
 def load_module(
@@ -215,10 +234,6 @@ def load_module(
     Returns:
         (module, meta).
     """
-    step = _resolve_step(directory, step)
-    meta = read_meta(directory, step)
-    if expected:
-        check_hparams(meta, expected, f"checkpoint {directory}/{step}")
-    like = build(**meta["hparams"])
-    model, _, meta = load(directory, like, kind=kind, step=step)
+    step, meta = _checked_meta(directory, step, kind, expected)
+    model, _ = _restore(directory, step, meta, build(**meta["hparams"]), None)
     return model, meta

@@ -160,6 +160,10 @@ class Preset:
     test: TestConfig = field(default_factory=TestConfig)
 
 
+_SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig)}
+"""The stage configs a preset nests, by the type name its fields carry (annotations are strings here)."""
+
+
 def _merge(cls: type, overrides: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from its defaults and ``overrides``; unknown keys are an error."""
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -169,13 +173,7 @@ def _merge(cls: type, overrides: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in overrides.items():
         ftype = names[key].type
-        sub = {
-            "CollectConfig": CollectConfig,
-            "VAEConfig": VAEConfig,
-            "RNNConfig": RNNConfig,
-            "DreamConfig": DreamConfig,
-            "TestConfig": TestConfig,
-        }.get(str(ftype))
+        sub = _SECTIONS.get(str(ftype))
         if sub is not None:
             kwargs[key] = _merge(sub, value, f"{where}.{key}")
         elif isinstance(value, list):

@@ -100,8 +100,7 @@ def fit(
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     start = 0
     if checkpoint.latest_step(ckpt_dir) is not None:
-        checkpoint.check_hparams(checkpoint.read_meta(ckpt_dir), hparams, f"checkpoint in {ckpt_dir}")
-        model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state)
+        model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state, expected=hparams)
         start = int(meta["step"])
     if start >= steps:
         return model
