@@ -1,4 +1,5 @@
-"""Collect CarRacing-v3 rollouts with a random policy into a Minari dataset in RUN_DIR/data/ (resumable)."""
+"""Collect CarRacing-v3 rollouts into Minari datasets in RUN_DIR/data/POLICY (resumable), with one policy or a mix;
+or, with --stats, print statistics of the datasets already there."""
 
 from __future__ import annotations
 
@@ -16,15 +17,22 @@ class Args:
     """Run directory (see DESIGN.md: every stage reads and writes here)."""
     preset: str = "quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
+    stats: bool = False
+    """Instead of collecting: print episodes, steps, return mean +- std and the off-road fraction of every
+    dataset in RUN_DIR/data, and write RUN_DIR/data/stats.json and a return histogram RUN_DIR/data/returns.png."""
     collect: tyro.conf.OmitArgPrefixes[CollectConfig] = field(default_factory=CollectConfig)
 
 
 def main() -> None:
     from worldmodels.cli import parse, run_main
+    from worldmodels.diagnostics import print_stats
     from worldmodels.stages import run_collect
 
     args = parse(Args, __doc__)
-    run_main(lambda: run_collect(args.run_dir, args.collect))
+    if args.stats:
+        run_main(lambda: print_stats(args.run_dir))
+    else:
+        run_main(lambda: run_collect(args.run_dir, args.collect))
 
 
 if __name__ == "__main__":

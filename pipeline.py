@@ -1,5 +1,6 @@
 """Run the whole World Models pipeline (collect -> VAE -> MDN-RNN -> CMA-ES in the dream -> real test)
-on one run directory, skipping finished stages and resuming an interrupted one."""
+on one run directory, skipping finished stages and resuming an interrupted one; optionally followed by
+Sim2Real2Sim iterations that feed the agent's own real episodes back into the MDN-RNN."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ class Args:
     """Run directory; every stage reads and writes here."""
     preset: str = "quick"
     """Preset in configs/: smoke (CI, minutes), quick (2-core CPU, about an hour), paper."""
+    iterations: int | None = None
+    """Sim2Real2Sim iterations after the pipeline (real test -> on-policy data from the controller -> MDN-RNN
+    fine-tuning -> CMA-ES again); default: the preset's ``iterate.iterations``."""
 
 
 def main() -> None:
@@ -27,7 +31,7 @@ def main() -> None:
         preset = load_preset(args.preset)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
-    run_main(lambda: run_pipeline(args.run_dir, preset))
+    run_main(lambda: run_pipeline(args.run_dir, preset, args.iterations))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 @dataclass(frozen=True)
 class CollectConfig:
-    """Rollout collection with the paper's random policy (Sec. 3.1: 10,000 random rollouts)."""
+    """Rollout collection (Sec. 3.1 of the paper: 10,000 random rollouts) with a choice of driving policies."""
 
     episodes: int = 10_000
     """Number of episodes to collect (finished episodes already on disk count towards it)."""
@@ -27,9 +27,16 @@ class CollectConfig:
     workers: int = 0
     """Worker processes stepping environments; 0 means one per CPU core."""
     seed: int = 0
-    """Episode i is reset with seed ``seed + i``; evaluation uses seeds far from these."""
+    """Episode i of policy p is reset with seed ``seed + offset(p) + i`` (offsets 0, 20000, 40000, ... in the
+    order of the policies below), so every policy drives its own tracks; evaluation uses seeds far from these."""
     policy: str = "brownian"
-    """Collection policy: ``brownian`` (smooth random actions, the paper's random policy)."""
+    """Collection policy: ``brownian`` (smooth random actions), ``random_controller`` (the paper's random linear
+    controller), ``heuristic`` (pure pursuit on the track's tiles), ``recovery`` (heuristic pushed off the road
+    now and then), ``aggressive`` (heuristic entering corners too fast), ``controller`` (a trained agent plus
+    exploration noise). The dataset is written to RUN_DIR/data/POLICY."""
+    mix: str = ""
+    """Mixed collection, ``policy:episodes,...`` (e.g. ``brownian:60,heuristic:30``): each policy is collected
+    into its own dataset with that many episodes. Empty: ``episodes`` episodes of ``policy``."""
     brownian_sigma: float = 0.3
     """Per-step standard deviation of the brownian action increments (action units)."""
     brownian_theta: float = 0.5
@@ -37,6 +44,17 @@ class CollectConfig:
     brownian_mean: tuple[float, float, float] = (0.0, 0.35, 0.0)
     """Long-run mean of (steer, gas, brake) for the brownian policy; a gas bias makes the car move.
     The defaults keep the car on the road about half of its first 400 steps."""
+    random_controller_scale: float = 1.0
+    """``random_controller``: each episode draws a weight scale s ~ U(0, this) and weights ~ N(0, s^2 / inputs)
+    on a 16x16 grey version of the frame (the paper's code drew stdev ~ U(0, 0.01) for its VAE's z)."""
+    recovery_every: float = 120.0
+    """``recovery``: mean number of steps between perturbations (geometric waiting time)."""
+    recovery_steps: int = 20
+    """``recovery``: length in steps of a perturbation (a hard turn with gas) that pushes the car off the road."""
+    controller_run: str = ""
+    """``controller``: run directory whose vae/, rnn/ and controller/ checkpoints drive; empty = this run."""
+    controller_noise: float = 0.2
+    """``controller``: standard deviation of the smooth (Ornstein-Uhlenbeck) noise added to the agent's actions."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +62,10 @@ class VAEConfig:
     """Vision model V: the paper's convolutional VAE (Appendix A.1) and its training."""
 
     dataset: str = "brownian"
-    """Dataset under RUN_DIR/data/ to train on."""
+    """Datasets under RUN_DIR/data/ to train on, as a recipe ``name[:weight],...`` (e.g.
+    ``brownian:2,heuristic:1``): a batch draws each frame from dataset d with probability weight_d / sum."""
+    mirror: bool = False
+    """Mirror augmentation: flip a random half of every batch left-right (CarRacing is symmetric)."""
     z_size: int = 32
     """Latent size Z."""
     kl_tolerance: float = 0.5
@@ -68,7 +89,14 @@ class RNNConfig:
     """Memory model M: the paper's MDN-RNN (Appendix A.2) with reward and done heads."""
 
     dataset: str = "brownian"
-    """Dataset under RUN_DIR/data/ whose episodes are encoded into latent sequences."""
+    """Datasets under RUN_DIR/data/ whose episodes are encoded into latent sequences, as a recipe
+    ``name[:weight],...``: a batch draws each sequence from dataset d with probability weight_d / sum."""
+    mirror: bool = False
+    """Mirror augmentation: also encode the left-right flipped frames with steer negated; half of the
+    sequences of a batch are mirrored episodes."""
+    holdout: float = 0.05
+    """Fraction of each dataset's episodes (its last ones, at least one when it has two or more) kept out of
+    training; the reward delusion diagnostic is measured on them."""
     hidden_size: int = 256
     """LSTM units."""
     num_mixtures: int = 5
@@ -148,6 +176,24 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class IterateConfig:
+    """The Sim2Real2Sim loop: real test -> on-policy collection -> MDN-RNN fine-tuning -> CMA-ES again."""
+
+    iterations: int = 0
+    """Number of loop iterations after the first pipeline pass (0 = none)."""
+    episodes: int = 40
+    """On-policy episodes collected per iteration with the ``controller`` policy (its own failures)."""
+    weight: float = 1.0
+    """Recipe weight of the grown on-policy dataset when the MDN-RNN is fine-tuned."""
+    rnn_steps: int = 200
+    """MDN-RNN fine-tuning updates per iteration (on the preset's recipe plus the on-policy data)."""
+    generations: int = 50
+    """CMA-ES generations per iteration, continuing from the previous controller."""
+    test_episodes: int = 20
+    """Real episodes scoring each iteration's controller."""
+
+
+@dataclass(frozen=True)
 class Preset:
     """A named bundle of every stage's config, loaded from ``configs/NAME.json``."""
 
@@ -158,13 +204,14 @@ class Preset:
     rnn: RNNConfig = field(default_factory=RNNConfig)
     dream: DreamConfig = field(default_factory=DreamConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
 
 
-_SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig)}
+_SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig, IterateConfig)}
 """The stage configs a preset nests, by the type name its fields carry (annotations are strings here)."""
 
 
-def _merge(cls: type, overrides: dict[str, Any], where: str) -> Any:
+def merge_config(cls: type, overrides: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from its defaults and ``overrides``; unknown keys are an error."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(overrides) - set(names)
@@ -175,7 +222,7 @@ def _merge(cls: type, overrides: dict[str, Any], where: str) -> Any:
         ftype = names[key].type
         sub = _SECTIONS.get(str(ftype))
         if sub is not None:
-            kwargs[key] = _merge(sub, value, f"{where}.{key}")
+            kwargs[key] = merge_config(sub, value, f"{where}.{key}")
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
@@ -200,7 +247,7 @@ def load_preset(name: str) -> Preset:
     with path.open() as f:
         data = json.load(f)
     data["name"] = name
-    return _merge(Preset, data, str(path))
+    return merge_config(Preset, data, str(path))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -222,3 +269,33 @@ def record_config(run_dir: Path, stage: str, cfg: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+def parse_recipe(text: str, what: str = "weight") -> list[tuple[str, float]]:
+    """Parse a dataset recipe ``name[:number],...`` into ``[(name, number), ...]`` (a missing number is 1).
+
+    Used for training mixes (``brownian:2,heuristic:1``: sampling weights) and mixed collection
+    (``brownian:60,heuristic:30``: episode counts).
+
+    Raises:
+        ValueError: for an empty recipe, a repeated name, or a number that is not positive.
+    """
+    items: list[tuple[str, float]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, number = part.partition(":")
+        name = name.strip()
+        try:
+            value = float(number) if number.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"recipe {text!r}: {what} of {name!r} is not a number: {number!r}") from None
+        if not name or value <= 0:
+            raise ValueError(f"recipe {text!r}: every entry needs a name and a positive {what}, got {part!r}")
+        if name in dict(items):
+            raise ValueError(f"recipe {text!r}: {name!r} appears twice")
+        items.append((name, value))
+    if not items:
+        raise ValueError(f"empty dataset recipe {text!r}; expected name[:{what}],...")
+    return items

@@ -8,6 +8,7 @@ interrupted collection keeps what finished and a re-run continues with the seeds
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing as mp
 import shutil
 import signal
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from worldmodels.config import CollectConfig
+from worldmodels.config import CollectConfig, parse_recipe
 from worldmodels.env import ENV_ID, make_env
-from worldmodels.policies import make_policy
+from worldmodels.policies import make_policy, seed_offset
 
 
 class DatasetError(RuntimeError):
@@ -63,15 +64,15 @@ def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
 _WORKER_ENV = None
 
 
-def _collect_episode(seed: int, cfg: CollectConfig) -> Episode:
+def _collect_episode(seed: int, cfg: CollectConfig, run_dir: Path) -> Episode:
     """Run one episode of the collection policy (in a worker process)."""
     global _WORKER_ENV
     if _WORKER_ENV is None:
         _WORKER_ENV = make_env(cfg.max_steps)
     env = _WORKER_ENV
-    policy = make_policy(cfg)
-    policy.reset(seed)
+    policy = make_policy(cfg, run_dir)
     obs, _ = env.reset(seed=seed)
+    policy.reset(seed, env)
     observations, actions, rewards, terms, truncs = [obs], [], [], [], []
     while True:
         action = policy.act(obs)
@@ -155,10 +156,10 @@ def stored_seeds(storage) -> list[int]:
 
 
 def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
-    """Collect ``cfg.episodes`` episodes with ``cfg.workers`` processes into ``RUN_DIR/data/NAME``.
+    """Collect ``cfg.episodes`` episodes of ``cfg.policy`` with ``cfg.workers`` processes into ``RUN_DIR/data/NAME``.
 
-    Episode i uses reset seed ``cfg.seed + i``; seeds already stored are skipped, so an interrupted
-    collection resumes. Each finished episode is appended to the dataset at once.
+    Episode i uses reset seed ``cfg.seed + seed_offset(cfg.policy) + i``; seeds already stored are
+    skipped, so an interrupted collection resumes. Each finished episode is appended to the dataset at once.
 
     Returns:
         The dataset directory.
@@ -172,14 +173,15 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = _open_or_create(path, cfg)
     done = set(stored_seeds(storage))
-    todo = [cfg.seed + i for i in range(cfg.episodes) if cfg.seed + i not in done]
+    first = cfg.seed + seed_offset(cfg.policy)
+    todo = [first + i for i in range(cfg.episodes) if first + i not in done]
     workers = cfg.workers or mp.cpu_count()
     if not todo:
         return path
     bar = tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc=f"collect {name or cfg.policy}", unit="ep")
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_collect_episode, seed, cfg) for seed in todo]
+        futures = [pool.submit(_collect_episode, seed, cfg, Path(run_dir).resolve()) for seed in todo]
         try:
             for fut in cf.as_completed(futures):
                 ep = fut.result()
@@ -202,6 +204,37 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
         finally:
             bar.close()
     return path
+
+
+def collection_plan(cfg: CollectConfig) -> list[CollectConfig]:
+    """One config per dataset to collect: the entries of ``cfg.mix`` (``policy:episodes,...``), or ``cfg`` itself.
+
+    Raises:
+        ValueError: for a malformed mix, an unknown policy, or a fractional episode count.
+    """
+    if not cfg.mix:
+        return [cfg]
+    plan = []
+    for name, count in parse_recipe(cfg.mix, "episode count"):
+        seed_offset(name)  # validates the name
+        if count != int(count):
+            raise ValueError(f"mix {cfg.mix!r}: the episode count of {name!r} must be a whole number")
+        plan.append(dataclasses.replace(cfg, policy=name, episodes=int(count), mix=""))
+    return plan
+
+
+def mirror(frames: np.ndarray, actions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Left-right mirror image of frames (..., H, W, C) and, if given, actions (..., 3) with steer negated.
+
+    CarRacing is symmetric under this flip: a left turn seen in a mirror is a right turn. Applying it
+    twice is the identity.
+    """
+    flipped = frames[..., ::-1, :]
+    if actions is None:
+        return flipped, None
+    actions = np.array(actions, copy=True)
+    actions[..., 0] = -actions[..., 0]
+    return flipped, actions
 
 
 # Load

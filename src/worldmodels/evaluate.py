@@ -20,6 +20,7 @@ import jax.random as jr
 import numpy as np
 from tqdm.auto import tqdm
 
+from worldmodels.diagnostics import off_road
 from worldmodels.env import make_env
 from worldmodels.models import MDNRNN, ConvVAE, LinearController
 from worldmodels.models.mdnrnn import LSTMState, most_likely_z
@@ -46,8 +47,8 @@ def agent_step(agent: Agent, obs: jax.Array, state: LSTMState, key: jax.Array, w
         with_frames: also decode the VAE reconstruction and the MDN-RNN's prediction of the next frame.
 
     Returns:
-        (actions float32 (W, 3), next state, frames) where frames is ``None`` or a pair of float32
-        (W, 64, 64, 3): reconstruction of ``obs`` and the predicted next frame.
+        (actions float32 (W, 3), next state, predicted rewards float32 (W,), frames) where frames is
+        ``None`` or a pair of float32 (W, 64, 64, 3): reconstruction of ``obs`` and the predicted next frame.
     """
     mu, logvar = agent.vae.encode(to_float(obs))
     z = mu + jnp.exp(0.5 * logvar) * jr.normal(key, mu.shape)
@@ -56,16 +57,20 @@ def agent_step(agent: Agent, obs: jax.Array, state: LSTMState, key: jax.Array, w
     frames = None
     if with_frames:
         frames = (agent.vae.decode(mu), agent.vae.decode(jax.vmap(most_likely_z)(out)))
-    return actions, state, frames
+    return actions, state, out.reward, frames
 
 
 @dataclass(frozen=True)
 class EpisodeResult:
-    """One real episode: its reset seed, return and length in steps."""
+    """One real episode: its reset seed, return and length in steps, and the MDN-RNN's reward delusion
+    counts (``diagnostics.reward_delusion``): off-road steps with negative real reward, and how many of
+    them the MDN-RNN predicted as rewarded."""
 
     seed: int
     ret: float
     steps: int
+    offroad_steps: int = 0
+    deluded_steps: int = 0
 
 
 def _vector_env(workers: int, max_steps: int) -> gym.vector.VectorEnv:
@@ -113,13 +118,17 @@ def run_episodes(
             state = LSTMState(zeros, zeros)
             returns = np.zeros(workers)
             lengths = np.zeros(workers, int)
+            offroad = np.zeros(workers, int)
+            deluded = np.zeros(workers, int)
             active = np.arange(workers) < n
             record = [first + i < video_episodes and video_dir is not None for i in range(workers)]
             videos: list[list[np.ndarray]] = [[] for _ in range(workers)]
             predicted = None
             while active.any():
                 key, sub = jr.split(key)
-                actions, state, frames = agent_step(agent, jnp.asarray(obs), state, sub, with_frames=any(record))
+                actions, state, pred_reward, frames = agent_step(
+                    agent, jnp.asarray(obs), state, sub, with_frames=any(record)
+                )
                 if frames is not None:
                     recon, nxt = to_uint8(frames[0]), to_uint8(frames[1])
                     for i in range(workers):
@@ -130,9 +139,14 @@ def run_episodes(
                 obs, reward, terminated, truncated, _ = env.step(np.asarray(actions))
                 returns += np.where(active, reward, 0.0)
                 lengths += active
+                off = active & off_road(obs) & (reward < 0)
+                offroad += off
+                deluded += off & (np.asarray(pred_reward) > 0)
                 active &= ~(terminated | truncated)
             for i in range(n):
-                results.append(EpisodeResult(round_seeds[i], float(returns[i]), int(lengths[i])))
+                results.append(
+                    EpisodeResult(round_seeds[i], float(returns[i]), int(lengths[i]), int(offroad[i]), int(deluded[i]))
+                )
                 if record[i]:
                     write_video(video_dir / f"episode_{round_seeds[i]}.mp4", videos[i], fps=fps)
             bar.update(n)
@@ -144,10 +158,16 @@ def run_episodes(
 
 
 def summarize(results: list[EpisodeResult]) -> dict:
-    """Per-episode seeds, returns and lengths plus mean, std, min and max of the returns."""
+    """Per-episode seeds, returns and lengths plus mean, std, min and max of the returns, and the
+    MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none)."""
     rets = np.array([r.ret for r in results])
+    offroad = sum(r.offroad_steps for r in results)
     return {
-        "episodes": [{"seed": r.seed, "return": r.ret, "steps": r.steps} for r in results],
+        "reward_delusion": sum(r.deluded_steps for r in results) / offroad if offroad else None,
+        "offroad_steps": offroad,
+        "episodes": [
+            {"seed": r.seed, "return": r.ret, "steps": r.steps, "offroad_steps": r.offroad_steps} for r in results
+        ],
         "mean": float(rets.mean()),
         "std": float(rets.std()),
         "min": float(rets.min()),

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -21,12 +22,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def run_pipeline(run_dir: Path, preset: Preset) -> dict:
-    """Run every stage of ``preset`` in order on ``run_dir``.
+def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -> dict:
+    """Run every stage of ``preset`` in order on ``run_dir``, then ``iterations`` rounds of the Sim2Real2Sim
+    loop (``stages.run_iteration``; default ``preset.iterate.iterations``).
 
     Returns:
-        dict with ``stages`` (name -> {"status", "seconds"}) and ``score`` (the test summary).
+        dict with ``stages`` (name -> {"status", "seconds"}), ``score`` (the test summary) and, with
+        iterations, ``iterations`` (per-iteration real scores; see ``plot_iterations``).
     """
+    iterations = preset.iterate.iterations if iterations is None else iterations
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_config(run_dir, "preset", preset.name)
@@ -41,7 +45,7 @@ def run_pipeline(run_dir: Path, preset: Preset) -> dict:
         (
             "dream",
             lambda: stages.dream_done(run_dir, preset.dream),
-            lambda: stages.run_dream(run_dir, preset.dream, preset.rnn.dataset),
+            lambda: stages.run_dream(run_dir, preset.dream),
         ),
         ("test", lambda: stages.test_done(run_dir, preset.test), lambda: stages.run_test(run_dir, preset.test)),
     ]
@@ -55,7 +59,11 @@ def run_pipeline(run_dir: Path, preset: Preset) -> dict:
         run()
         report["stages"][name] = {"status": "ran", "seconds": time.perf_counter() - t0}
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    report["score"] = {k: results[k] for k in ("mean", "std", "min", "max", "n")}
+    report["score"] = {k: results.get(k) for k in ("mean", "std", "min", "max", "n", "reward_delusion")}
+    if iterations:
+        t0 = time.perf_counter()
+        report["iterations"] = _iterate(run_dir, preset, iterations, results)
+        report["stages"]["iterations"] = {"status": f"{iterations} ran", "seconds": time.perf_counter() - t0}
     (run_dir / "pipeline.json").write_text(json.dumps(report, indent=2))
 
     table = Table(title=f"World Models pipeline, preset {preset.name!r}, {run_dir}")
@@ -72,4 +80,73 @@ def run_pipeline(run_dir: Path, preset: Preset) -> dict:
         f"real CarRacing-v3 score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
         f"(min {s['min']:.1f}, max {s['max']:.1f})"
     )
+    if iterations:
+        table = Table(title="Sim2Real2Sim iterations (same first test seeds)")
+        for col in ("iteration", "episodes", "real score", "reward delusion", "on-policy episodes"):
+            table.add_column(col, justify="right")
+        for row in report["iterations"]:
+            d = row["reward_delusion"]
+            table.add_row(
+                str(row["iteration"]),
+                str(row["n"]),
+                f"{row['mean']:.1f} +- {row['std']:.1f}",
+                "n/a" if d is None else f"{d:.3f}",
+                str(row["onpolicy_episodes"]),
+            )
+        Console().print(table)
+        print(f"-> {run_dir / 'iterations' / 'scores.png'}")
     return report
+
+
+def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> list[dict]:
+    """Run the loop's iterations; returns one row per iteration (0 = the pipeline's own test, restricted to
+    the same first ``iterate.test_episodes`` seeds) and writes ``iterations/scores.json`` and ``scores.png``."""
+    n = preset.iterate.test_episodes
+    rets = np.array([e["return"] for e in first["episodes"][:n]])
+    rows = [
+        {
+            "iteration": 0,
+            "n": len(rets),
+            "mean": float(rets.mean()),
+            "std": float(rets.std()),
+            "reward_delusion": first.get("reward_delusion"),
+            "onpolicy_episodes": 0,
+        }
+    ]
+    for k in range(1, iterations + 1):
+        res = stages.run_iteration(run_dir, preset, k)
+        rows.append(
+            {
+                "iteration": k,
+                "n": res["n"],
+                "mean": res["mean"],
+                "std": res["std"],
+                "reward_delusion": res.get("reward_delusion"),
+                "onpolicy_episodes": k * preset.iterate.episodes,
+            }
+        )
+        out = run_dir / "iterations"
+        (out / "scores.json").write_text(json.dumps(rows, indent=2))
+        plot_iterations(rows, out / "scores.png")
+    return rows
+
+
+def plot_iterations(rows: list[dict], path: Path) -> None:
+    """Real score (mean +- std) and reward delusion per Sim2Real2Sim iteration, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [r["iteration"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].errorbar(it, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=3)
+    axes[0].set_title("real score")
+    axes[1].plot(it, [np.nan if r["reward_delusion"] is None else r["reward_delusion"] for r in rows], marker="o")
+    axes[1].set_title("reward delusion")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.set_xticks(it)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

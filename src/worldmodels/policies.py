@@ -1,16 +1,50 @@
-"""Data-collection policies. Each is a small stateful object: ``reset(seed)`` then ``act(obs) -> action``.
+"""Data-collection policies. Each is a small stateful object: ``reset(seed, env)`` then ``act(obs) -> action``.
 
-Actions are float32 (3,) in CarRacing's box: steer in [-1, 1], gas and brake in [0, 1].
+Actions are float32 (3,) in CarRacing's box: steer in [-1, 1], gas and brake in [0, 1]. The heuristic
+drivers read the environment's own state (the track's tiles and the car's body) through ``env``: they
+exist to show the world model good and bad driving, never to act for the agent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from worldmodels.config import CollectConfig
 from worldmodels.env import ACTION_HIGH, ACTION_LOW
+
+POLICIES = ("brownian", "random_controller", "heuristic", "recovery", "aggressive", "controller")
+"""Collection policies by name; the index also sets each policy's block of reset seeds (``seed_offset``)."""
+
+SEED_BLOCK = 20_000
+"""Reset seeds of policy number p start at ``seed + p * SEED_BLOCK``."""
+
+
+class Policy(Protocol):
+    def reset(self, seed: int, env: Any = None) -> None: ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+def seed_offset(policy: str) -> int:
+    """First reset seed of ``policy``'s episodes relative to ``CollectConfig.seed``.
+
+    Raises:
+        ValueError: for an unknown policy name.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown collection policy {policy!r}; available: {', '.join(POLICIES)}")
+    return POLICIES.index(policy) * SEED_BLOCK
+
+
+def squash_np(o: np.ndarray) -> np.ndarray:
+    """NumPy twin of ``models.controller.squash_action``: raw outputs (3,) -> action float32 (3,)."""
+    t = np.tanh(o)
+    return np.array([t[0], (t[1] + 1.0) / 2.0, np.clip(t[2], 0.0, 1.0)], np.float32)
 
 
 @dataclass
@@ -26,8 +60,8 @@ class BrownianPolicy:
     theta: float = 0.5
     mean: tuple[float, float, float] = (0.0, 0.35, 0.0)
 
-    def reset(self, seed: int) -> None:
-        """Start a new episode with its own random stream."""
+    def reset(self, seed: int, env: Any = None) -> None:
+        """Start a new episode with its own random stream (``env`` is not used)."""
         self._rng = np.random.default_rng(seed)
         self._mean = np.asarray(self.mean, dtype=np.float32)
         self._action = self._mean.copy()
@@ -41,15 +75,166 @@ class BrownianPolicy:
         return self._action.copy()
 
 
-POLICIES = ("brownian",)
+@dataclass
+class RandomControllerPolicy:
+    """The paper's random policy: a linear controller with small random weights (Sec. 3.1, and the
+    authors' ``extract.py``, which drew the weights' stdev from U(0, 0.01) per rollout).
+
+    Without a trained VAE at collection time, the controller reads a 16x16 grey version of the frame
+    scaled to [-1, 1] (256 inputs): a = squash(W x + b), W ~ N(0, s^2 / 256), b ~ N(0, s^2), with the
+    scale s ~ U(0, ``scale``) drawn per episode, so some episodes barely steer and others weave.
+    """
+
+    scale: float = 1.0
+
+    def reset(self, seed: int, env: Any = None) -> None:
+        """Draw this episode's weights (``env`` is not used)."""
+        rng = np.random.default_rng(seed)
+        s = rng.uniform(0.0, self.scale)
+        self._weight = rng.normal(0.0, s / 16.0, (3, 256)).astype(np.float32)
+        self._bias = rng.normal(0.0, s, 3).astype(np.float32)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Action float32 (3,) for a uint8 (64, 64, 3) frame."""
+        grey = cv2.resize(cv2.cvtColor(obs, cv2.COLOR_RGB2GRAY), (16, 16), interpolation=cv2.INTER_AREA)
+        x = grey.astype(np.float32).reshape(-1) / 127.5 - 1.0
+        return squash_np(self._weight @ x + self._bias)
 
 
-def make_policy(cfg: CollectConfig) -> BrownianPolicy:
+@dataclass
+class HeuristicPolicy:
+    """Pure pursuit on the track's tiles (``worldmodels.pursuit.PursuitDriver``), reading ``env.unwrapped``."""
+
+    aggressive: bool = False
+
+    def reset(self, seed: int, env: Any = None) -> None:
+        """Bind to the episode's environment (required: the driver reads the track and the car)."""
+        from worldmodels.pursuit import PursuitDriver, aggressive_driver
+
+        if env is None:
+            raise ValueError("the heuristic drivers need the environment: call reset(seed, env)")
+        self._env = env
+        self._driver = aggressive_driver() if self.aggressive else PursuitDriver()
+        self._driver.reset()
+
+    def act(self, obs: np.ndarray | None = None) -> np.ndarray:
+        """Action float32 (3,) from the car's pose and the track ahead; ``obs`` is not used."""
+        return np.clip(np.asarray(self._driver.act(self._env), np.float32), ACTION_LOW, ACTION_HIGH)
+
+
+@dataclass
+class RecoveryPolicy(HeuristicPolicy):
+    """The heuristic driver, pushed off the road now and then so the data shows recoveries.
+
+    Perturbations start after a geometric waiting time of mean ``every`` steps and last ``steps`` steps:
+    full steer to a random side with gas 0.5, which puts the car on the grass; then the driver brings
+    it back to the track.
+    """
+
+    every: float = 120.0
+    steps: int = 20
+
+    def reset(self, seed: int, env: Any = None) -> None:
+        """Bind to the environment and start this episode's perturbation schedule."""
+        super().reset(seed, env)
+        self._rng = np.random.default_rng(seed)
+        self._left = 0
+        self._side = 1.0
+
+    def act(self, obs: np.ndarray | None = None) -> np.ndarray:
+        """The driver's action, or the perturbation's while one lasts."""
+        action = super().act(obs)  # keeps the driver's tile tracking up to date
+        if self._left == 0 and self._rng.random() < 1.0 / self.every:
+            self._left = self.steps
+            self._side = float(self._rng.choice([-1.0, 1.0]))
+        if self._left > 0:
+            self._left -= 1
+            return np.array([self._side, 0.5, 0.0], np.float32)
+        return action
+
+
+@dataclass
+class ControllerPolicy:
+    """A trained agent (V + M + C of a run directory) with smooth exploration noise: on-policy data.
+
+    Noise is an Ornstein-Uhlenbeck process (theta 0.5, stationary std ``noise``) added to the agent's
+    action, then clipped to the box. The agent is loaded once per worker process.
+    """
+
+    run_dir: Path
+    noise: float = 0.2
+
+    def reset(self, seed: int, env: Any = None) -> None:
+        """Start an episode: fresh LSTM state and noise stream (``env`` is not used)."""
+        import jax.random as jr
+
+        from worldmodels.models.mdnrnn import LSTMState
+
+        agent = _load_agent(self.run_dir)
+        zeros = np.zeros((1, agent.rnn.hidden_size), np.float32)
+        self._state = LSTMState(zeros, zeros)
+        self._key = jr.key(seed)
+        self._rng = np.random.default_rng(seed)
+        self._noise = np.zeros(3, np.float32)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The agent's action for a uint8 (64, 64, 3) frame plus noise, float32 (3,)."""
+        import jax.numpy as jnp
+        import jax.random as jr
+
+        from worldmodels.evaluate import agent_step
+
+        agent = _load_agent(self.run_dir)
+        self._key, sub = jr.split(self._key)
+        action, self._state, _, _ = agent_step(agent, jnp.asarray(obs[None]), self._state, sub)
+        theta = 0.5
+        sigma = self.noise * np.sqrt(1.0 - (1.0 - theta) ** 2)
+        self._noise = (1.0 - theta) * self._noise + sigma * self._rng.standard_normal(3).astype(np.float32)
+        return np.clip(np.asarray(action[0]) + self._noise, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+
+
+_AGENTS: dict[str, Any] = {}
+
+
+def _load_agent(run_dir: Path):
+    """The run's V + M + C, loaded once per process."""
+    key = str(Path(run_dir).resolve())
+    if key not in _AGENTS:
+        from worldmodels.evaluate import Agent
+        from worldmodels.stages import load_controller, load_rnn, load_vae
+
+        vae, _ = load_vae(run_dir)
+        rnn, _ = load_rnn(run_dir, expected={"z_size": vae.z_size})
+        ctrl, _ = load_controller(run_dir, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
+        _AGENTS[key] = Agent(vae, rnn, ctrl)
+    return _AGENTS[key]
+
+
+def make_policy(cfg: CollectConfig, run_dir: Path | None = None) -> Policy:
     """The collection policy named by ``cfg.policy``.
 
+    Args:
+        cfg: collection config (policy name and its parameters).
+        run_dir: the run directory; the ``controller`` policy loads its agent from ``cfg.controller_run``
+            or, when that is empty, from here.
+
     Raises:
-        ValueError: for an unknown policy name.
+        ValueError: for an unknown policy name, or ``controller`` without a run directory.
     """
-    if cfg.policy == "brownian":
+    name = cfg.policy
+    if name == "brownian":
         return BrownianPolicy(cfg.brownian_sigma, cfg.brownian_theta, tuple(cfg.brownian_mean))
-    raise ValueError(f"unknown collection policy {cfg.policy!r}; available: {', '.join(POLICIES)}")
+    if name == "random_controller":
+        return RandomControllerPolicy(cfg.random_controller_scale)
+    if name == "heuristic":
+        return HeuristicPolicy()
+    if name == "aggressive":
+        return HeuristicPolicy(aggressive=True)
+    if name == "recovery":
+        return RecoveryPolicy(every=cfg.recovery_every, steps=cfg.recovery_steps)
+    if name == "controller":
+        source = cfg.controller_run or run_dir
+        if not source:
+            raise ValueError("the controller policy needs a run directory holding a trained agent")
+        return ControllerPolicy(Path(source), cfg.controller_noise)
+    raise ValueError(f"unknown collection policy {name!r}; available: {', '.join(POLICIES)}")

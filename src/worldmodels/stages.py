@@ -7,6 +7,7 @@ missing input is a ``MissingInput`` error whose message names the path and the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,13 +16,24 @@ import jax.random as jr
 import numpy as np
 
 from worldmodels import checkpoint
-from worldmodels.config import CollectConfig, DreamConfig, RNNConfig, TestConfig, VAEConfig, record_config
-from worldmodels.data import collect, dataset_dir, load_episodes, open_dataset
+from worldmodels.config import (
+    CollectConfig,
+    DreamConfig,
+    Preset,
+    RNNConfig,
+    TestConfig,
+    VAEConfig,
+    merge_config,
+    parse_recipe,
+    record_config,
+)
+from worldmodels.data import collect, collection_plan, dataset_dir, load_episodes, open_dataset
 from worldmodels.dream import DreamStart
 from worldmodels.evaluate import Agent, run_episodes, summarize
 from worldmodels.evolve import build_controller, controller_hparams, dream_fitness, evolve
 from worldmodels.models import LinearController
 from worldmodels.train import (
+    FrameMix,
     LatentDataset,
     build_rnn,
     build_vae,
@@ -50,8 +62,11 @@ def _require_ckpt(path: Path, command: str) -> None:
 
 
 def collect_done(run_dir: Path, cfg: CollectConfig) -> bool:
-    path = dataset_dir(run_dir, cfg.policy)
-    return (path / "metadata.json").is_file() and open_dataset(path).total_episodes >= cfg.episodes
+    for part in collection_plan(cfg):
+        path = dataset_dir(run_dir, part.policy)
+        if not ((path / "metadata.json").is_file() and open_dataset(path).total_episodes >= part.episodes):
+            return False
+    return True
 
 
 def _ckpt_done(path: Path, steps: int) -> bool:
@@ -83,13 +98,26 @@ def test_done(run_dir: Path, cfg: TestConfig) -> bool:
 # Stages
 
 
-def run_collect(run_dir: Path, cfg: CollectConfig) -> Path:
-    """Collect rollouts into ``RUN_DIR/data/POLICY``."""
+def run_collect(run_dir: Path, cfg: CollectConfig) -> list[Path]:
+    """Collect rollouts into ``RUN_DIR/data/POLICY`` (one dataset per policy of ``cfg.mix``)."""
     record_config(run_dir, "collect", cfg)
-    path = collect(run_dir, cfg)
-    ds = open_dataset(path)
-    print(f"dataset {path}: {ds.total_episodes} episodes, {ds.total_steps} steps")
-    return path
+    paths = []
+    for part in collection_plan(cfg):
+        path = collect(run_dir, part)
+        ds = open_dataset(path)
+        print(f"dataset {path}: {ds.total_episodes} episodes, {ds.total_steps} steps")
+        paths.append(path)
+    return paths
+
+
+def _recipe_paths(run_dir: Path, recipe: str) -> list[tuple[Path, float]]:
+    """The dataset directories and weights of a recipe; each must exist."""
+    out = []
+    for name, weight in parse_recipe(recipe):
+        path = dataset_dir(run_dir, name)
+        _require(path / "metadata.json", f"{_collect_cmd(run_dir)} --policy {name}")
+        out.append((path, weight))
+    return out
 
 
 def _collect_cmd(run_dir: Path) -> str:
@@ -99,15 +127,15 @@ def _collect_cmd(run_dir: Path) -> str:
 def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
     """Train V on the frames of ``RUN_DIR/data/DATASET``; writes ``RUN_DIR/vae/``."""
     run_dir = Path(run_dir)
-    data = dataset_dir(run_dir, cfg.dataset)
-    _require(data / "metadata.json", _collect_cmd(run_dir))
+    sources = _recipe_paths(run_dir, cfg.dataset)
     record_config(run_dir, "vae", cfg)
     if vae_done(run_dir, cfg):
         print(f"VAE already trained ({run_dir / 'vae'})")
         return
-    frames = frames_of(load_episodes(data))
-    print(f"training the VAE on {len(frames)} frames from {data}")
-    train_vae(run_dir / "vae", frames, cfg)
+    mix = FrameMix.of([(frames_of(load_episodes(path)), w) for path, w in sources])
+    names = ", ".join(f"{p.name} (p {q:.2f})" for (p, _), q in zip(sources, mix.probs, strict=True))
+    print(f"training the VAE on {len(mix.frames)} frames from {names}" + (", mirrored" if cfg.mirror else ""))
+    train_vae(run_dir / "vae", mix, cfg)
     _finish(run_dir / "vae", ["total", "recon", "kl_raw"], "VAE training", "recon.png")
 
 
@@ -132,38 +160,72 @@ def load_controller(run_dir: Path, expected: dict | None = None):
     return checkpoint.load_module(path, build_controller, kind="controller", expected=expected)
 
 
-def latents(run_dir: Path, dataset: str) -> LatentDataset:
-    """The dataset encoded by the run's VAE, cached in ``RUN_DIR/rnn/latents.npz`` (keyed by VAE step)."""
+def latents(run_dir: Path, cfg: RNNConfig) -> LatentDataset:
+    """The recipe ``cfg.dataset`` encoded by the run's VAE (with ``cfg.mirror`` and ``cfg.holdout``).
+
+    Each dataset is cached in ``RUN_DIR/rnn/latents/NAME.npz``, keyed by the VAE's step, the number of
+    episodes and the mirror and hold-out settings, so a grown dataset re-encodes only itself.
+    """
     run_dir = Path(run_dir)
     vae_dir = run_dir / "vae" / "ckpt"
     _require_ckpt(vae_dir, f"uv run train_vae.py --run-dir {run_dir}")
     vae_step = checkpoint.latest_step(vae_dir)
-    cache = run_dir / "rnn" / "latents.npz"
-    if cache.is_file():
-        data, extra = LatentDataset.load(cache)
-        if int(extra["vae_step"]) == vae_step and str(extra["dataset"]) == dataset:
-            return data
-    path = dataset_dir(run_dir, dataset)
-    _require(path / "metadata.json", _collect_cmd(run_dir))
-    vae, meta = load_vae(run_dir)
-    data = encode_episodes(vae, load_episodes(path))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    data.save(cache, vae_step=np.int64(meta["step"]), dataset=np.str_(dataset))
-    return data
+    vae = None
+    parts = []
+    sources = _recipe_paths(run_dir, cfg.dataset)
+    for path, _ in sources:
+        episodes = open_dataset(path).total_episodes
+        key = json.dumps({"vae_step": vae_step, "episodes": episodes, "mirror": cfg.mirror, "holdout": cfg.holdout})
+        cache = run_dir / "rnn" / "latents" / f"{path.name}.npz"
+        data = None
+        if cache.is_file():
+            try:
+                data, extra = LatentDataset.load(cache)
+                data = data if str(extra["key"]) == key else None
+            except (KeyError, ValueError, OSError):
+                data = None  # an older or damaged cache: encode again
+        if data is None:
+            if vae is None:
+                vae, _ = load_vae(run_dir)
+            print(f"encoding {path.name} with the VAE" + (" (and its mirror image)" if cfg.mirror else ""))
+            data = encode_episodes(vae, load_episodes(path), holdout=cfg.holdout, mirror=cfg.mirror)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            data.save(cache, key=np.str_(key))
+        parts.append(data)
+    return LatentDataset.concat(parts, [w for _, w in sources])
 
 
 def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
-    """Train M on the VAE's latent sequences; writes ``RUN_DIR/rnn/``."""
+    """Train M on the VAE's latent sequences; writes ``RUN_DIR/rnn/`` (and the held-out reward delusion)."""
     run_dir = Path(run_dir)
     record_config(run_dir, "rnn", cfg)
     _require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     if rnn_done(run_dir, cfg):
         print(f"MDN-RNN already trained ({run_dir / 'rnn'})")
         return
-    data = latents(run_dir, cfg.dataset)
-    print(f"training the MDN-RNN on {data.num_episodes} episodes, {len(data.actions)} steps")
-    train_rnn(run_dir / "rnn", data, cfg)
+    data = latents(run_dir, cfg)
+    print(
+        f"training the MDN-RNN on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "
+        f"{len(data.actions)} steps"
+    )
+    model = train_rnn(run_dir / "rnn", data, cfg)
     _finish(run_dir / "rnn", ["total", "mdn_nll", "reward", "done"], "MDN-RNN training")
+    record_delusion(run_dir, model, data, cfg.steps)
+
+
+def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dict:
+    """Measure the MDN-RNN's reward delusion on the held-out episodes; append it to ``rnn/metrics.jsonl``
+    and write ``rnn/delusion.json``."""
+    from worldmodels.train import append_jsonl, heldout_delusion
+
+    out = {"step": step, **heldout_delusion(model, data)}
+    append_jsonl(Path(run_dir) / "rnn" / "metrics.jsonl", out)
+    (Path(run_dir) / "rnn" / "delusion.json").write_text(json.dumps(out, indent=2))
+    print(
+        f"reward delusion on {out['episodes']} held-out episodes: {out['reward_delusion']:.3f} of "
+        f"{out['offroad_steps']} off-road steps predicted as rewarded"
+    )
+    return out
 
 
 def _finish(out_dir: Path, keys: list[str], title: str, *pictures: str, png: str = "losses.png") -> None:
@@ -199,15 +261,25 @@ def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, worker
     return check
 
 
-def run_dream(run_dir: Path, cfg: DreamConfig, dataset: str = "brownian") -> None:
-    """Evolve C with CMA-ES in M's dream; writes ``RUN_DIR/controller/``."""
+def recorded_rnn_config(run_dir: Path) -> RNNConfig:
+    """The MDN-RNN config recorded in ``RUN_DIR/config.json`` by ``run_rnn`` (defaults if none)."""
+    path = Path(run_dir) / "config.json"
+    rec = json.loads(path.read_text()).get("rnn") if path.is_file() else None
+    return merge_config(RNNConfig, rec, str(path)) if rec else RNNConfig()
+
+
+def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
+    """Evolve C with CMA-ES in M's dream; writes ``RUN_DIR/controller/``.
+
+    Dreams start from the first frames of the episodes the MDN-RNN was trained on (its recorded recipe).
+    """
     run_dir = Path(run_dir)
     record_config(run_dir, "dream", cfg)
     rnn, _ = load_rnn(run_dir)
     if dream_done(run_dir, cfg):
         print(f"controller already evolved ({run_dir / 'controller'})")
         return
-    data = latents(run_dir, dataset)
+    data = latents(run_dir, recorded_rnn_config(run_dir))
     mu, logvar = data.initial()
     start = DreamStart(jnp.asarray(mu), jnp.asarray(logvar))
     check = None
@@ -218,13 +290,15 @@ def run_dream(run_dir: Path, cfg: DreamConfig, dataset: str = "brownian") -> Non
     _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
 
-def run_test(run_dir: Path, cfg: TestConfig) -> dict:
-    """Score V + M + C in the real environment; writes ``RUN_DIR/eval/results.json`` (and videos)."""
+def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
+    """Score V + M + C in the real environment; writes ``out`` (default ``RUN_DIR/eval/results.json``) and
+    videos next to it."""
     run_dir = Path(run_dir)
     vae, _ = load_vae(run_dir)
     rnn, _ = load_rnn(run_dir, expected={"z_size": vae.z_size})
     ctrl, _ = load_controller(run_dir, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
     record_config(run_dir, "test", cfg)
+    out = out or run_dir / "eval" / "results.json"
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
     results = run_episodes(
         Agent(vae, rnn, ctrl),
@@ -232,16 +306,75 @@ def run_test(run_dir: Path, cfg: TestConfig) -> dict:
         workers=cfg.workers,
         max_steps=cfg.max_steps,
         key=jr.key(cfg.seed),
-        video_dir=run_dir / "eval" if cfg.video else None,
+        video_dir=out.parent if cfg.video else None,
         video_episodes=cfg.video_episodes,
         fps=cfg.video_fps,
     )
     summary = summarize(results)
-    out = run_dir / "eval" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
+    delusion = summary["reward_delusion"]
     print(
         f"{summary['n']} real episodes: {summary['mean']:.1f} +- {summary['std']:.1f} "
-        f"(min {summary['min']:.1f}, max {summary['max']:.1f}) -> {out}"
+        f"(min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
+        f"{'n/a' if delusion is None else f'{delusion:.3f}'} over {summary['offroad_steps']} off-road steps -> {out}"
     )
     return summary
+
+
+# The Sim2Real2Sim loop
+
+
+def iteration_configs(preset: Preset, k: int) -> tuple[CollectConfig, RNNConfig, DreamConfig, TestConfig]:
+    """The stage configs of loop iteration ``k`` >= 1 of ``preset``.
+
+    Iteration k grows the on-policy ``controller`` dataset to k * ``iterate.episodes`` episodes (collected
+    with the current controller), fine-tunes the MDN-RNN to ``rnn.steps + k * iterate.rnn_steps`` updates on
+    the preset's recipe plus ``controller:iterate.weight``, continues CMA-ES to ``dream.generations + k *
+    iterate.generations`` generations, and scores the result on ``iterate.test_episodes`` real episodes.
+    """
+    it = preset.iterate
+    collect = dataclasses.replace(preset.collect, policy="controller", mix="", episodes=k * it.episodes)
+    recipe = ",".join(f"{n}:{w:g}" for n, w in parse_recipe(preset.rnn.dataset) if n != "controller")
+    rnn = dataclasses.replace(
+        preset.rnn, dataset=f"{recipe},controller:{it.weight:g}", steps=preset.rnn.steps + k * it.rnn_steps
+    )
+    dream = dataclasses.replace(preset.dream, generations=preset.dream.generations + k * it.generations)
+    test = dataclasses.replace(preset.test, episodes=it.test_episodes, video=False)
+    return collect, rnn, dream, test
+
+
+def _restart_kept_best(run_dir: Path, generation: int) -> None:
+    """Forget the kept best controller's dream score before CMA-ES continues in a new MDN-RNN's dream
+    (a score from the old dream is not comparable); only when no generation of the new round ran yet."""
+    path = Path(run_dir) / "controller" / "es_state.npz"
+    with np.load(path, allow_pickle=False) as f:
+        state = {k: f[k] for k in f.files}
+    if int(state["generation"]) == generation and np.isfinite(state["best_score"]):
+        state["best_score"] = np.float64(-np.inf)
+        tmp = path.with_name("es_state.tmp.npz")
+        np.savez(tmp, **state)
+        tmp.replace(path)
+
+
+def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
+    """Loop iteration ``k`` (see ``iteration_configs``); every step resumes, a finished one is skipped.
+
+    Writes ``RUN_DIR/iterations/K/results.json`` and returns its summary.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / "iterations" / str(k) / "results.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    collect_cfg, rnn_cfg, dream_cfg, test_cfg = iteration_configs(preset, k)
+    print(f"== iteration {k}: on-policy collection ({collect_cfg.episodes} episodes in data/controller) ==")
+    collect(run_dir, collect_cfg)
+    if not rnn_done(run_dir, rnn_cfg):
+        print(f"== iteration {k}: MDN-RNN fine-tuning to {rnn_cfg.steps} updates on {rnn_cfg.dataset} ==")
+        run_rnn(run_dir, rnn_cfg)
+    if not dream_done(run_dir, dream_cfg):
+        print(f"== iteration {k}: CMA-ES to generation {dream_cfg.generations} in the new dream ==")
+        _restart_kept_best(run_dir, dream_cfg.generations - preset.iterate.generations)
+        run_dream(run_dir, dream_cfg)
+    print(f"== iteration {k}: real test ({test_cfg.episodes} episodes) ==")
+    return run_test(run_dir, test_cfg, out)

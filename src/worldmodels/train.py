@@ -6,6 +6,7 @@ latest checkpoint, so an interrupted run continues where it stopped and a finish
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 from worldmodels import checkpoint
 from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode
+from worldmodels.data import mirror as mirror_episode
+from worldmodels.diagnostics import off_road, reward_delusion
 from worldmodels.losses import rnn_step_loss, vae_loss
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import rollout_sequence
@@ -173,12 +176,47 @@ def frames_of(episodes: list[Episode]) -> np.ndarray:
     return np.concatenate([ep.observations for ep in episodes])
 
 
-def train_vae(out_dir: Path, frames: np.ndarray, cfg: VAEConfig) -> ConvVAE:
-    """Train the VAE on uint8 frames (N, 64, 64, 3) drawn uniformly; writes ``recon.png`` at the end.
+class FrameMix(eqx.Module):
+    """Frames of several datasets, concatenated, with each dataset's sampling weight.
+
+    Attributes:
+        frames: uint8 (N, 64, 64, 3), dataset after dataset.
+        starts, sizes: int64 (D,) where each dataset's frames begin, and how many it has.
+        probs: float64 (D,) probability that a drawn frame comes from each dataset (weights / sum).
+    """
+
+    frames: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def of(cls, groups: list[tuple[np.ndarray, float]]) -> FrameMix:
+        """From ``[(frames, weight), ...]``."""
+        sizes = np.array([len(f) for f, _ in groups], np.int64)
+        weights = np.array([w for _, w in groups], np.float64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return cls(np.concatenate([f for f, _ in groups]), starts, sizes, weights / weights.sum())
+
+    def sample(self, rng: np.random.Generator, n: int, mirror: bool = False) -> np.ndarray:
+        """``n`` frames, uint8 (n, 64, 64, 3): dataset d with probability probs[d], then a uniform frame of it;
+        with ``mirror``, each frame is flipped left-right with probability 1/2."""
+        d = rng.choice(len(self.sizes), n, p=self.probs)
+        idx = np.sort(self.starts[d] + (rng.random(n) * self.sizes[d]).astype(np.int64))
+        batch = self.frames[idx]
+        if mirror:
+            flip = rng.random(n) < 0.5
+            batch[flip] = batch[flip][:, :, ::-1]
+        return batch
+
+
+def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> ConvVAE:
+    """Train the VAE on uint8 frames (N, 64, 64, 3) or a ``FrameMix``; writes ``recon.png`` at the end.
 
     Loss: Appendix A.1 of Ha & Schmidhuber 2018 (L2 reconstruction + KL with free bits), see
-    ``losses.vae_loss``.
+    ``losses.vae_loss``. With ``cfg.mirror`` half of each batch is flipped left-right.
     """
+    mix = frames if isinstance(frames, FrameMix) else FrameMix.of([(frames, 1.0)])
     model = ConvVAE(cfg.z_size, key=jr.key(cfg.seed))
 
     def loss_fn(model, x, key):
@@ -189,8 +227,7 @@ def train_vae(out_dir: Path, frames: np.ndarray, cfg: VAEConfig) -> ConvVAE:
         return metrics["total"], metrics
 
     def make_batch(step: int) -> np.ndarray:
-        rng = np.random.default_rng([cfg.seed, step])
-        return frames[np.sort(rng.integers(0, len(frames), cfg.batch_size))]
+        return mix.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size, cfg.mirror)
 
     model = fit(
         model=model,
@@ -209,8 +246,7 @@ def train_vae(out_dir: Path, frames: np.ndarray, cfg: VAEConfig) -> ConvVAE:
     )
     from worldmodels.viz import save_recon_grid
 
-    rng = np.random.default_rng(cfg.seed + 1)
-    save_recon_grid(out_dir / "recon.png", model, frames[rng.integers(0, len(frames), 8)])
+    save_recon_grid(out_dir / "recon.png", model, mix.sample(np.random.default_rng(cfg.seed + 1), 8))
     return model
 
 
@@ -247,7 +283,11 @@ class LatentDataset(eqx.Module):
         actions: float32 (sum_e T_e, 3).
         rewards: float32 (sum_e T_e,).
         dones: float32 (sum_e T_e,) 1 where the episode terminated after the action.
+        offroad: bool (sum_e T_e,) the car is on the grass in the frame after the action (``off_road``).
         obs_start, act_start, lengths: int64 (E,) offsets into the frame and action arrays, and T_e.
+        episode_p: float64 (E,) probability of drawing each episode into a training batch (sums to 1;
+            0 for held-out episodes).
+        heldout: bool (E,) episodes kept out of training for diagnostics.
     """
 
     mu: np.ndarray
@@ -255,9 +295,12 @@ class LatentDataset(eqx.Module):
     actions: np.ndarray
     rewards: np.ndarray
     dones: np.ndarray
+    offroad: np.ndarray
     obs_start: np.ndarray
     act_start: np.ndarray
     lengths: np.ndarray
+    episode_p: np.ndarray
+    heldout: np.ndarray
 
     @property
     def num_episodes(self) -> int:
@@ -275,28 +318,90 @@ class LatentDataset(eqx.Module):
 
     @classmethod
     def load(cls, path: Path) -> tuple[LatentDataset, dict[str, np.ndarray]]:
-        """Read an ``.npz`` written by ``save``; returns the dataset and the extra arrays."""
+        """Read an ``.npz`` written by ``save``; returns the dataset and the extra arrays.
+
+        Raises:
+            KeyError: if the file lacks one of the fields (written by an older version).
+        """
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
         fields = list(cls.__dataclass_fields__)
         return cls(**{k: data.pop(k) for k in fields}), data
 
+    @classmethod
+    def concat(cls, parts: list[LatentDataset], weights: list[float]) -> LatentDataset:
+        """Join datasets; part i's episodes share probability weights[i] / sum(weights) of a batch.
 
-def encode_episodes(model: ConvVAE, episodes: list[Episode]) -> LatentDataset:
-    """Encode every frame of every episode with the VAE into a ``LatentDataset``."""
-    mu, logvar = encode_frames(model, frames_of(episodes))
-    lengths = np.array([ep.length for ep in episodes])
+        Raises:
+            ValueError: if a part with positive weight has no training episode.
+        """
+        total = float(sum(weights))
+        probs = []
+        for part, w in zip(parts, weights, strict=True):
+            if part.episode_p.sum() <= 0:
+                raise ValueError("every dataset of a recipe needs at least one training episode")
+            probs.append(part.episode_p / part.episode_p.sum() * (w / total))
+        obs_len = np.cumsum([0] + [len(p.mu) for p in parts])
+        act_len = np.cumsum([0] + [len(p.actions) for p in parts])
+        cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("mu", "logvar", "actions", "rewards")}
+        return cls(
+            **cat,
+            dones=np.concatenate([p.dones for p in parts]),
+            offroad=np.concatenate([p.offroad for p in parts]),
+            obs_start=np.concatenate([p.obs_start + o for p, o in zip(parts, obs_len, strict=False)]),
+            act_start=np.concatenate([p.act_start + o for p, o in zip(parts, act_len, strict=False)]),
+            lengths=np.concatenate([p.lengths for p in parts]),
+            episode_p=np.concatenate(probs),
+            heldout=np.concatenate([p.heldout for p in parts]),
+        )
+
+
+def encode_episodes(
+    model: ConvVAE, episodes: list[Episode], *, holdout: float = 0.0, mirror: bool = False
+) -> LatentDataset:
+    """Encode every frame of every episode with the VAE into a ``LatentDataset``.
+
+    Args:
+        model: the trained VAE.
+        episodes: real episodes.
+        holdout: fraction of the episodes (the last ones; at least one when there are two or more and
+            ``holdout`` > 0) marked held out, with sampling probability 0.
+        mirror: also add the left-right mirrored copy of every training episode (steer negated), so a
+            batch draws mirrored and original episodes equally often.
+
+    Returns:
+        The dataset; training episodes are drawn uniformly.
+    """
+    n_hold = 0
+    if holdout > 0 and len(episodes) >= 2:
+        n_hold = min(len(episodes) - 1, max(1, round(holdout * len(episodes))))
+    train_eps = episodes[: len(episodes) - n_hold]
+    copies = list(episodes)
+    if mirror:
+        for ep in train_eps:
+            obs, act = mirror_episode(ep.observations, ep.actions)
+            copies.append(dataclasses.replace(ep, observations=obs, actions=act))
+    held = np.zeros(len(copies), bool)
+    held[len(train_eps) : len(episodes)] = True
+    frames = frames_of(copies)
+    mu, logvar = encode_frames(model, frames)
+    lengths = np.array([ep.length for ep in copies])
     obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
     act_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    offroad = np.concatenate([off_road(ep.observations[1:]) for ep in copies])
+    p = (~held).astype(np.float64)
     return LatentDataset(
         mu=mu,
         logvar=logvar,
-        actions=np.concatenate([ep.actions for ep in episodes]),
-        rewards=np.concatenate([ep.rewards for ep in episodes]),
-        dones=np.concatenate([ep.terminations for ep in episodes]).astype(np.float32),
+        actions=np.concatenate([ep.actions for ep in copies]),
+        rewards=np.concatenate([ep.rewards for ep in copies]),
+        dones=np.concatenate([ep.terminations for ep in copies]).astype(np.float32),
+        offroad=offroad,
         obs_start=obs_start,
         act_start=act_start,
         lengths=lengths,
+        episode_p=p / p.sum(),
+        heldout=held,
     )
 
 
@@ -313,6 +418,7 @@ def build_rnn(**hparams: Any) -> MDNRNN:
 def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, np.ndarray]:
     """A batch of training windows, deterministic in (cfg.seed, step).
 
+    Episodes are drawn with probabilities ``data.episode_p`` (the recipe's weights; held-out episodes never).
     Each window is seq_len L steps of one episode starting at a uniform offset in [0, T_e - L]
     (offset 0 when the episode is not longer than L; the tail is masked).
 
@@ -322,7 +428,7 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
     """
     rng = np.random.default_rng([cfg.seed, step])
     L = cfg.seq_len
-    eps = rng.integers(0, data.num_episodes, cfg.batch_size)
+    eps = rng.choice(data.num_episodes, cfg.batch_size, p=data.episode_p)
     lengths = data.lengths[eps]
     offsets = (rng.random(cfg.batch_size) * np.maximum(lengths - L + 1, 1)).astype(np.int64)
     t = np.arange(L)
@@ -387,3 +493,38 @@ def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN:
         items_per_step=cfg.batch_size * cfg.seq_len,
         desc="train MDN-RNN",
     )
+
+
+@eqx.filter_jit
+def _teacher_forced_rewards(model: MDNRNN, z: jax.Array, actions: jax.Array) -> jax.Array:
+    """Reward predictions (B, L) of the MDN-RNN fed real latents z (B, L, Z) and actions (B, L, 3)."""
+    return jax.vmap(lambda z, a: rollout_sequence(model, z, a)[1].reward)(z, actions)
+
+
+def heldout_delusion(model: MDNRNN, data: LatentDataset) -> dict[str, float]:
+    """Reward delusion (``diagnostics.reward_delusion``) of the MDN-RNN on the held-out episodes.
+
+    The MDN-RNN reads the real latent means and actions of each held-out episode (teacher forcing,
+    episodes padded to one length so it compiles once) and predicts each step's reward.
+
+    Returns:
+        The ``reward_delusion`` dict plus ``episodes``; delusion is nan without held-out off-road steps.
+    """
+    eps = np.nonzero(data.heldout)[0]
+    if len(eps) == 0:
+        return {"reward_delusion": float("nan"), "offroad_steps": 0, "steps": 0, "episodes": 0}
+    L = int(data.lengths[eps].max())
+    t = np.arange(L)
+    preds, reals, offs = [], [], []
+    for e in eps:
+        n = int(data.lengths[e])
+        obs_idx = data.obs_start[e] + np.minimum(t, n - 1)
+        act_idx = data.act_start[e] + np.minimum(t, n - 1)
+        r = _teacher_forced_rewards(
+            model, jnp.asarray(data.mu[obs_idx])[None], jnp.asarray(data.actions[act_idx])[None]
+        )
+        preds.append(np.asarray(r[0, :n]))
+        reals.append(data.rewards[act_idx[:n]])
+        offs.append(data.offroad[act_idx[:n]])
+    out = reward_delusion(np.concatenate(preds), np.concatenate(reals), np.concatenate(offs))
+    return {**out, "episodes": int(len(eps))}

@@ -79,10 +79,12 @@ def plot_metrics(metrics_path: Path, out_path: Path, keys: list[str], title: str
     if not rows:
         return
     xkey = "step" if "step" in rows[0] else "generation"
-    keys = [k for k in keys if k in rows[0]]
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        return
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        ax.plot([r[xkey] for r in rows], [r[key] for r in rows])
+        ax.plot([r[xkey] for r in rows if key in r], [r[key] for r in rows if key in r])
         ax.set_title(key)
         ax.set_xlabel(xkey)
     fig.suptitle(title)
