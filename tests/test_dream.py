@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -9,6 +13,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from worldmodels import dream
+from worldmodels.cli import default_cache_dir, enable_compilation_cache
 from worldmodels.config import DreamConfig
 from worldmodels.dream import (
     DreamStart,
@@ -16,6 +22,7 @@ from worldmodels.dream import (
     dream_step,
     generation_fitness,
     initial_carry,
+    sharded_generation_fitness,
     single_rollout,
 )
 from worldmodels.evolve import controller_hparams, dream_fitness, evolve
@@ -82,6 +89,72 @@ def test_generation_call_does_not_retrace():
     for gen in range(3):
         generation_fitness(jr.normal(jr.key(gen), (4, n)), rnn, start, jr.key(gen), jnp.float32(0.5 * gen), 2, 10, 0.5)
     assert generation_fitness._cached._cache_size() <= before + 1
+
+
+def test_three_generations_trace_once(monkeypatch):
+    """New populations, keys and temperatures each generation reuse one compiled program."""
+    # Sizes no other test uses, so this jit cache entry is cold and the first generation must trace.
+    rnn = MDNRNN(5, 3, 7, 2, key=jr.key(0))
+    start = DreamStart(jr.normal(jr.key(1), (3, 5)), jnp.full((3, 5), -2.0))
+    n = LinearController.num_params(5, 7)
+    counted = eqx.debug.assert_max_traces(dream.single_rollout, max_traces=1)
+    monkeypatch.setattr(dream, "single_rollout", counted)  # looked up at trace time by generation_fitness
+    for gen in range(3):
+        population = jr.normal(jr.key(10 + gen), (4, n))
+        fitness = sharded_generation_fitness(population, rnn, start, jr.key(gen), jnp.float32(1.0 + gen), 2, 6, 0.5)
+        assert fitness.shape == (4,) and bool(jnp.all(jnp.isfinite(fitness)))
+    assert eqx.debug.get_num_traces(counted) == 1
+
+
+# A script that compiles one generation under run_main and prints how many compilations were cache hits.
+CACHED_SCRIPT = """
+import json
+import jax, jax.numpy as jnp, jax.random as jr
+from worldmodels.cli import run_main
+
+hits = []
+jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event == "/jax/compilation_cache/cache_hits"))
+
+def work():
+    from worldmodels.dream import DreamStart, generation_fitness
+    from worldmodels.models import MDNRNN, LinearController
+    rnn = MDNRNN(6, 3, 10, 2, key=jr.key(0))
+    start = DreamStart(jnp.zeros((2, 6)), jnp.zeros((2, 6)))
+    pop = jnp.zeros((3, LinearController.num_params(6, 10)))
+    generation_fitness(pop, rnn, start, jr.key(1), jnp.float32(1.0), 2, 5, 0.5).block_until_ready()
+    print(json.dumps({"cache_dir": jax.config.jax_compilation_cache_dir, "hits": sum(hits)}))
+
+run_main(work)
+"""
+
+
+def test_scripts_reuse_compilations_across_runs(tmp_path):
+    cache = tmp_path / "jax-cache"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", WORLDMODELS_JAX_CACHE=str(cache))
+
+    def run():
+        proc = subprocess.run(
+            [sys.executable, "-c", CACHED_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert first["cache_dir"] == str(cache) and first["hits"] == 0
+    entries = {p.name for p in cache.iterdir()}
+    assert any(name.startswith("jit_generation_fitness") for name in entries), entries
+    second = run()
+    assert second["hits"] >= 1  # the generation (and any other cached program) came from disk
+    assert {p.name for p in cache.iterdir()} == entries  # nothing new was compiled and stored
+
+
+def test_compilation_cache_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLDMODELS_JAX_CACHE", "")
+    assert enable_compilation_cache() is None  # empty disables, and leaves JAX's config alone
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "worldmodels" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "worldmodels" / "jax"
 
 
 def test_cma_es_finds_known_optimum(tmp_path):

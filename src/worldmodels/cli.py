@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import tyro
@@ -15,6 +17,10 @@ from worldmodels.config import Preset, available_presets, load_preset
 T = TypeVar("T")
 
 DEFAULT_PRESET = "quick"
+CACHE_ENV = "WORLDMODELS_JAX_CACHE"
+"""Environment variable naming the persistent compilation cache directory; empty disables the cache."""
+CACHE_MIN_COMPILE_SECS = 0.1
+"""Compilations at least this long are written to the persistent cache."""
 
 
 def parse(args_cls: type[T], description: str, argv: list[str] | None = None) -> T:
@@ -49,8 +55,48 @@ def parse(args_cls: type[T], description: str, argv: list[str] | None = None) ->
     return tyro.cli(args_cls, default=args_cls(**defaults), description=description, args=argv)
 
 
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/worldmodels/jax``, or ``~/.cache/worldmodels/jax`` when XDG_CACHE_HOME is unset."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "worldmodels" / "jax"
+
+
+def enable_compilation_cache(min_compile_secs: float = CACHE_MIN_COMPILE_SECS) -> Path | None:
+    """Turn on JAX's persistent compilation cache so a rerun of a script skips XLA compilation.
+
+    The directory is, in order: ``$WORLDMODELS_JAX_CACHE`` if set (an empty value disables the cache
+    and returns ``None``); JAX's own ``jax_compilation_cache_dir`` if already set (for example by
+    ``JAX_COMPILATION_CACHE_DIR``); else ``default_cache_dir()``. Programs whose compilation takes at
+    least ``min_compile_secs`` are stored (JAX's default, 1 s, would skip the smaller dream and
+    training steps). Must run before the first compilation that should be cached; JAX opens the
+    cache lazily, at the first compilation after the directory is set.
+
+    The cache is trusted code: do not point it at a directory that others can write.
+
+    Returns:
+        The cache directory (created), or ``None`` when disabled.
+    """
+    import jax
+
+    env = os.environ.get(CACHE_ENV)
+    if env is not None and not env.strip():
+        return None
+    path = Path(env).expanduser() if env else None
+    if path is None:
+        current = jax.config.jax_compilation_cache_dir
+        path = Path(current) if current else default_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+    return path
+
+
 def run_main(fn: Callable[[], Any]) -> None:
-    """Call ``fn``; the project's expected errors become one line on stderr and exit status 1."""
+    """Enable the compilation cache (``enable_compilation_cache``), then call ``fn``.
+
+    The project's expected errors become one line on stderr and exit status 1; Ctrl-C exits 130.
+    """
+    enable_compilation_cache()
     from worldmodels.checkpoint import CheckpointError
     from worldmodels.data import DatasetError
     from worldmodels.stages import MissingInput

@@ -6,6 +6,9 @@ Named vmap layers (evosax style):
 ``batch_rollout``      one controller, R dreams (vmap over keys) -> mean return
 ``population_rollout`` P controllers x R dreams (vmap over parameters) -> (P,) fitness
 
+``generation_fitness`` jits a whole generation; ``sharded_generation_fitness`` spreads it over every
+device (``worldmodels.sharding``).
+
 All candidates of a generation share the R keys (common random numbers), so their fitnesses differ
 by the controller, not by the luck of the dream.
 """
@@ -13,16 +16,19 @@ by the controller, not by the luck of the dream.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.models.controller import LinearController
 from worldmodels.models.mdnrnn import MDNRNN, LSTMState, sample_next_z
+from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
 
 
 class DreamStart(NamedTuple):
@@ -121,6 +127,7 @@ def generation_fitness(
     rollouts: int,
     steps: int,
     done_threshold: float,
+    mesh: Mesh | None = None,
 ) -> Float[Array, " P"]:
     """A whole CMA-ES generation, P x R x T dream steps, in one jitted call.
 
@@ -131,14 +138,62 @@ def generation_fitness(
         key: this generation's key; split into the R shared dream keys.
         temperature: tau (a traced scalar, so changing it does not recompile).
         rollouts, steps, done_threshold: static.
+        mesh: static; ``None`` (one device) or a ``sharding.dream_mesh`` whose ``pop`` size divides P.
+            With a mesh the (P, R) grid of returns is constrained to ``PartitionSpec("pop", "roll")``
+            so XLA splits candidates and rollouts over the devices; the values are the same. Use
+            ``sharded_generation_fitness``, which builds the mesh and pads P.
 
     Returns:
         float32 (P,) mean dream return per candidate.
     """
     keys = jr.split(key, rollouts)
-    return population_rollout(
-        population, rnn, start, keys, steps=steps, temperature=temperature, done_threshold=done_threshold
+    kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold}
+    if mesh is None:
+        return population_rollout(population, rnn, start, keys, **kw)
+    population = jax.lax.with_sharding_constraint(population, NamedSharding(mesh, PartitionSpec(POP, None)))
+    rollout = functools.partial(single_rollout, **kw)
+    grid = jax.vmap(jax.vmap(rollout, in_axes=(None, None, None, 0)), in_axes=(0, None, None, None))
+    returns = jax.lax.with_sharding_constraint(
+        grid(population, rnn, start, keys), NamedSharding(mesh, PartitionSpec(POP, ROLL))
     )
+    return jnp.mean(returns, axis=1)
+
+
+def sharded_generation_fitness(
+    population: Float[Array, "P N"],
+    rnn: MDNRNN,
+    start: DreamStart,
+    key: PRNGKeyArray,
+    temperature: Float[Array, ""],
+    rollouts: int,
+    steps: int,
+    done_threshold: float,
+    devices: Sequence[jax.Device] | None = None,
+) -> Float[Array, " P"]:
+    """``generation_fitness`` spread over ``devices`` (default ``jax.devices()``).
+
+    On one device this is exactly ``generation_fitness`` (no mesh, no padding, no copy). On D > 1
+    devices the population is padded with zero candidates up to a multiple of the mesh's ``pop``
+    size, split over the devices (``sharding.shard_population``; the mesh rule is in
+    ``worldmodels.sharding``), scored in one jitted call, and the padding is dropped. Same keys give
+    the same fitness on any device count, up to float32 rounding of the mean over R.
+
+    Args:
+        population: float32 (P, N) flat controllers (NumPy or JAX).
+        rnn, start, key, temperature, rollouts, steps, done_threshold: as in ``generation_fitness``.
+        devices: the devices to use; default all of ``jax.devices()``.
+
+    Returns:
+        float32 (P,) mean dream return per candidate, padding removed.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    args = (rnn, start, key, temperature, rollouts, steps, done_threshold)
+    if len(devices) == 1:
+        return generation_fitness(population, *args)
+    p = population.shape[0]
+    mesh = dream_mesh(p, rollouts, devices)
+    fitness = generation_fitness(shard_population(population, mesh), *args, mesh)
+    return fitness if fitness.shape[0] == p else fitness[:p]
 
 
 def dream_flops_per_step(z_size: int, hidden_size: int, num_mixtures: int, action_size: int = 3) -> int:

@@ -1,9 +1,9 @@
 """CMA-ES (Hansen 2016, pycma) around one jitted fitness call per generation.
 
-Each generation: ``ask`` P candidates, score them with ``dream.generation_fitness`` (P x R x T dream
-steps in one call), ``tell`` the negated fitness. The generation's best candidate and the CMA-ES
-mean are then re-scored on R fresh dreams (as the paper re-evaluates on new rollouts, Appendix A.4);
-the best of those re-scores is kept as the controller.
+Each generation: ``ask`` P candidates, score them with ``dream.sharded_generation_fitness`` (P x R x T
+dream steps in one call, spread over every device), ``tell`` the negated fitness. The generation's best
+candidate and the CMA-ES mean are then re-scored on R fresh dreams (as the paper re-evaluates on new
+rollouts, Appendix A.4); the best of those re-scores is kept as the controller.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.config import DreamConfig
-from worldmodels.dream import DreamStart, generation_fitness
+from worldmodels.dream import DreamStart, sharded_generation_fitness
 from worldmodels.models import MDNRNN, LinearController
 from worldmodels.train import append_jsonl
 
@@ -38,11 +38,17 @@ def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> Lin
 
 
 def dream_fitness(rnn: MDNRNN, start: DreamStart, cfg: DreamConfig) -> Callable:
-    """``fitness(population (P, N), key) -> (P,)``: mean dream return of each flat controller."""
+    """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller.
+
+    One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
+    and rollouts where they divide, split over ``jax.devices()``; P padded and the padding dropped).
+    """
     tau = jnp.float32(cfg.temperature)
 
     def fitness(population, key):
-        return generation_fitness(population, rnn, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold)
+        return sharded_generation_fitness(
+            population, rnn, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold
+        )
 
     return fitness
 
