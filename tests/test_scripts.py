@@ -78,11 +78,39 @@ def test_every_script_end_to_end(tmp_path):
     # Everything is done: the pipeline skips every stage and prints its table.
     out = run("pipeline.py", *common).stdout
     assert out.count("skipped") == 5 and "real CarRacing-v3 score" in out
+    delusion = json.loads((run_dir / "rnn" / "delusion.json").read_text())
+    assert delusion["episodes"] == 1 and "reward_delusion" in delusion  # smoke holds out 1 of 4 episodes
+    assert "reward_delusion" in results
+
+    # One Sim2Real2Sim iteration: on-policy data from the controller, MDN-RNN fine-tuned, CMA-ES continued.
+    out = run("pipeline.py", *common, "--iterations", "1").stdout
+    rows = json.loads((run_dir / "iterations" / "scores.json").read_text())
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["onpolicy_episodes"] == 2
+    assert (run_dir / "iterations" / "scores.png").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["rnn"]["dataset"].endswith("controller:1")
+    assert checkpoint_step(run_dir / "rnn" / "ckpt") == 15  # 10 + 5 fine-tuning updates
 
     # A config whose sizes differ from the checkpoint is refused with both sizes named.
     proc = run("train_vae.py", *common, "--z-size", "64", "--steps", "40", ok=False)
     assert proc.returncode == 1
     assert "z_size=32 in the checkpoint, 64 in the config" in proc.stderr
+
+
+def checkpoint_step(path):
+    from worldmodels import checkpoint
+
+    return checkpoint.latest_step(path)
+
+
+def test_mixed_collection_and_stats(tmp_path):
+    rd = str(tmp_path / "run")
+    common = ["--preset", "smoke", "--run-dir", rd, "--max-steps", "40"]
+    run("collect_data.py", *common, "--mix", "random_controller:1,heuristic:2,recovery:1,aggressive:1")
+    out = run("collect_data.py", *common, "--stats").stdout
+    stats = {s["dataset"]: s for s in json.loads((Path(rd) / "data" / "stats.json").read_text())}
+    assert set(stats) == {"random_controller", "heuristic", "recovery", "aggressive"}
+    assert stats["heuristic"]["episodes"] == 2 and stats["heuristic"]["steps"] == 80
+    assert "off-road" in out and (Path(rd) / "data" / "returns.png").is_file()
 
 
 def test_dream_benchmark_small(tmp_path):
