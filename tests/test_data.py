@@ -158,3 +158,39 @@ def test_collection_plan_and_policy_seed_blocks():
     for bad in ("nope:3", "heuristic:2.5"):
         with pytest.raises(ValueError):
             collection_plan(CollectConfig(mix=bad))
+
+
+def test_controller_policy_acts_within_the_box(tmp_path):
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from worldmodels import checkpoint
+    from worldmodels.env import make_env
+    from worldmodels.evolve import controller_hparams
+    from worldmodels.models import MDNRNN, ConvVAE, LinearController
+
+    vae = ConvVAE(32, key=jr.key(0))
+    rnn_hp = {"z_size": 32, "action_size": 3, "hidden_size": 16, "num_mixtures": 2}
+    rnn = MDNRNN(**rnn_hp, key=jr.key(1))
+    flat = 0.01 * jr.normal(jr.key(2), (LinearController.num_params(32, 16),))
+    ctrl = LinearController.from_flat(flat, 32, 16)
+    checkpoint.save(tmp_path / "vae" / "ckpt", 1, vae, kind="vae", hparams={"z_size": 32})
+    checkpoint.save(tmp_path / "rnn" / "ckpt", 1, rnn, kind="mdnrnn", hparams=rnn_hp)
+    checkpoint.save(tmp_path / "controller" / "ckpt", 1, ctrl, kind="controller", hparams=controller_hparams(rnn))
+    env = make_env(30)
+    policy = make_policy(CollectConfig(policy="controller", controller_noise=0.5), tmp_path)
+    obs, _ = env.reset(seed=0)
+    policy.reset(0, env)
+    actions = []
+    for _ in range(30):
+        a = policy.act(obs)
+        actions.append(a)
+        obs, *_ = env.step(a)
+    env.close()
+    actions = np.stack(actions)
+    assert actions.dtype == np.float32 and actions.shape == (30, 3)
+    assert actions[:, 0].min() >= -1 and actions[:, 0].max() <= 1 and actions[:, 1:].min() >= 0
+    # the noise is smooth (OU), not white: consecutive steer values correlate
+    assert jnp.corrcoef(actions[:-1, 0], actions[1:, 0])[0, 1] > 0.2
+    with pytest.raises(ValueError, match="run directory"):
+        make_policy(CollectConfig(policy="controller"))
