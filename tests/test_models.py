@@ -108,3 +108,18 @@ def test_controller_paper_size_and_action_bounds():
     assert float(actions[:, 1:].min()) >= 0.0 and float(actions[:, 1:].max()) <= 1.0
     with pytest.raises(ValueError, match="867"):
         LinearController.from_flat(jnp.zeros(10), 32, 256)
+
+
+def test_fused_lstm_step_equals_equinox_cell():
+    import jax.random as jr
+
+    from worldmodels.models import MDNRNN
+    from worldmodels.models.mdnrnn import LSTMState, lstm_step
+
+    rnn = MDNRNN(8, 3, 16, 2, key=jr.key(0))
+    x = jr.normal(jr.key(1), (11,))
+    state = LSTMState(jr.normal(jr.key(2), (16,)), jr.normal(jr.key(3), (16,)))
+    h_ref, c_ref = rnn.cell(x, (state.h, state.c))
+    h, c = lstm_step(rnn.cell, x, state)
+    np.testing.assert_allclose(h, h_ref, atol=1e-6)
+    np.testing.assert_allclose(c, c_ref, atol=1e-6)

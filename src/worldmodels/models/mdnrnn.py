@@ -82,7 +82,7 @@ class MDNRNN(eqx.Module):
         self, z: Float[Array, " Z"], action: Float[Array, " A"], state: LSTMState
     ) -> tuple[LSTMState, MDNOutput]:
         """One step: consume (z_t, a_t), return the new state and the prediction for step t+1."""
-        h, c = self.cell(jnp.concatenate([z, action]), (state.h, state.c))
+        h, c = lstm_step(self.cell, jnp.concatenate([z, action]), state)
         out = self.head(h)
         k, zs = self.num_mixtures, self.z_size
         logits = out[:k]
@@ -95,6 +95,26 @@ class MDNRNN(eqx.Module):
             reward=out[-2],
             done_logit=out[-1],
         )
+
+
+def lstm_step(cell: eqx.nn.LSTMCell, x: Float[Array, " I"], state: LSTMState) -> tuple[Array, Array]:
+    """``eqx.nn.LSTMCell``'s step (Hochreiter & Schmidhuber 1997; gates i, f, g, o) with one matmul.
+
+    The input and recurrent weights are applied as one (4H, I + H) matrix to [x, h]: under the dream's
+    vmap this is one (N, I + H) x (I + H, 4H) product per step instead of two, and the concatenated
+    weight is loop-invariant, so XLA computes it once per scan. Same parameters and values as
+    ``cell(x, (h, c))``.
+
+    Returns:
+        (h, c), float32 (H,) each.
+    """
+    weight = jnp.concatenate([cell.weight_ih, cell.weight_hh], axis=1)
+    gates = weight @ jnp.concatenate([x, state.h])
+    if cell.bias is not None:
+        gates = gates + cell.bias
+    i, f, g, o = jnp.split(gates, 4)
+    c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
 def sample_next_z(out: MDNOutput, key: PRNGKeyArray, temperature: float | Array = 1.0) -> Float[Array, " Z"]:
