@@ -194,6 +194,102 @@ class IterateConfig:
 
 
 @dataclass(frozen=True)
+class GossipConfig:
+    """A pool of jointly trained world models that read each other's dreams (issue 5, ``worldmodels.gossip``)."""
+
+    dataset: str = "brownian"
+    """Datasets under RUN_DIR/data/ as a recipe ``name[:weight],...``: a batch draws each sequence from dataset d
+    with probability weight_d / sum."""
+    holdout: float = 0.1
+    """Fraction of each dataset's episodes (its last ones, at least one when it has two or more) kept out of
+    training; drift, disagreement and the videos are measured on them."""
+    models: int = 2
+    """Pool size M. M = 2 gossips in the fixed pair (0, 1); an even M > 2 is paired by a fresh random permutation
+    every step; with an odd M one random model sits the step out (its consistency loss is 0 for that step)."""
+    flavour: str = "mdnrnn"
+    """Dynamics of every model: ``mdnrnn`` (the paper's LSTM + mixture) or ``gru`` (GRU state + one Gaussian)."""
+    z_size: int = 32
+    """Latent size Z of each model's VAE."""
+    hidden_size: int = 256
+    """Recurrent units H (LSTM or GRU)."""
+    num_mixtures: int = 5
+    """Gaussian components K of the MDN-RNN flavour (the GRU flavour has one)."""
+    kl_tolerance: float = 0.5
+    """Free bits per latent dimension: the KL term is max(KL, kl_tolerance * z_size) nats (Appendix A.1)."""
+    seq_len: int = 32
+    """Length L of the training windows in steps (L + 1 frames are encoded per window)."""
+    batch_size: int = 8
+    """Windows per update; every model of the pool sees the same windows (same data order)."""
+    learning_rate: float = 3e-4
+    """Adam learning rate (one Adam state per model)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip, per model."""
+    steps: int = 2000
+    """Number of pool updates."""
+    dynamics_weight: float = 1.0
+    """Weight of the dynamics loss (mixture NLL + reward + done) against the VAE loss (reconstruction + KL)."""
+    dynamics_to_encoder: bool = True
+    """Let the dynamics loss train the encoder too (joint training); off: the latents it reads are constants."""
+    reward_weight: float = 1.0
+    """Weight of the reward loss inside the dynamics loss."""
+    reward_overpredict_weight: float = 5.0
+    """Asymmetric reward MSE: squared errors where the prediction exceeds the truth are multiplied by this."""
+    done_weight: float = 1.0
+    """Weight of the done (termination) BCE inside the dynamics loss."""
+    gossip_weight: float = 1.0
+    """Weight of each model's consistency loss in its total; 0 is the baseline (independent models)."""
+    gossip_dream_steps: int = 16
+    """Dream length D of the gossip: steps imagined from the shared real start before decoding."""
+    gossip_context: int = 1
+    """Real frames k each model reads (teacher forced) before it dreams; gossip_context + gossip_dream_steps - 1
+    must not exceed seq_len."""
+    gossip_batch: int = 4
+    """Shared starts per gossip step (the first windows of the batch)."""
+    gossip_compare: str = "pixel"
+    """What the consistency loss compares (formulas in ``gossip.consistency_loss``): ``pixel`` (the partner's reading
+    of my dream against my own reading, both decoded to pixels), ``latent`` (the same two readings in my own latent
+    space), ``dreams`` (the partner's encodings of my dream and of its own dream, in the partner's latent space)."""
+    gossip_distance: str = "l2"
+    """Distance of the consistency loss: ``l2`` (sum of squared differences), ``l1`` (sum of absolute differences),
+    ``kl`` (KL between the two readings' diagonal Gaussians; ``latent`` and ``dreams`` only)."""
+    gossip_stop_gradient: str = "readers"
+    """Where a model's consistency gradient may go: ``readers`` (only into its dream: encoder of the start, dynamics,
+    decoder that renders it; every reading is a fixed judge), ``partner`` (also into its own reading path; the
+    partner stays fixed), ``none`` (into the partner as well)."""
+    gossip_dream: str = "mean"
+    """How a gossip dream steps: ``mean`` (the most likely next latent, deterministic) or ``sample`` (a
+    reparameterised sample at ``gossip_temperature``; both models of a pair share the noise keys)."""
+    gossip_temperature: float = 1.0
+    """Temperature tau of ``sample`` gossip dreams."""
+    drift_context: int = 1
+    """Real frames k read before the open-loop drift measurement (then real actions only)."""
+    drift_horizons: tuple[int, ...] = (1, 10, 50, 100, 200, 500, 1000)
+    """Horizons (dream steps after the context) at which drift and disagreement are reported; clipped to what the
+    held-out episodes allow."""
+    drift_episodes: int = 4
+    """Held-out episodes used for drift and disagreement (fewer if fewer are held out)."""
+    video_steps: int = 300
+    """Length of the side-by-side dream video (clipped to the held-out episode)."""
+    video_fps: int = 30
+    """Frames per second of the videos."""
+    export: bool = True
+    """MDN-RNN flavour: write model ``export_model`` as RUN_DIR/vae/ckpt and RUN_DIR/rnn/ckpt so train_dream.py and
+    test_agent.py use it (never over checkpoints that another stage wrote)."""
+    export_model: int = 0
+    """Which model of the pool to export."""
+    checkpoint_every: int = 200
+    """Save the pool every this many updates (and at the end)."""
+    log_every: int = 20
+    """Write a metrics.jsonl line every this many updates."""
+    vmap_pool: bool = True
+    """Batch the pool axis with ``eqx.filter_vmap`` (one batched program, right on an accelerator). Off: a loop over
+    the M models unrolled inside the same jitted step, same values, about 3x faster on XLA:CPU, where a vmapped
+    convolution with per-model kernels becomes a slow grouped convolution."""
+    seed: int = 0
+    """Seed of initialisation (model m from fold_in(seed, m)), batch order, latent noise and pairing."""
+
+
+@dataclass(frozen=True)
 class Preset:
     """A named bundle of every stage's config, loaded from ``configs/NAME.json``."""
 
@@ -205,10 +301,12 @@ class Preset:
     dream: DreamConfig = field(default_factory=DreamConfig)
     test: TestConfig = field(default_factory=TestConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
 _SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig, IterateConfig)}
 """The stage configs a preset nests, by the type name its fields carry (annotations are strings here)."""
+_SECTIONS[GossipConfig.__name__] = GossipConfig
 
 
 def merge_config(cls: type, overrides: dict[str, Any], where: str) -> Any:

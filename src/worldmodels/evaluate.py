@@ -114,8 +114,8 @@ def run_episodes(
             n = len(round_seeds)
             pad = [round_seeds[-1] + 10_000_000 + i for i in range(workers - n)]
             obs, _ = env.reset(seed=round_seeds + pad)
-            zeros = jnp.zeros((workers, agent.rnn.hidden_size), jnp.float32)
-            state = LSTMState(zeros, zeros)
+            # The memory's own zero state (an LSTM's (h, c), a GRU transition's h) for each environment.
+            state = jax.tree.map(lambda x: jnp.broadcast_to(x, (workers,) + x.shape), agent.rnn.initial_state())
             returns = np.zeros(workers)
             lengths = np.zeros(workers, int)
             offroad = np.zeros(workers, int)

@@ -1,0 +1,78 @@
+"""GRU transition model: a deterministic recurrent state and a Gaussian prediction of the next latent.
+
+The gossip design's dynamics (DESIGN.md, "V + GRU transition"):
+
+* h_{t+1} = GRU(h_t, [z_t, a_t]) -- the gated recurrent unit of Cho et al. 2014 (Eqs. 5-8), as in
+  ``equinox.nn.GRUCell``; the recurrent state is deterministic, like the deterministic path of
+  PlaNet's RSSM (Hafner et al. 2019, Sec. 3, "Recurrent state-space model");
+* p(z_{t+1} | h_{t+1}) = N(mu(h_{t+1}), diag(sigma(h_{t+1})^2)) -- one diagonal Gaussian from a linear
+  head, the "prior" of the same RSSM (here the target latent is the VAE's posterior sample);
+* a reward r_{t+1} (regression) and the logit of the episode ending after a_t.
+
+The prediction is returned as an ``MDNOutput`` with K = 1 component (log pi = 0). A Gaussian is the
+one-component case of the MDN-RNN's mixture, so ``losses.mdn_nll`` is then exactly the Gaussian
+negative log-likelihood, ``sample_next_z`` at temperature tau draws mu + sqrt(tau) sigma eps and
+``most_likely_z`` returns mu: ``dream.py`` and ``evaluate.py`` run this model where they run an MDN-RNN.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from worldmodels.models.mdnrnn import MDNOutput
+
+
+class GRUState(NamedTuple):
+    """GRU carry: the hidden state ``h``, float32 (H,). Named ``h`` like the LSTM's, which the controller reads."""
+
+    h: Float[Array, " H"]
+
+
+class GRUTransition(eqx.Module):
+    """GRU cell + Gaussian head over z_{t+1} + reward and done heads, one step on one example.
+
+    Attributes:
+        z_size, action_size, hidden_size: Z, A, H.
+        num_mixtures: always 1 (the prediction is an ``MDNOutput`` with one component).
+    """
+
+    cell: eqx.nn.GRUCell
+    head: eqx.nn.Linear
+    z_size: int = eqx.field(static=True)
+    action_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    num_mixtures: int = eqx.field(static=True)
+
+    def __init__(self, z_size: int = 32, action_size: int = 3, hidden_size: int = 256, *, key: PRNGKeyArray):
+        k_cell, k_head = jr.split(key)
+        self.cell = eqx.nn.GRUCell(z_size + action_size, hidden_size, key=k_cell)
+        self.head = eqx.nn.Linear(hidden_size, 2 * z_size + 2, key=k_head)
+        self.z_size, self.action_size, self.hidden_size, self.num_mixtures = z_size, action_size, hidden_size, 1
+
+    def initial_state(self) -> GRUState:
+        """Zero state, float32 (H,)."""
+        return GRUState(jnp.zeros((self.hidden_size,), jnp.float32))
+
+    def __call__(
+        self, z: Float[Array, " Z"], action: Float[Array, " A"], state: GRUState
+    ) -> tuple[GRUState, MDNOutput]:
+        """One step: consume (z_t (Z,), a_t (A,)), return h_{t+1} and the prediction for step t+1.
+
+        Returns:
+            (GRUState, MDNOutput with log_pi (1,), mu and log_sigma (1, Z), reward and done_logit ()).
+        """
+        h = self.cell(jnp.concatenate([z, action]), state.h)
+        out = self.head(h)
+        zs = self.z_size
+        return GRUState(h), MDNOutput(
+            log_pi=jnp.zeros((1,), out.dtype),
+            mu=out[:zs][None],
+            log_sigma=out[zs : 2 * zs][None],
+            reward=out[-2],
+            done_logit=out[-1],
+        )

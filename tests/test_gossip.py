@@ -1,0 +1,238 @@
+"""Gossip pools: the consistency loss, its stop-gradients, the pool update, pairing, and the script."""
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from worldmodels import gossip as G
+from worldmodels.config import GossipConfig, load_preset
+from worldmodels.dream import DreamStart, generation_fitness
+from worldmodels.models.controller import LinearController
+from worldmodels.models.joint import open_loop, teacher_forced
+from worldmodels.models.mdnrnn import most_likely_z
+from worldmodels.models.transition import GRUTransition
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"xla_backend_optimization_level": 0}
+"""XLA:CPU compiles these programs about twice as fast at optimisation level 0; the tests run few steps."""
+
+
+def fast_jit(fn, static_argnums=(), **kwargs):
+    """``jax.jit`` at optimisation level 0 (the tests are mostly compilation); ``kwargs`` are bound first."""
+    fn = functools.partial(fn, **kwargs) if kwargs else fn
+    return jax.jit(fn, static_argnums=static_argnums, compiler_options=FAST)
+
+
+# Tiny dynamics; the ConvVAE's size is fixed by the 64x64 frames.
+CFG = GossipConfig(
+    models=2,
+    hidden_size=8,
+    num_mixtures=2,
+    seq_len=4,
+    batch_size=2,
+    gossip_batch=1,
+    gossip_dream_steps=3,
+    gossip_context=2,
+)
+
+
+def fake_batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    b, n = cfg.batch_size, cfg.seq_len
+    return {
+        "frames": rng.integers(0, 256, (b, n + 1, 64, 64, 3), dtype=np.uint8),
+        "frame_mask": np.ones((b, n + 1), np.float32),
+        "actions": rng.uniform(-1, 1, (b, n, 3)).astype(np.float32),
+        "rewards": rng.normal(size=(b, n)).astype(np.float32),
+        "dones": np.zeros((b, n), np.float32),
+        "mask": np.ones((b, n), np.float32),
+    }
+
+
+def gossip_args(cfg, seed=0):
+    context, actions = G.gossip_inputs(fake_batch(cfg, seed), cfg)
+    partner, active = G.pair_partners(jr.key(0), cfg.models)
+    return context, actions, partner, active
+
+
+def leaves(tree):
+    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+
+
+def test_consistency_is_zero_for_identical_models():
+    model = G.model_at(G.init_pool(CFG), 0)
+    twins = G.stack_models([model, model])
+    args = gossip_args(CFG)
+    consistency = fast_jit(lambda pool, args, cfg: G.consistency_loss(pool, *args, jr.key(1), cfg), static_argnums=2)
+    for compare, distance, dream in [("pixel", "l2", "mean"), ("latent", "kl", "sample"), ("dreams", "l1", "mean")]:
+        cfg = dataclasses.replace(CFG, gossip_compare=compare, gossip_distance=distance, gossip_dream=dream)
+        np.testing.assert_allclose(consistency(twins, args, cfg), 0.0, atol=1e-6, err_msg=compare)
+    different = consistency(G.init_pool(CFG), args, CFG)
+    assert bool(jnp.all(different > 0))
+
+
+def test_gradients_reach_only_the_dreamer():
+    """``readers``: C_0's gradient reaches model 0's dream path and nothing of the partner; model 0's reading
+    path is a constant (the gradient equals that of the formula with a frozen copy of model 0 as reader)."""
+    pool = G.init_pool(CFG)
+    context, actions, partner, active = gossip_args(CFG)
+    grad_c0 = fast_jit(
+        jax.grad(lambda p, cfg: G.consistency_loss(p, context, actions, partner, active, jr.key(0), cfg)[0]),
+        static_argnums=1,
+    )
+    grads = grad_c0(pool, CFG)
+    g0, g1 = G.model_at(grads, 0), G.model_at(grads, 1)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in leaves(g1))  # nothing reaches the partner
+    for part in (g0.vae.enc, g0.dynamics, g0.vae.dec):  # the start's encoder, the dynamics, the renderer
+        assert any(float(jnp.abs(x).max()) > 0 for x in leaves(part))
+
+    m0, m1 = G.model_at(pool, 0), G.model_at(pool, 1)
+    judge0 = jax.lax.stop_gradient(m0)
+
+    def by_hand(m0):
+        x0 = G.dream_images(m0, context, actions, None)
+        mine = judge0.decode(judge0.encode(x0)[0])
+        theirs = m1.decode(m1.encode(x0)[0])
+        return jnp.mean(jnp.sum((theirs - mine) ** 2, axis=(1, 2, 3)))
+
+    expected = fast_jit(jax.grad(by_hand))(m0)
+    for a, b in zip(leaves(g0), leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
+
+    grads = grad_c0(pool, dataclasses.replace(CFG, gossip_stop_gradient="none"))
+    assert any(float(jnp.abs(x).max()) > 0 for x in leaves(G.model_at(grads, 1).vae))  # the partner learns
+
+
+def test_pool_update_equals_separate_updates_without_gossip():
+    cfg = dataclasses.replace(CFG, gossip_weight=0.0, flavour="gru")
+    pool = G.init_pool(cfg)
+    optimizer = G.make_optimizer(cfg)
+    batch, key = fake_batch(cfg), jr.key(3)
+    pool_step = fast_jit(G.pool_update, cfg=cfg, optimizer=optimizer)
+    new_pool, _, metrics = pool_step(pool, G.init_opt_state(pool, optimizer), batch, key)
+    model_step = fast_jit(G.model_update, cfg=cfg, optimizer=optimizer)
+    for m, k in enumerate(G.model_keys(key, cfg.models)):
+        model = G.model_at(pool, m)
+        alone, _, alone_metrics = model_step(model, optimizer.init(eqx.filter(model, eqx.is_array)), batch, k)
+        np.testing.assert_allclose(metrics["total"][m], alone_metrics["total"], rtol=1e-5)
+        for a, b in zip(leaves(G.model_at(new_pool, m)), leaves(alone), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-2 * cfg.learning_rate)  # Adam steps are ~lr
+    assert bool(jnp.all(metrics["consistency"] > 0))  # measured for the log even when it does not train
+
+
+def test_pool_loop_equals_pool_vmap():
+    pool, batch = G.init_pool(CFG), fake_batch(CFG)
+    loss = fast_jit(lambda p, cfg: G.pool_loss(p, batch, jr.key(2), cfg)[1], static_argnums=1)
+    vmapped, looped = loss(pool, CFG), loss(pool, dataclasses.replace(CFG, vmap_pool=False))
+    for key in ("total", "recon", "mdn_nll", "consistency"):
+        np.testing.assert_allclose(vmapped[key], looped[key], rtol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("num_models", [1, 2, 3, 4, 6])
+def test_pair_selection_covers_the_pool(num_models):
+    seen, sat_out = set(), set()
+    for step in range(60):
+        partner, active = map(np.asarray, G.pair_partners(jr.key(step), num_models))
+        np.testing.assert_array_equal(partner[partner], np.arange(num_models))  # a pairing is an involution
+        assert int(active.sum()) == num_models - num_models % 2
+        assert all((partner[m] == m) == (active[m] == 0) for m in range(num_models))
+        seen |= {(min(m, p), max(m, p)) for m, p in enumerate(partner) if m != p}
+        sat_out |= {m for m in range(num_models) if active[m] == 0}
+    pairs = {(i, j) for i in range(num_models) for j in range(i + 1, num_models)}
+    assert seen == pairs  # every model meets every other one
+    assert sat_out == (set(range(num_models)) if num_models % 2 else set())
+    if num_models == 2:
+        assert seen == {(0, 1)}
+
+
+def test_open_loop_reads_context_then_dreams():
+    model = G.model_at(G.init_pool(CFG), 0)
+    z = jr.normal(jr.key(0), (5, CFG.z_size))
+    actions = jr.uniform(jr.key(1), (5, 3))
+    out = open_loop(model, z[:2], actions)
+    forced = teacher_forced(model, z, actions)
+    np.testing.assert_allclose(out.z[:2], z[:2])
+    np.testing.assert_allclose(out.z_next[0], most_likely_z(jax.tree.map(lambda x: x[0], forced)), rtol=1e-5)
+    np.testing.assert_allclose(out.z[2:], out.z_next[1:-1])  # after the context it steps on its own latents
+
+
+def test_gru_model_runs_in_the_paper_dream():
+    """The GRU dynamics speak the MDN-RNN's interface, so ``dream.generation_fitness`` runs it unchanged."""
+    gru = GRUTransition(CFG.z_size, 3, CFG.hidden_size, key=jr.key(0))
+    start = DreamStart(jr.normal(jr.key(1), (3, CFG.z_size)), jnp.full((3, CFG.z_size), -2.0))
+    population = jr.normal(jr.key(2), (4, LinearController.num_params(CFG.z_size, gru.hidden_size))) * 0.1
+    fitness = generation_fitness(population, gru, start, jr.key(3), jnp.float32(1.0), 2, 5, 0.5)
+    assert fitness.shape == (4,) and bool(jnp.all(jnp.isfinite(fitness)))
+
+
+def test_gru_model_drives_in_the_real_env():
+    """``evaluate.run_episodes`` starts from the memory's own initial state, so a GRU transition drives too."""
+    from worldmodels.evaluate import Agent, run_episodes
+    from worldmodels.evolve import build_controller
+
+    model = G.model_at(G.init_pool(CFG), 0)
+    gru = GRUTransition(CFG.z_size, 3, CFG.hidden_size, key=jr.key(0))
+    agent = Agent(model.vae, gru, build_controller(CFG.z_size, CFG.hidden_size))
+    (result,) = run_episodes(agent, [1_000_000], workers=1, max_steps=4, progress=False)
+    assert result.steps == 4 and np.isfinite(result.ret)
+
+
+def test_invalid_configs_are_refused():
+    with pytest.raises(ValueError, match="gossip_distance='kl'"):
+        G.check_config(dataclasses.replace(CFG, gossip_distance="kl"))
+    with pytest.raises(ValueError, match="exceeds seq_len"):
+        G.check_config(dataclasses.replace(CFG, gossip_dream_steps=10))
+    with pytest.raises(ValueError, match="flavour"):
+        G.check_config(dataclasses.replace(CFG, flavour="lstm"))
+    assert load_preset("smoke").gossip.models == 2
+
+
+def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path):
+    rd = tmp_path / "run"
+    # Optimisation level 0 halves XLA's compile time on the CPU; the smoke run is mostly compilation.
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+
+    def run(script, *args):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(rd), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    run("collect_data.py", "--episodes", "3", "--max-steps", "30")
+    run("train_gossip.py", "--models", "4", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "10")
+    out = rd / "gossip"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in G.LOSS_KEYS:
+        assert {f"{key}/{m}" for m in range(4)} <= set(rows[-1]), key
+    assert all(rows[-1][f"consistency/{m}"] > 0 for m in range(4))  # every model of the pool gossiped
+    drift = json.loads((out / "drift.json").read_text())
+    assert drift["horizons"] == [1, 10] and len(drift["pixel"]) == 4 and len(drift["disagreement"]) == 2
+    video = iio.imread(out / "dreams.mp4")
+    assert video.shape[0] == 10 and video.shape[2] == 3 * video.shape[1]  # real | model 0 | model 1
+    for name in ("losses.png", "drift.png", "dreams.gif"):
+        assert (out / name).is_file(), name
+    from worldmodels import checkpoint
+
+    assert checkpoint.latest_step(out / "ckpt") == 4
+    assert checkpoint.read_meta(rd / "rnn" / "ckpt")["kind"] == "mdnrnn"  # exported for train_dream.py
+    assert checkpoint.read_meta(rd / "vae" / "ckpt")["extra"]["source"] == "gossip"
+    assert json.loads((rd / "config.json").read_text())["gossip"]["models"] == 4
