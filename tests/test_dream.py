@@ -145,7 +145,9 @@ def test_scripts_reuse_compilations_across_runs(tmp_path):
     assert any(name.startswith("jit_generation_fitness") for name in entries), entries
     second = run()
     assert second["hits"] >= 1  # the generation (and any other cached program) came from disk
-    assert {p.name for p in cache.iterdir()} == entries  # nothing new was compiled and stored
+    # The generation was not compiled and stored again (programs near the 0.1 s threshold may be, on a busy machine).
+    new = {p.name for p in cache.iterdir()} - entries
+    assert not any(name.startswith("jit_generation_fitness") for name in new), new
 
 
 def test_compilation_cache_location(monkeypatch, tmp_path):
