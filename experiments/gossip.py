@@ -11,8 +11,9 @@ Writes RUN_DIR/gossip_experiment/: one run directory per (condition, seed) (its 
 ``results.json``, ``drift.png``, ``ablation.png``, ``baseline_vs_gossip.mp4`` / ``.gif`` and ``report.md`` (means
 with 95 % t confidence intervals over seeds, and paired differences against the baseline).
 
-    uv run collect_data.py --preset quick --run-dir runs/gx
-    uv run experiments/gossip.py --preset quick --run-dir runs/gx --seeds 0 1 2 --weights 0.1 1 --dream-steps 4 16
+    uv run collect_data.py --preset gossip_quick --run-dir runs/gx
+    uv run experiments/gossip.py --preset gossip_quick --run-dir runs/gx --seeds 0 1 2 --weights 0.1 1 \
+        --dream-steps 4 16
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from worldmodels.config import DreamConfig, GossipConfig, TestConfig
 class Args:
     run_dir: Path
     """Run directory whose data/ holds the collected datasets; the experiment writes RUN_DIR/gossip_experiment/."""
-    preset: str = "quick"
+    preset: str = "gossip_quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds; every condition runs each of them (paired comparisons by seed); they replace ``--seed``."""

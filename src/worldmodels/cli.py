@@ -32,7 +32,9 @@ def parse(args_cls: type[T], description: str, argv: list[str] | None = None) ->
     """
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default=DEFAULT_PRESET)
+    own = {f.name: f.default for f in dataclasses.fields(args_cls)}.get("preset", DEFAULT_PRESET)
+    default_preset = own if isinstance(own, str) else DEFAULT_PRESET
+    pre.add_argument("--preset", default=default_preset)
     known, _ = pre.parse_known_args(argv)
     try:
         preset = load_preset(known.preset)
@@ -51,7 +53,7 @@ def parse(args_cls: type[T], description: str, argv: list[str] | None = None) ->
             defaults[f.name] = f.default
         else:
             defaults[f.name] = f.default_factory()  # type: ignore[misc]
-    description += f"\n\nPresets: {', '.join(available_presets())} (default {DEFAULT_PRESET})."
+    description += f"\n\nPresets: {', '.join(available_presets())} (default {default_preset})."
     return tyro.cli(args_cls, default=args_cls(**defaults), description=description, args=argv)
 
 
