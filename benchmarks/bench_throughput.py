@@ -121,26 +121,18 @@ def bench_vae_train(batch_size: int, steps: int) -> dict[str, float]:
         ``vae_compile_s``, ``vae_step_s`` and ``vae_train_images_per_s``.
     """
     import equinox as eqx
-    import jax
     import jax.numpy as jnp
     import jax.random as jr
     import optax
 
     from worldmodels.config import VAEConfig
-    from worldmodels.losses import vae_loss
     from worldmodels.models import ConvVAE
-    from worldmodels.models.vae import to_float
-    from worldmodels.train import make_step
+    from worldmodels.train import make_step, vae_batch_loss
 
     cfg = VAEConfig()
 
     def loss_fn(model, x, key):
-        # The loss of train.train_vae (a closure there).
-        x = to_float(x)
-        recon, mu, logvar = model(x, key=key)
-        losses = jax.vmap(vae_loss, in_axes=(0, 0, 0, 0, None))(recon, x, mu, logvar, cfg.kl_tolerance)
-        metrics = {k: jnp.mean(v) for k, v in losses.items()}
-        return metrics["total"], metrics
+        return vae_batch_loss(model, x, key, cfg.kl_tolerance)
 
     model = ConvVAE(cfg.z_size, key=jr.key(0))
     optimizer = optax.adam(cfg.learning_rate)

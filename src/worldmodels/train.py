@@ -210,6 +210,16 @@ class FrameMix(eqx.Module):
         return batch
 
 
+def vae_batch_loss(model: ConvVAE, frames: jax.Array, key: jax.Array, kl_tolerance: float):
+    """Mean VAE loss over a batch of uint8 frames (B, 64, 64, 3): ``(total, metrics)`` with every term of
+    ``losses.vae_loss`` (Appendix A.1 of Ha & Schmidhuber 2018) averaged over the batch."""
+    x = to_float(frames)
+    recon, mu, logvar = model(x, key=key)
+    losses = jax.vmap(vae_loss, in_axes=(0, 0, 0, 0, None))(recon, x, mu, logvar, kl_tolerance)
+    metrics = {k: jnp.mean(v) for k, v in losses.items()}
+    return metrics["total"], metrics
+
+
 def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> ConvVAE:
     """Train the VAE on uint8 frames (N, 64, 64, 3) or a ``FrameMix``; writes ``recon.png`` at the end.
 
@@ -220,11 +230,7 @@ def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> C
     model = ConvVAE(cfg.z_size, key=jr.key(cfg.seed))
 
     def loss_fn(model, x, key):
-        x = to_float(x)
-        recon, mu, logvar = model(x, key=key)
-        losses = jax.vmap(vae_loss, in_axes=(0, 0, 0, 0, None))(recon, x, mu, logvar, cfg.kl_tolerance)
-        metrics = {k: jnp.mean(v) for k, v in losses.items()}
-        return metrics["total"], metrics
+        return vae_batch_loss(model, x, key, cfg.kl_tolerance)
 
     def make_batch(step: int) -> np.ndarray:
         return mix.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size, cfg.mirror)
