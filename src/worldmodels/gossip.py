@@ -937,6 +937,7 @@ def export_mdnrnn(run_dir: Path, pool: JointWorldModel, cfg: GossipConfig, step:
         True when exported; False for the GRU flavour or when another stage's checkpoints are there.
     """
     from worldmodels.config import RNNConfig
+    from worldmodels.train import rnn_hparams
 
     if cfg.flavour != "mdnrnn":
         return False
@@ -953,8 +954,6 @@ def export_mdnrnn(run_dir: Path, pool: JointWorldModel, cfg: GossipConfig, step:
     for path in targets.values():
         shutil.rmtree(path, ignore_errors=True)
     checkpoint.save(targets["vae"], step, model.vae, kind="vae", hparams={"z_size": cfg.z_size}, extra=extra)
-    rnn_hp = {"z_size": cfg.z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
-    checkpoint.save(targets["rnn"], step, rnn, kind="mdnrnn", hparams=rnn_hp, extra=extra)
     rnn_cfg = RNNConfig(
         dataset=cfg.dataset,
         holdout=cfg.holdout,
@@ -965,6 +964,7 @@ def export_mdnrnn(run_dir: Path, pool: JointWorldModel, cfg: GossipConfig, step:
         steps=step,
         seed=cfg.seed,
     )
+    checkpoint.save(targets["rnn"], step, rnn, kind="mdnrnn", hparams=rnn_hparams(rnn_cfg, cfg.z_size), extra=extra)
     record_config(run_dir, "rnn", rnn_cfg)
     return True
 
