@@ -1,4 +1,7 @@
-"""Evolve the controller C with CMA-ES inside the MDN-RNN's dream; writes RUN_DIR/controller/."""
+"""Evolve the controller C with CMA-ES inside the dream of M; writes RUN_DIR/controller/.
+
+M is whichever dynamics RUN_DIR/rnn holds: the MDN-RNN of train_rnn.py, or the MDN-RNN or GRU transition that
+train_gossip.py exported."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Every model (a ConvVAE and its dynamics, trained jointly) takes its ordinary losses on real sequences
 plus gossip_weight x its consistency loss: how its decoded dream reads to a partner's encoder.
---gossip-weight 0 is the baseline (independent models, same data, same updates). An MDN-RNN pool's
-model --export-model is also written as RUN_DIR/vae and RUN_DIR/rnn for train_dream.py and test_agent.py."""
+--gossip-weight 0 is the baseline (independent models, same data, same updates). Model --export-model of
+the pool (either --flavour) is also written as RUN_DIR/vae and RUN_DIR/rnn for train_dream.py and test_agent.py."""
 
 from __future__ import annotations
 

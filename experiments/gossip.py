@@ -4,8 +4,9 @@ Every condition trains a pool with ``train_gossip``'s stage (``worldmodels.gossi
 datasets. The baseline is gossip_weight 0; the grid is every (gossip_weight, gossip_dream_steps) of
 ``--weights`` x ``--dream-steps``. A seed fixes the initialisation and the batch order, so the baseline and a
 gossip run of the same seed see the same data in the same order from the same starting weights: the
-comparison is paired by seed. With ``--controller``, model 0 of each MDN-RNN pool is exported, a controller is
-evolved in its dream (``train_dream.py``'s stage) and scored in the real environment (``test_agent.py``'s).
+comparison is paired by seed. With ``--controller``, model 0 of each pool (either flavour) is exported, a
+controller is evolved in its dream (``train_dream.py``'s stage) and scored in the real environment
+(``test_agent.py``'s).
 
 Writes RUN_DIR/gossip_experiment/: one run directory per (condition, seed) (its data/ a link to RUN_DIR/data),
 ``results.json``, ``drift.png``, ``ablation.png``, ``baseline_vs_gossip.mp4`` / ``.gif`` and ``report.md`` (means
@@ -44,7 +45,7 @@ class Args:
     dream_steps: tuple[int, ...] = (4, 16)
     """gossip_dream_steps values of the grid (the baseline uses the config's own)."""
     controller: bool = False
-    """Also evolve a controller in model 0's dream of each run and score it in the real env (MDN-RNN pools)."""
+    """Also evolve a controller in model 0's dream of each run and score it in the real env (either flavour)."""
     report: Path | None = None
     """Where to write the markdown report (default RUN_DIR/gossip_experiment/report.md)."""
     gossip: tyro.conf.OmitArgPrefixes[GossipConfig] = field(default_factory=GossipConfig)
@@ -86,7 +87,7 @@ def run_one(run_dir: Path, cfg: GossipConfig, args: Args) -> dict[str, Any]:
         "final": {k: last.get(k) for k in ("recon", "mdn_nll", "dynamics", "consistency", "total")},
         "real": None,
     }
-    if args.controller and cfg.flavour == "mdnrnn":
+    if args.controller:
         from worldmodels.stages import run_dream, run_test
 
         run_dream(run_dir, args.dream)

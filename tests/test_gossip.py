@@ -236,3 +236,86 @@ def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path):
     assert checkpoint.read_meta(rd / "rnn" / "ckpt")["kind"] == "mdnrnn"  # exported for train_dream.py
     assert checkpoint.read_meta(rd / "vae" / "ckpt")["extra"]["source"] == "gossip"
     assert json.loads((rd / "config.json").read_text())["gossip"]["models"] == 4
+
+
+@pytest.mark.parametrize("flavour", ["mdnrnn", "gru"])
+def test_export_round_trips_through_the_stages(tmp_path, flavour):
+    """``export_model`` writes either flavour as vae/ + rnn/; ``stages.load_rnn`` rebuilds the matching module."""
+    from worldmodels import checkpoint, stages
+    from worldmodels.models.mdnrnn import MDNRNN
+
+    cfg = dataclasses.replace(CFG, flavour=flavour, export_model=1)
+    pool = G.init_pool(cfg)
+    assert G.export_model(tmp_path, pool, cfg, step=7)
+    rnn, meta = stages.load_rnn(tmp_path, expected={"z_size": cfg.z_size})
+    assert isinstance(rnn, GRUTransition if flavour == "gru" else MDNRNN)
+    assert meta["kind"] == flavour and meta["extra"] == {"source": "gossip", "model": 1} and meta["step"] == 7
+    for a, b in zip(leaves(rnn), leaves(G.model_at(pool, 1).dynamics), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (rnn.z_size, rnn.hidden_size, rnn.num_mixtures) == (cfg.z_size, 8, 1 if flavour == "gru" else 2)
+    vae, _ = stages.load_vae(tmp_path, expected={"z_size": rnn.z_size})
+    assert vae.z_size == cfg.z_size
+    assert stages.recorded_rnn_config(tmp_path).num_mixtures == rnn.num_mixtures
+    with pytest.raises(checkpoint.CheckpointError, match="z_size=32 in the checkpoint, 16 in the config"):
+        stages.load_rnn(tmp_path, expected={"z_size": 16})
+    assert G.export_model(tmp_path, pool, dataclasses.replace(cfg, export_model=0), step=8)  # replaces its own
+
+
+def test_load_rnn_refuses_a_checkpoint_that_is_not_a_dynamics(tmp_path):
+    from worldmodels import checkpoint, stages
+    from worldmodels.evolve import build_controller
+
+    ctrl = build_controller(CFG.z_size, CFG.hidden_size)
+    hparams = {"z_size": CFG.z_size, "hidden_size": CFG.hidden_size, "action_size": 3}
+    checkpoint.save(tmp_path / "rnn" / "ckpt", 1, ctrl, kind="controller", hparams=hparams)
+    with pytest.raises(checkpoint.CheckpointError, match="holds a 'controller', not a world-model dynamics"):
+        stages.load_rnn(tmp_path)
+
+
+def test_train_rnn_refuses_a_gru_export(tmp_path):
+    """The MDN-RNN stage neither resumes, retrains over, nor re-records a GRU pool's exported dynamics."""
+    from worldmodels import checkpoint, stages
+    from worldmodels.config import RNNConfig
+
+    cfg = dataclasses.replace(CFG, flavour="gru")
+    assert G.export_model(tmp_path, G.init_pool(cfg), cfg, step=3)
+    recorded = (tmp_path / "config.json").read_text()
+    for steps in (2, 10):  # whether or not the export's step counts as "trained"
+        with pytest.raises(checkpoint.CheckpointError, match="holds a 'gru' dynamics exported from model 0"):
+            stages.run_rnn(tmp_path, RNNConfig(steps=steps))
+    assert (tmp_path / "config.json").read_text() == recorded
+    assert checkpoint.latest_step(tmp_path / "rnn" / "ckpt") == 3
+
+
+def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
+    """train_gossip.py --flavour gru, then train_dream.py and test_agent.py run the exported GRU transition."""
+    from worldmodels import stages
+
+    rd = tmp_path / "run"
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+
+    def run(script, *args, ok=True):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(rd), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert (proc.returncode == 0) == ok, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    run("collect_data.py", "--episodes", "3", "--max-steps", "30")
+    gossip_flags = ["--flavour", "gru", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "5"]
+    out = run("train_gossip.py", *gossip_flags)
+    assert "model 0 exported to" in out.stdout
+    rnn, meta = stages.load_rnn(rd)
+    assert isinstance(rnn, GRUTransition) and meta["kind"] == "gru" and rnn.hidden_size == 32
+    run("train_dream.py", "--generations", "2")
+    run("test_agent.py", "--episodes", "1", "--max-steps", "30", "--video-episodes", "1")
+    assert json.loads((rd / "eval" / "results.json").read_text())["n"] == 1
+    assert sorted((rd / "eval").glob("*.mp4"))
+    stages.load_controller(rd, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
+    proc = run("train_rnn.py", ok=False)
+    assert "holds a 'gru' dynamics exported from model 0 of a gossip pool" in proc.stderr

@@ -127,7 +127,7 @@ class RNNConfig:
 
 @dataclass(frozen=True)
 class DreamConfig:
-    """Controller C evolved with CMA-ES inside the MDN-RNN's dream."""
+    """Controller C evolved with CMA-ES inside the dream of M (an MDN-RNN, or a gossip-exported GRU transition)."""
 
     population: int = 64
     """CMA-ES population size P (candidates per generation)."""
@@ -273,7 +273,7 @@ class GossipConfig:
     video_fps: int = 30
     """Frames per second of the videos."""
     export: bool = True
-    """MDN-RNN flavour: write model ``export_model`` as RUN_DIR/vae/ckpt and RUN_DIR/rnn/ckpt so train_dream.py and
+    """Write model ``export_model`` (either flavour) as RUN_DIR/vae/ckpt and RUN_DIR/rnn/ckpt so train_dream.py and
     test_agent.py use it (never over checkpoints that another stage wrote)."""
     export_model: int = 0
     """Which model of the pool to export."""

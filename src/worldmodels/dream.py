@@ -1,4 +1,8 @@
-"""Dreams: rollouts of a controller inside the MDN-RNN, fused into one jitted call per generation.
+"""Dreams: rollouts of a controller inside the dynamics M, fused into one jitted call per generation.
+
+M is an ``MDNRNN`` or a ``GRUTransition`` (``Dynamics``): both step as ``(z, a, state) -> (state, MDNOutput)``
+with a state whose ``h`` the controller reads; the GRU's prediction is a mixture of K = 1, which
+``sample_next_z`` samples at the same temperature (mu + sqrt(tau) sigma eps).
 
 Named vmap layers (evosax style):
 
@@ -28,7 +32,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.models.controller import LinearController
 from worldmodels.models.mdnrnn import MDNRNN, LSTMState, sample_next_z
+from worldmodels.models.transition import GRUState, GRUTransition
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
+
+Dynamics = MDNRNN | GRUTransition
+"""What a dream steps: the run's ``rnn/ckpt`` (``stages.load_rnn``)."""
 
 
 class DreamStart(NamedTuple):
@@ -44,23 +52,23 @@ class DreamStart(NamedTuple):
 
 
 class DreamCarry(NamedTuple):
-    """Scan carry of a dream: latent, LSTM state, 1.0 while not done, accumulated return."""
+    """Scan carry of a dream: latent, recurrent state (LSTM or GRU), 1.0 while not done, accumulated return."""
 
     z: Float[Array, " Z"]
-    state: LSTMState
+    state: LSTMState | GRUState
     alive: Float[Array, ""]
     total: Float[Array, ""]
 
 
 def dream_step(
     controller: LinearController,
-    rnn: MDNRNN,
+    rnn: Dynamics,
     carry: DreamCarry,
     key: PRNGKeyArray,
     temperature: float | Array,
     done_threshold: float,
 ) -> tuple[DreamCarry, Float[Array, " 3"]]:
-    """One dream step: act on [z_t, h_t], advance the MDN-RNN, sample z_{t+1} at ``temperature``.
+    """One dream step: act on [z_t, h_t], advance M, sample z_{t+1} at ``temperature``.
 
     The reward is added while the dream is alive; the done head (probability > ``done_threshold``)
     ends it, masking every later reward.
@@ -76,7 +84,7 @@ def dream_step(
     return DreamCarry(z_next, state, carry.alive * (1.0 - done), total), action
 
 
-def initial_carry(rnn: MDNRNN, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
+def initial_carry(rnn: Dynamics, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
     """Pick a real first frame uniformly and sample its latent z_0 ~ N(mu, sigma)."""
     k_ep, k_z = jr.split(key)
     e = jr.randint(k_ep, (), 0, start.mu.shape[0])
@@ -86,7 +94,7 @@ def initial_carry(rnn: MDNRNN, start: DreamStart, key: PRNGKeyArray) -> DreamCar
 
 def single_rollout(
     params: Float[Array, " N"],
-    rnn: MDNRNN,
+    rnn: Dynamics,
     start: DreamStart,
     key: PRNGKeyArray,
     *,
@@ -120,7 +128,7 @@ def population_rollout(population: Float[Array, "P N"], rnn, start, keys: PRNGKe
 @eqx.filter_jit
 def generation_fitness(
     population: Float[Array, "P N"],
-    rnn: MDNRNN,
+    rnn: Dynamics,
     start: DreamStart,
     key: PRNGKeyArray,
     temperature: Float[Array, ""],
@@ -133,7 +141,7 @@ def generation_fitness(
 
     Args:
         population: float32 (P, N) flat controllers.
-        rnn: the MDN-RNN.
+        rnn: the dynamics M (``MDNRNN`` or ``GRUTransition``).
         start: real first-frame posteriors.
         key: this generation's key; split into the R shared dream keys.
         temperature: tau (a traced scalar, so changing it does not recompile).
@@ -161,7 +169,7 @@ def generation_fitness(
 
 def sharded_generation_fitness(
     population: Float[Array, "P N"],
-    rnn: MDNRNN,
+    rnn: Dynamics,
     start: DreamStart,
     key: PRNGKeyArray,
     temperature: Float[Array, ""],

@@ -924,23 +924,23 @@ def plot_drift(drift: dict[str, Any], out_path: Path) -> None:
 # Export to the paper's stages
 
 
-def export_mdnrnn(run_dir: Path, pool: JointWorldModel, cfg: GossipConfig, step: int) -> bool:
-    """Write model ``cfg.export_model`` of an MDN-RNN pool as ``RUN_DIR/vae/ckpt`` and ``RUN_DIR/rnn/ckpt``.
+def export_model(run_dir: Path, pool: JointWorldModel, cfg: GossipConfig, step: int) -> bool:
+    """Write model ``cfg.export_model`` of the pool as ``RUN_DIR/vae/ckpt`` and ``RUN_DIR/rnn/ckpt`` (either flavour).
 
-    The checkpoints have the kinds and hparams ``stages.load_vae`` / ``stages.load_rnn`` rebuild (``vae``:
-    ``z_size``; ``mdnrnn``: ``z_size``, ``action_size``, ``hidden_size``, ``num_mixtures``), and carry
-    ``extra.source = "gossip"``. ``RUN_DIR/config.json`` records an ``rnn`` section naming the recipe, so the
-    dream stage starts its dreams from the same datasets. Checkpoints written by another stage (no
-    ``source = "gossip"``) are never replaced.
+    The checkpoints have the kinds and hparams ``stages.load_vae`` / ``stages.load_rnn`` rebuild: ``vae``
+    (``z_size``) and the dynamics, ``mdnrnn`` (an ``MDNRNN``: ``z_size``, ``action_size``, ``hidden_size``,
+    ``num_mixtures``) or ``gru`` (a ``GRUTransition``: ``z_size``, ``action_size``, ``hidden_size``), and carry
+    ``extra.source = "gossip"`` and ``extra.model``. ``RUN_DIR/config.json`` records an ``rnn`` section naming the
+    recipe (``num_mixtures`` 1 for the GRU), so the dream stage starts its dreams from the same datasets.
+    Checkpoints written by another stage (no ``source = "gossip"``) are never replaced.
 
     Returns:
-        True when exported; False for the GRU flavour or when another stage's checkpoints are there.
+        True when exported; False when another stage's checkpoints are there.
     """
     from worldmodels.config import RNNConfig
+    from worldmodels.stages import gru_hparams
     from worldmodels.train import rnn_hparams
 
-    if cfg.flavour != "mdnrnn":
-        return False
     run_dir = Path(run_dir)
     targets = {"vae": run_dir / "vae" / "ckpt", "rnn": run_dir / "rnn" / "ckpt"}
     for path in targets.values():
@@ -950,21 +950,24 @@ def export_mdnrnn(run_dir: Path, pool: JointWorldModel, cfg: GossipConfig, step:
                 return False
     model = model_at(pool, cfg.export_model)
     extra = {"source": "gossip", "model": cfg.export_model}
-    rnn = model.dynamics
-    for path in targets.values():
-        shutil.rmtree(path, ignore_errors=True)
-    checkpoint.save(targets["vae"], step, model.vae, kind="vae", hparams={"z_size": cfg.z_size}, extra=extra)
     rnn_cfg = RNNConfig(
         dataset=cfg.dataset,
         holdout=cfg.holdout,
         hidden_size=cfg.hidden_size,
-        num_mixtures=cfg.num_mixtures,
+        num_mixtures=cfg.num_mixtures if cfg.flavour == "mdnrnn" else 1,
         seq_len=cfg.seq_len,
         batch_size=cfg.batch_size,
         steps=step,
         seed=cfg.seed,
     )
-    checkpoint.save(targets["rnn"], step, rnn, kind="mdnrnn", hparams=rnn_hparams(rnn_cfg, cfg.z_size), extra=extra)
+    if cfg.flavour == "mdnrnn":
+        kind, hparams = "mdnrnn", rnn_hparams(rnn_cfg, cfg.z_size)
+    else:
+        kind, hparams = "gru", gru_hparams(cfg.z_size, cfg.hidden_size)
+    for path in targets.values():
+        shutil.rmtree(path, ignore_errors=True)
+    checkpoint.save(targets["vae"], step, model.vae, kind="vae", hparams={"z_size": cfg.z_size}, extra=extra)
+    checkpoint.save(targets["rnn"], step, model.dynamics, kind=kind, hparams=hparams, extra=extra)
     record_config(run_dir, "rnn", rnn_cfg)
     return True
 
@@ -977,8 +980,8 @@ def run_gossip(run_dir: Path, cfg: GossipConfig) -> dict[str, Any]:
 
     Writes ``ckpt/`` (resumable), ``metrics.jsonl`` and ``losses.png`` (every loss per model),
     ``drift.json`` and ``drift.png`` (``drift_metrics`` on held-out episodes), ``dreams.mp4`` and
-    ``dreams.gif`` (``dream_video``), then exports model ``export_model`` of an MDN-RNN pool to the run's
-    ``vae/`` and ``rnn/`` (``export_mdnrnn``) so ``train_dream.py`` and ``test_agent.py`` use it.
+    ``dreams.gif`` (``dream_video``), then exports model ``export_model`` of the pool (either flavour) to the
+    run's ``vae/`` and ``rnn/`` (``export_model``) so ``train_dream.py`` and ``test_agent.py`` use it.
 
     Returns:
         The drift dict (with ``step``).
@@ -1004,7 +1007,7 @@ def run_gossip(run_dir: Path, cfg: GossipConfig) -> dict[str, Any]:
     (out / "drift.json").write_text(json.dumps(drift, indent=2))
     plot_drift(drift, out / "drift.png")
     videos = dream_video(out, pool, data, cfg)
-    exported = cfg.export and export_mdnrnn(run_dir, pool, cfg, step)
+    exported = cfg.export and export_model(run_dir, pool, cfg, step)
     if drift["horizons"]:
         h = drift["horizons"]
         print(

@@ -32,6 +32,7 @@ from worldmodels.dream import DreamStart
 from worldmodels.evaluate import Agent, run_episodes, summarize
 from worldmodels.evolve import build_controller, controller_hparams, dream_fitness, evolve
 from worldmodels.models import LinearController
+from worldmodels.models.transition import GRUTransition
 from worldmodels.train import (
     FrameMix,
     LatentDataset,
@@ -146,11 +147,51 @@ def load_vae(run_dir: Path, expected: dict | None = None):
     return checkpoint.load_module(path, build_vae, kind="vae", expected=expected)
 
 
+def gru_hparams(z_size: int, hidden_size: int, action_size: int = 3) -> dict:
+    """Keyword arguments that rebuild a ``GRUTransition`` (the checkpoint kind ``"gru"``)."""
+    return {"z_size": z_size, "action_size": action_size, "hidden_size": hidden_size}
+
+
+def build_gru(**hparams) -> GRUTransition:
+    """GRU transition skeleton for loading."""
+    return GRUTransition(**hparams, key=jr.key(0))
+
+
+DYNAMICS_BUILDERS = {"mdnrnn": build_rnn, "gru": build_gru}
+"""Checkpoint kind of ``RUN_DIR/rnn/ckpt`` -> ``build(**hparams)``: the dynamics the dream and test stages run.
+``mdnrnn`` is written by ``train_rnn.py`` (or a gossip export), ``gru`` by a gossip export of a GRU pool."""
+
+
 def load_rnn(run_dir: Path, expected: dict | None = None):
-    """The trained MDN-RNN of a run."""
+    """The trained dynamics M of a run: whichever module ``RUN_DIR/rnn/ckpt`` holds.
+
+    The checkpoint's own ``kind`` picks the module (``DYNAMICS_BUILDERS``): an ``MDNRNN`` (kind ``mdnrnn``,
+    from ``train_rnn.py`` or a gossip export) or a ``GRUTransition`` (kind ``gru``, from a gossip export).
+    Both step as ``(z (Z,), action (A,), state) -> (state, MDNOutput)`` with a state whose ``h`` is (H,), and
+    have ``z_size``, ``hidden_size``, ``action_size``, so the dream and the real-env agent run either.
+
+    Args:
+        run_dir: the run directory.
+        expected: hparams that must match (e.g. ``{"z_size": 32}``).
+
+    Returns:
+        (module, meta).
+
+    Raises:
+        MissingInput: when ``RUN_DIR/rnn/ckpt`` holds no checkpoint.
+        checkpoint.CheckpointError: for a kind that is not a dynamics, differing hparams or shapes, or a
+            damaged checkpoint.
+    """
     path = Path(run_dir) / "rnn" / "ckpt"
     _require_ckpt(path, f"uv run train_rnn.py --run-dir {run_dir}")
-    return checkpoint.load_module(path, build_rnn, kind="mdnrnn", expected=expected)
+    meta = checkpoint.read_meta(path)
+    kind = meta.get("kind")
+    if kind not in DYNAMICS_BUILDERS:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {path}/{meta.get('step')} holds a {kind!r}, not a world-model dynamics "
+            f"(known kinds: {', '.join(map(repr, DYNAMICS_BUILDERS))})"
+        )
+    return checkpoint.load_module(path, DYNAMICS_BUILDERS[kind], kind=kind, expected=expected, step=meta["step"])
 
 
 def load_controller(run_dir: Path, expected: dict | None = None):
@@ -195,13 +236,52 @@ def latents(run_dir: Path, cfg: RNNConfig) -> LatentDataset:
     return LatentDataset.concat(parts, [w for _, w in sources])
 
 
+def _rnn_origin(meta: dict) -> str:
+    """Who wrote an ``rnn/ckpt`` step, for messages."""
+    extra = meta.get("extra", {})
+    if extra.get("source") == "gossip":
+        return f"exported from model {extra.get('model')} of a gossip pool by train_gossip.py"
+    return "written by another stage"
+
+
+def _check_trainable_rnn(run_dir: Path) -> dict | None:
+    """The metadata of ``RUN_DIR/rnn/ckpt`` (None when empty), refusing a checkpoint the MDN-RNN trainer cannot
+    continue: a ``gru`` dynamics (a gossip export of a GRU pool) is neither resumed, retrained over, nor read
+    as an MDN-RNN.
+
+    Raises:
+        checkpoint.CheckpointError: naming the checkpoint, its kind and where it came from.
+    """
+    path = run_dir / "rnn" / "ckpt"
+    if checkpoint.latest_step(path) is None:
+        return None
+    meta = checkpoint.read_meta(path)
+    if meta.get("kind") != "mdnrnn":
+        raise checkpoint.CheckpointError(
+            f"{path} holds a {meta.get('kind')!r} dynamics {_rnn_origin(meta)}, not an MDN-RNN that "
+            f"train_rnn.py can train; train_dream.py and test_agent.py use it as it is. To train an MDN-RNN, use "
+            f"another run directory (or remove {run_dir / 'rnn'} and {run_dir / 'vae'}, the pool's exported VAE)"
+        )
+    return meta
+
+
 def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
-    """Train M on the VAE's latent sequences; writes ``RUN_DIR/rnn/`` (and the held-out reward delusion)."""
+    """Train M on the VAE's latent sequences; writes ``RUN_DIR/rnn/`` (and the held-out reward delusion).
+
+    An MDN-RNN already in ``RUN_DIR/rnn/ckpt`` (this stage's or a gossip export) is resumed up to ``cfg.steps``.
+
+    Raises:
+        MissingInput: without a VAE checkpoint or a dataset of the recipe.
+        checkpoint.CheckpointError: when ``RUN_DIR/rnn/ckpt`` holds another dynamics (a GRU gossip export; checked
+            before anything is recorded or trained) or an MDN-RNN of other sizes.
+    """
     run_dir = Path(run_dir)
+    meta = _check_trainable_rnn(run_dir)
     record_config(run_dir, "rnn", cfg)
     _require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     if rnn_done(run_dir, cfg):
-        print(f"MDN-RNN already trained ({run_dir / 'rnn'})")
+        origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
+        print(f"MDN-RNN already trained ({run_dir / 'rnn'}{origin})")
         return
     data = latents(run_dir, cfg)
     print(
@@ -271,7 +351,9 @@ def recorded_rnn_config(run_dir: Path) -> RNNConfig:
 def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     """Evolve C with CMA-ES in M's dream; writes ``RUN_DIR/controller/``.
 
-    Dreams start from the first frames of the episodes the MDN-RNN was trained on (its recorded recipe).
+    M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``load_rnn``: an MDN-RNN, or a GRU transition exported
+    by train_gossip.py, whose one Gaussian is sampled at the same temperature). Dreams start from the first
+    frames of the episodes M was trained on (the recipe of the ``rnn`` section of ``RUN_DIR/config.json``).
     """
     run_dir = Path(run_dir)
     record_config(run_dir, "dream", cfg)
@@ -292,7 +374,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
 
 def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
     """Score V + M + C in the real environment; writes ``out`` (default ``RUN_DIR/eval/results.json``) and
-    videos next to it."""
+    videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``load_rnn``)."""
     run_dir = Path(run_dir)
     vae, _ = load_vae(run_dir)
     rnn, _ = load_rnn(run_dir, expected={"z_size": vae.z_size})

@@ -15,8 +15,9 @@ The interface, on one example and one step (``vmap`` adds batch and pool axes, `
                                 ``most_likely_z`` (``worldmodels.models.mdnrnn``) read a sample or the most
                                 likely next latent from it.
 
-The MDN-RNN flavour is exactly a ``ConvVAE`` plus an ``MDNRNN``, so its parts are saved as the run's
-``vae/ckpt`` and ``rnn/ckpt`` and the paper's dream and test stages run it unchanged.
+Either flavour is exactly a ``ConvVAE`` plus its dynamics, so ``gossip.export_model`` saves its parts as the
+run's ``vae/ckpt`` and ``rnn/ckpt`` (kind ``mdnrnn`` or ``gru``) and the paper's dream and test stages run it
+unchanged (``stages.load_rnn`` rebuilds whichever dynamics the checkpoint holds).
 """
 
 from __future__ import annotations
