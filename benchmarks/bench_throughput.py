@@ -223,8 +223,9 @@ def random_agent():
 def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, float]:
     """``run_episodes`` of ``agent`` on ``episodes`` evaluation seeds with ``workers`` environments.
 
-    ``agent_step`` is compiled for this W first, so the timed call holds no compilation. The worker
-    start-up (what ``run_episodes`` builds before its first reset) is then timed on its own.
+    ``episode_step`` is compiled for the batch size of each of its pipeline groups first, so the timed
+    call holds no compilation. The worker start-up (the vector envs ``run_episodes`` builds before its
+    first reset) is then timed on its own.
 
     Returns:
         ``steps`` (env steps run), ``seconds`` (the whole call), ``startup_s``.
@@ -232,19 +233,22 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
     import jax.numpy as jnp
     import jax.random as jr
 
-    from worldmodels.evaluate import _vector_env, agent_step, run_episodes
+    from worldmodels.evaluate import _vector_envs, episode_step, group_sizes, run_episodes
     from worldmodels.models.mdnrnn import LSTMState
 
-    zeros = jnp.zeros((workers, agent.rnn.hidden_size), jnp.float32)
-    obs = jnp.zeros((workers, 64, 64, 3), jnp.uint8)
-    actions, *_ = agent_step(agent, obs, LSTMState(zeros, zeros), jr.key(0), with_frames=False)
-    actions.block_until_ready()
+    for n in set(group_sizes(workers)):
+        zeros = jnp.zeros((n, agent.rnn.hidden_size), jnp.float32)
+        obs = jnp.zeros((n, 64, 64, 3), jnp.uint8)
+        seeds = np.zeros(n, np.uint32)
+        actions, *_ = episode_step(agent, obs, LSTMState(zeros, zeros), jr.key(0), seeds, np.asarray(0, np.int32))
+        actions.block_until_ready()
     seeds = [1_000_000 + i for i in range(episodes)]
     t0 = time.perf_counter()
     results = run_episodes(agent, seeds, workers=workers, max_steps=max_steps, key=jr.key(1), progress=False)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _vector_env(workers, max_steps).close()  # the environments run_episodes starts, alone
+    for env in _vector_envs(workers, max_steps):  # the environments run_episodes starts, alone
+        env.close()
     startup = time.perf_counter() - t0
     return {"steps": sum(r.steps for r in results), "seconds": seconds, "startup_s": startup}
 

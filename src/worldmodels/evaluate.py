@@ -1,15 +1,22 @@
-"""Real-environment episodes of V + M + C, vectorised over worker processes.
+"""Real-environment episodes of V + M + C, pipelined over two groups of worker processes.
 
-Each environment step, the frames of all W environments go through one jitted call (VAE encode,
-controller, MDN-RNN step) and the actions go back to Gymnasium's ``AsyncVectorEnv``, which steps
-the W environments in parallel processes.
+The W environments are split into two groups (one when W is 1), each a Gymnasium ``AsyncVectorEnv``
+whose environments step in their own processes. While one group's environments step, the main
+process runs the other group's frames through one jitted call (VAE encode, controller, MDN-RNN step)
+and sends that group its actions (``step_async``) before it collects the first group's step
+(``step_wait``). The agent's compute in the main process thus overlaps the environment steps in the
+workers; with a single vector env the two would take turns and each core would idle half the time.
+
+The noise of z ~ N(mu, sigma) in an episode is drawn from a key derived from (key, the episode's
+reset seed, step index), and CarRacing is deterministic given its reset seed, so an episode's return
+does not depend on the number of workers or on which group ran it.
 """
 
 from __future__ import annotations
 
 import functools
 import multiprocessing as mp
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import equinox as eqx
@@ -35,6 +42,18 @@ class Agent(eqx.Module):
     controller: LinearController
 
 
+def _act(agent: Agent, obs: jax.Array, state: LSTMState, eps: jax.Array, with_frames: bool):
+    """``agent_step`` given the standard normal noise ``eps`` (W, Z) of z ~ N(mu, sigma)."""
+    mu, logvar = agent.vae.encode(to_float(obs))
+    z = mu + jnp.exp(0.5 * logvar) * eps
+    actions = jax.vmap(agent.controller)(z, state.h)
+    state, out = jax.vmap(agent.rnn)(z, actions, state)
+    frames = None
+    if with_frames:
+        frames = (agent.vae.decode(mu), agent.vae.decode(jax.vmap(most_likely_z)(out)))
+    return actions, state, out.reward, frames
+
+
 @eqx.filter_jit
 def agent_step(agent: Agent, obs: jax.Array, state: LSTMState, key: jax.Array, with_frames: bool = False):
     """Act in W environments at once.
@@ -43,21 +62,44 @@ def agent_step(agent: Agent, obs: jax.Array, state: LSTMState, key: jax.Array, w
         agent: V, M and C.
         obs: uint8 (W, 64, 64, 3) current frames.
         state: LSTM states, (W, H) each.
-        key: PRNG key for z ~ N(mu, sigma).
+        key: PRNG key for z ~ N(mu, sigma) of all W environments.
         with_frames: also decode the VAE reconstruction and the MDN-RNN's prediction of the next frame.
 
     Returns:
         (actions float32 (W, 3), next state, predicted rewards float32 (W,), frames) where frames is
         ``None`` or a pair of float32 (W, 64, 64, 3): reconstruction of ``obs`` and the predicted next frame.
     """
-    mu, logvar = agent.vae.encode(to_float(obs))
-    z = mu + jnp.exp(0.5 * logvar) * jr.normal(key, mu.shape)
-    actions = jax.vmap(agent.controller)(z, state.h)
-    state, out = jax.vmap(agent.rnn)(z, actions, state)
-    frames = None
-    if with_frames:
-        frames = (agent.vae.decode(mu), agent.vae.decode(jax.vmap(most_likely_z)(out)))
-    return actions, state, out.reward, frames
+    eps = jr.normal(key, (obs.shape[0], agent.vae.z_size))
+    return _act(agent, obs, state, eps, with_frames)
+
+
+@eqx.filter_jit
+def episode_step(
+    agent: Agent,
+    obs: jax.Array,
+    state: LSTMState,
+    key: jax.Array,
+    seeds: jax.Array,
+    t: jax.Array,
+    with_frames: bool = False,
+):
+    """``agent_step`` with the noise of each environment drawn from its episode's own key.
+
+    Environment i draws its z ~ N(mu, sigma) with ``fold_in(fold_in(key, seeds[i]), t)``, so an
+    episode's noise depends on its reset seed and step only, not on which batch it runs in.
+
+    Args:
+        agent, obs, state, with_frames: as in ``agent_step``.
+        key: the evaluation's PRNG key.
+        seeds: uint32 (W,) reset seeds of the W environments' episodes.
+        t: int32 scalar, the step index within the episodes (0 at the reset frame).
+
+    Returns:
+        As ``agent_step``.
+    """
+    keys = jax.vmap(lambda s: jr.fold_in(jr.fold_in(key, s), t))(seeds)
+    eps = jax.vmap(lambda k: jr.normal(k, (agent.vae.z_size,)))(keys)
+    return _act(agent, obs, state, eps, with_frames)
 
 
 @dataclass(frozen=True)
@@ -73,11 +115,81 @@ class EpisodeResult:
     deluded_steps: int = 0
 
 
-def _vector_env(workers: int, max_steps: int) -> gym.vector.VectorEnv:
-    fns = [functools.partial(make_env, max_steps) for _ in range(workers)]
+def group_sizes(workers: int) -> list[int]:
+    """Environments per pipeline group for W workers: [1] for W 1, else [ceil(W / 2), floor(W / 2)]."""
     if workers == 1:
-        return gym.vector.SyncVectorEnv(fns)
-    return gym.vector.AsyncVectorEnv(fns, context="spawn")
+        return [1]
+    return [(workers + 1) // 2, workers // 2]
+
+
+def _vector_envs(workers: int, max_steps: int) -> list[gym.vector.VectorEnv]:
+    """The vector env of each pipeline group (``group_sizes``); W 1 is one in-process ``SyncVectorEnv``."""
+    make = functools.partial(make_env, max_steps)
+    if workers == 1:
+        return [gym.vector.SyncVectorEnv([make])]
+    envs: list[gym.vector.VectorEnv] = []
+    try:
+        for n in group_sizes(workers):
+            envs.append(gym.vector.AsyncVectorEnv([make] * n, context="spawn"))
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
+    return envs
+
+
+@dataclass(eq=False)
+class _Group:
+    """One pipeline group: its vector env, the round of episodes it runs, and its call in flight.
+
+    A round gives each of the group's W environments one episode (``index`` are the episodes'
+    positions in ``run_episodes``'s seeds, ``seeds`` the W reset seeds, padding included); ``pending``
+    is ``"reset"`` or ``"step"`` while the vector env works on that call, else ``None``. A
+    ``SyncVectorEnv`` (W 1) has no asynchronous calls: it runs each call at once and ``wait`` hands
+    over the result.
+    """
+
+    env: gym.vector.VectorEnv
+    size: int
+    index: list[int] = field(default_factory=list)
+    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    pending: str | None = None
+    done: bool = False
+    obs: np.ndarray | None = None
+    state: LSTMState | None = None
+    t: int = 0
+    returns: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    offroad: np.ndarray | None = None
+    deluded: np.ndarray | None = None
+    active: np.ndarray | None = None
+    record: np.ndarray | None = None
+    videos: list[list[np.ndarray]] = field(default_factory=list)
+    predicted: np.ndarray | None = None
+    pred_reward: jax.Array | None = None
+    _sync_result: tuple | None = None
+
+    def reset_async(self, seeds: list[int]) -> None:
+        if isinstance(self.env, gym.vector.AsyncVectorEnv):
+            self.env.reset_async(seed=seeds)
+        else:
+            self._sync_result = self.env.reset(seed=seeds)
+        self.pending = "reset"
+
+    def step_async(self, actions: np.ndarray) -> None:
+        if isinstance(self.env, gym.vector.AsyncVectorEnv):
+            self.env.step_async(actions)
+        else:
+            self._sync_result = self.env.step(actions)
+        self.pending = "step"
+
+    def wait(self) -> tuple:
+        """The result of the call in flight (``reset_wait`` or ``step_wait``)."""
+        kind, self.pending = self.pending, None
+        if not isinstance(self.env, gym.vector.AsyncVectorEnv):
+            result, self._sync_result = self._sync_result, None
+            return result
+        return self.env.reset_wait() if kind == "reset" else self.env.step_wait()
 
 
 def run_episodes(
@@ -92,68 +204,131 @@ def run_episodes(
     fps: int = 30,
     progress: bool = True,
 ) -> list[EpisodeResult]:
-    """Run one real episode per seed with W parallel environments.
+    """Run one real episode per seed with W parallel environments, pipelined in two groups.
 
-    Episodes run in rounds of W (one seed per environment); a finished environment idles until its
-    round ends. With ``video_dir``, the first ``video_episodes`` episodes are written as mp4 files
-    showing real frame | VAE reconstruction | MDN-RNN prediction side by side.
+    The W environments (default: one per CPU core, at most one per seed) form two groups of
+    ceil(W / 2) and floor(W / 2) environments, each an ``AsyncVectorEnv`` (W 1: one in-process
+    ``SyncVectorEnv``). Each step of a group is one jitted ``episode_step`` on its frames in the main
+    process, then ``step_async``; the main process then collects the other group's step
+    (``step_wait``) and acts for it, so the agent's compute for one group overlaps the other group's
+    environment step and neither the main process nor the workers sit idle waiting for each other.
+
+    Each group runs its own rounds of episodes: it takes the next seeds in order (one per
+    environment), resets its environments and LSTM states, and runs until all its episodes have
+    ended; a finished environment idles until its group's round ends. The groups never wait for
+    each other. The noise of z ~ N(mu, sigma) is drawn from ``fold_in(fold_in(key, seed), t)``, so
+    the results do not depend on ``workers``.
+
+    With ``video_dir``, the first ``video_episodes`` episodes (in the order of ``seeds``) are written
+    as ``episode_{seed}.mp4`` showing real frame | VAE reconstruction | MDN-RNN prediction side by side.
+
+    Args:
+        agent: V, M and C.
+        seeds: reset seeds, one episode each.
+        workers: environments W run at once (0: ``multiprocessing.cpu_count()``).
+        max_steps: episode length cap in steps.
+        key: PRNG key of the latent noise (default ``jr.key(0)``).
+        video_dir, video_episodes, fps: where, how many and at what rate to write videos.
+        progress: show a progress bar with the running mean return.
 
     Returns:
         One ``EpisodeResult`` per seed, in the order of ``seeds``.
     """
     from worldmodels.viz import side_by_side, to_uint8, write_video
 
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        return []
     workers = min(workers or mp.cpu_count(), len(seeds))
     key = jr.key(0) if key is None else key
-    env = _vector_env(workers, max_steps)
-    results: list[EpisodeResult] = []
+    results: list[EpisodeResult | None] = [None] * len(seeds)
+    next_episode = 0
     bar = tqdm(total=len(seeds), desc="real episodes", unit="ep", disable=not progress)
+    envs: list[gym.vector.VectorEnv] = []
+
+    def start_round(g: _Group) -> None:
+        """Reset ``g`` for the next seeds, or retire it when there are none left."""
+        nonlocal next_episode
+        g.index = list(range(next_episode, min(next_episode + g.size, len(seeds))))
+        next_episode += len(g.index)
+        if not g.index:
+            g.done = True
+            return
+        round_seeds = [seeds[i] for i in g.index]
+        round_seeds += [round_seeds[-1] + 10_000_000 + i for i in range(g.size - len(g.index))]
+        g.seeds = np.array([s % 2**32 for s in round_seeds], np.uint32)
+        g.reset_async(round_seeds)
+        # The memory's own zero state (an LSTM's (h, c), a GRU transition's h) for each environment.
+        g.state = jax.tree.map(lambda x: jnp.broadcast_to(x, (g.size,) + x.shape), agent.rnn.initial_state())
+        g.t = 0
+        g.returns = np.zeros(g.size)
+        g.lengths = np.zeros(g.size, int)
+        g.offroad = np.zeros(g.size, int)
+        g.deluded = np.zeros(g.size, int)
+        g.active = np.arange(g.size) < len(g.index)
+        g.record = np.array([i < len(g.index) and g.index[i] < video_episodes for i in range(g.size)])
+        g.record &= video_dir is not None
+        g.videos = [[] for _ in range(g.size)]
+        g.predicted = None
+
+    def end_round(g: _Group) -> None:
+        for i, pos in enumerate(g.index):
+            results[pos] = EpisodeResult(
+                seeds[pos], float(g.returns[i]), int(g.lengths[i]), int(g.offroad[i]), int(g.deluded[i])
+            )
+            if g.record[i]:
+                write_video(video_dir / f"episode_{seeds[pos]}.mp4", g.videos[i], fps=fps)
+        bar.update(len(g.index))
+        bar.set_postfix(mean=f"{np.mean([r.ret for r in results if r is not None]):.1f}")
+
+    def act(g: _Group) -> None:
+        """One jitted agent step on ``g``'s frames, then send ``g`` its actions."""
+        actions, g.state, g.pred_reward, frames = episode_step(
+            agent,
+            jnp.asarray(g.obs),
+            g.state,
+            key,
+            g.seeds,
+            np.asarray(g.t, np.int32),
+            with_frames=bool(g.record.any()),
+        )
+        if frames is not None:
+            recon, nxt = to_uint8(frames[0]), to_uint8(frames[1])
+            for i in np.flatnonzero(g.record & g.active):
+                pred = g.predicted[i] if g.predicted is not None else np.zeros_like(g.obs[i])
+                g.videos[i].append(side_by_side([g.obs[i], recon[i], pred], ["real", "VAE", "MDN-RNN"]))
+            g.predicted = nxt
+        g.step_async(np.asarray(actions))
+        g.t += 1
+
     try:
-        for first in range(0, len(seeds), workers):
-            round_seeds = list(seeds[first : first + workers])
-            n = len(round_seeds)
-            pad = [round_seeds[-1] + 10_000_000 + i for i in range(workers - n)]
-            obs, _ = env.reset(seed=round_seeds + pad)
-            # The memory's own zero state (an LSTM's (h, c), a GRU transition's h) for each environment.
-            state = jax.tree.map(lambda x: jnp.broadcast_to(x, (workers,) + x.shape), agent.rnn.initial_state())
-            returns = np.zeros(workers)
-            lengths = np.zeros(workers, int)
-            offroad = np.zeros(workers, int)
-            deluded = np.zeros(workers, int)
-            active = np.arange(workers) < n
-            record = [first + i < video_episodes and video_dir is not None for i in range(workers)]
-            videos: list[list[np.ndarray]] = [[] for _ in range(workers)]
-            predicted = None
-            while active.any():
-                key, sub = jr.split(key)
-                actions, state, pred_reward, frames = agent_step(
-                    agent, jnp.asarray(obs), state, sub, with_frames=any(record)
-                )
-                if frames is not None:
-                    recon, nxt = to_uint8(frames[0]), to_uint8(frames[1])
-                    for i in range(workers):
-                        if record[i] and active[i]:
-                            pred = predicted[i] if predicted is not None else np.zeros_like(obs[i])
-                            videos[i].append(side_by_side([obs[i], recon[i], pred], ["real", "VAE", "MDN-RNN"]))
-                    predicted = nxt
-                obs, reward, terminated, truncated, _ = env.step(np.asarray(actions))
-                returns += np.where(active, reward, 0.0)
-                lengths += active
-                off = active & off_road(obs) & (reward < 0)
-                offroad += off
-                deluded += off & (np.asarray(pred_reward) > 0)
-                active &= ~(terminated | truncated)
-            for i in range(n):
-                results.append(
-                    EpisodeResult(round_seeds[i], float(returns[i]), int(lengths[i]), int(offroad[i]), int(deluded[i]))
-                )
-                if record[i]:
-                    write_video(video_dir / f"episode_{round_seeds[i]}.mp4", videos[i], fps=fps)
-            bar.update(n)
-            bar.set_postfix(mean=f"{np.mean([r.ret for r in results]):.1f}")
+        envs = _vector_envs(workers, max_steps)
+        groups = [_Group(env, env.num_envs) for env in envs]
+        for g in groups:
+            start_round(g)
+        while not all(g.done for g in groups):
+            for g in groups:
+                if g.done:
+                    continue
+                if g.pending == "reset":
+                    g.obs, _ = g.wait()
+                else:
+                    g.obs, reward, terminated, truncated, _ = g.wait()
+                    g.returns += np.where(g.active, reward, 0.0)
+                    g.lengths += g.active
+                    off = g.active & off_road(g.obs) & (reward < 0)
+                    g.offroad += off
+                    g.deluded += off & (np.asarray(g.pred_reward) > 0)
+                    g.active &= ~(terminated | truncated)
+                    if not g.active.any():
+                        end_round(g)
+                        start_round(g)  # its reset runs while the other group is served
+                        continue
+                act(g)
     finally:
         bar.close()
-        env.close()
+        for env in envs:
+            env.close()
     return results
 
 
