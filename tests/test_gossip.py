@@ -319,3 +319,43 @@ def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
     stages.load_controller(rd, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
     proc = run("train_rnn.py", ok=False)
     assert "holds a 'gru' dynamics exported from model 0 of a gossip pool" in proc.stderr
+
+
+def test_gossip_experiment_script_smoke(tmp_path):
+    """experiments/gossip.py: baseline and one gossip condition, a controller each, the report; a changed drift
+    setting re-measures the cached runs instead of retraining them."""
+    rd = tmp_path / "run"
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+
+    def run(script, *args):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(rd), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    run("collect_data.py", "--episodes", "3", "--max-steps", "30")
+    flags = ["--seeds", "0", "--weights", "1", "--dream-steps", "4", "--seq-len", "8", "--video-steps", "5"]
+    controller = ["--controller", "--dream.generations", "1", "--test.episodes", "1", "--test.max-steps", "20"]
+    run("experiments/gossip.py", *flags, *controller, "--test.no-video")
+    out = rd / "gossip_experiment"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"baseline", "w1_d4"}
+    for name in results:
+        r = results[name]["0"]
+        assert r["drift"]["horizons"] == [1, 10] and r["drift_setup"]["start"] == 10
+        assert r["real"]["n"] == 1  # a controller was evolved in the dream and scored in the real env
+    report = (out / "report.md").read_text()
+    assert "## Verdict" in report and "w1_d4" in report and "baseline_vs_gossip.gif" in report
+    for name in ("drift.png", "ablation.png", "baseline_vs_gossip.mp4"):
+        assert (out / name).is_file(), name
+
+    proc = run("experiments/gossip.py", *flags, "--drift-start", "15")
+    assert proc.stdout.count("re-measuring drift") == 2  # no retraining: both cached runs re-measured
+    r = json.loads((out / "results.json").read_text())["w1_d4"]["0"]
+    assert r["drift_setup"]["start"] == 15 and r["drift"]["horizons"] == [1, 10] and r["real"]["n"] == 1

@@ -745,10 +745,11 @@ def _open_loop_at(
 def drift_metrics(pool: JointWorldModel, data: FrameSequences, cfg: GossipConfig) -> dict[str, Any]:
     """Open-loop drift on held-out real episodes and disagreement between the models' dreams.
 
-    From the first k = ``drift_context`` real frames of each of up to ``drift_episodes`` held-out episodes,
-    each model steps on its own most likely latents and the episode's real actions only. At horizon h (h
-    dream steps after the last real frame, i.e. frame k - 1 + h) it reports, averaged over the episodes
-    long enough for h (horizons no episode reaches are dropped):
+    From k = ``drift_context`` real frames, starting at frame s = ``drift_start`` of each of up to
+    ``drift_episodes`` held-out episodes, each model steps on its own most likely latents and the episode's
+    real actions only. At horizon h (h dream steps after the last real frame, i.e. frame s + k - 1 + h) it
+    reports, averaged over the episodes long enough for h (horizons no episode reaches are dropped; episodes
+    shorter than s + k are skipped):
 
     * ``latent``: mean over Z of (z_hat - mu(x))^2, against the model's own encoding of the real frame;
     * ``pixel``: mean over pixels and channels of (dec(z_hat) - x)^2, images in [0, 1];
@@ -760,13 +761,13 @@ def drift_metrics(pool: JointWorldModel, data: FrameSequences, cfg: GossipConfig
         per horizon), ``latent_mean`` / ``pixel_mean`` (pool mean per horizon), ``disagreement`` (per horizon;
         empty for M = 1). Empty lists when there is no held-out episode.
     """
-    eps = np.nonzero(data.heldout)[0][: cfg.drift_episodes]
-    k = cfg.drift_context
-    eps = np.array([e for e in eps if data.lengths[e] >= k], np.int64)
+    k, s = cfg.drift_context, cfg.drift_start
+    eps = [e for e in np.nonzero(data.heldout)[0] if data.lengths[e] >= s + k][: cfg.drift_episodes]
+    eps = np.array(eps, np.int64)
     empty = {"horizons": [], "episodes": 0, "latent": [], "pixel": [], "latent_mean": [], "pixel_mean": []}
     if len(eps) == 0:
         return {**empty, "disagreement": []}
-    lengths = data.lengths[eps]
+    lengths = data.lengths[eps] - s
     horizons = [h for h in cfg.drift_horizons if k - 1 + h <= lengths.max()]
     if not horizons:
         return {**empty, "disagreement": []}
@@ -774,7 +775,7 @@ def drift_metrics(pool: JointWorldModel, data: FrameSequences, cfg: GossipConfig
     contexts, actions, targets = [], [], []
     hz = np.array(horizons)
     for e, n in zip(eps, lengths, strict=True):
-        frames, acts = data.episode(e)
+        frames, acts = _episode_from(data, e, s)
         contexts.append(frames[:k])
         actions.append(np.concatenate([acts, np.repeat(acts[-1:], t_max - n, axis=0)]))
         targets.append(frames[np.minimum(k - 1 + hz, n)])
@@ -810,6 +811,12 @@ def drift_metrics(pool: JointWorldModel, data: FrameSequences, cfg: GossipConfig
     }
 
 
+def _episode_from(data: FrameSequences, e: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Episode ``e`` from frame ``start`` on: frames (T_e - start + 1, 64, 64, 3), actions (T_e - start, 3)."""
+    frames, acts = data.episode(e)
+    return frames[start:], acts[start:]
+
+
 def dream_video(
     out_dir: Path,
     pool: JointWorldModel,
@@ -820,7 +827,8 @@ def dream_video(
 ) -> list[Path]:
     """Side-by-side video of the first held-out episode: real | model 0's dream | model 1's dream.
 
-    Both models read the same ``drift_context`` real frames, then dream on the episode's real actions for up
+    Both models read the same ``drift_context`` real frames from frame ``drift_start`` on, then dream on the
+    episode's real actions for up
     to ``video_steps`` steps (most likely latents). Writes ``NAME.mp4`` and a half-size ``NAME.gif`` (every
     n-th frame for long videos). A pool of
     one model shows one dream; ``labels`` name the panels (``stack_models`` puts models of two pools side by
@@ -833,10 +841,10 @@ def dream_video(
 
     held = np.nonzero(data.heldout)[0]
     k = cfg.drift_context
-    held = [e for e in held if data.lengths[e] >= k]
+    held = [e for e in held if data.lengths[e] >= cfg.drift_start + k]
     if not held:
         return []
-    frames, acts = data.episode(held[0])
+    frames, acts = _episode_from(data, held[0], cfg.drift_start)
     steps = min(cfg.video_steps, len(acts) - k + 1)
     index = np.arange(k - 1, k - 1 + steps)
     shown = list(range(min(jax.tree.leaves(pool)[0].shape[0], 2)))
