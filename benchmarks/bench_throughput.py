@@ -9,6 +9,8 @@ Measures, in one run, at the paper's sizes (Z 32, LSTM 256, 5 mixtures, linear c
 * VAE encoding, frames/s: ``train.encode_frames`` (chunks of 1000, compiled before timing);
 * real-environment evaluation, env steps/s: ``evaluate.run_episodes`` of a randomly initialised agent
   (V + M + C) with 1 worker and with one worker per core, 2 episodes per worker, and the ratio all / 1;
+* the real environments alone, env steps/s: one Gymnasium vector env of 1 and of one environment per core
+  stepped in lockstep with a constant action (no agent), the ceiling of a lockstep evaluation;
 * collection, env steps/s: ``data.collect`` of the brownian policy into a temporary directory with
   1 worker and with one worker per core, 2 episodes per worker, and the ratio all / 1.
 
@@ -253,6 +255,42 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
     return {"steps": sum(r.steps for r in results), "seconds": seconds, "startup_s": startup}
 
 
+def bench_env_only(workers: int, episodes: int, max_steps: int) -> dict[str, float]:
+    """The real environments alone: ``episodes`` episodes of a constant action (half gas) in one Gymnasium vector
+    env of ``workers`` environments stepped in lockstep (``AsyncVectorEnv``; ``SyncVectorEnv`` for 1), no agent.
+
+    The ceiling of a lockstep evaluation on this machine: how well W environment processes alone scale.
+
+    Returns:
+        ``steps`` and ``seconds`` (resets included, process start-up excluded).
+    """
+    import functools
+
+    import gymnasium as gym
+
+    from worldmodels.env import make_env
+
+    make = functools.partial(make_env, max_steps)
+    if workers == 1:
+        env = gym.vector.SyncVectorEnv([make])
+    else:
+        env = gym.vector.AsyncVectorEnv([make] * workers, context="spawn")
+    action = np.tile(np.array([0.0, 0.5, 0.0], np.float32), (workers, 1))
+    try:
+        env.reset(seed=list(range(workers)))
+        steps, t0 = 0, time.perf_counter()
+        for first in range(0, episodes, workers):
+            env.reset(seed=[2_000_000 + first + i for i in range(workers)])
+            alive = np.ones(workers, bool)
+            while alive.any():
+                _, _, terminated, truncated, _ = env.step(action)
+                steps += int(alive.sum())
+                alive &= ~(terminated | truncated)
+        return {"steps": steps, "seconds": time.perf_counter() - t0}
+    finally:
+        env.close()
+
+
 def bench_collect(workers: int, episodes: int, max_steps: int) -> dict[str, float]:
     """``data.collect`` of ``episodes`` brownian episodes with ``workers`` processes into a temporary run dir.
 
@@ -312,6 +350,15 @@ def main(args: Args) -> dict:
     )
 
     for label, w in (("1_worker", 1), ("all_workers", cores)):
+        e = bench_env_only(w, w * per, s["eval_max_steps"])
+        result[f"env_only_env_steps_{label}"] = e["steps"]
+        result[f"env_only_s_{label}"] = e["seconds"]
+        result[f"env_only_env_steps_per_s_{label}"] = e["steps"] / e["seconds"]
+    result["env_only_speedup_all_over_1"] = (
+        result["env_only_env_steps_per_s_all_workers"] / result["env_only_env_steps_per_s_1_worker"]
+    )
+
+    for label, w in (("1_worker", 1), ("all_workers", cores)):
         c = bench_collect(w, w * per, s["collect_max_steps"])
         result[f"collect_env_steps_{label}"] = c["steps"]
         result[f"collect_s_{label}"] = c["seconds"]
@@ -333,8 +380,10 @@ def main(args: Args) -> dict:
         ("  step / compile", f"{r['rnn_step_s'] * 1e3:.0f} ms / {r['rnn_compile_s']:.1f} s"),
         (f"VAE encode_frames, {s['encode_frames']:,} frames", f"{r['encode_frames_per_s']:,.0f} frames/s"),
     ]
-    for what, key in (("real episodes", "eval"), ("collection (brownian)", "collect")):
-        cap = s[f"{key}_max_steps"]
+    caps = {"eval": s["eval_max_steps"], "env_only": s["eval_max_steps"], "collect": s["collect_max_steps"]}
+    kinds = (("real episodes", "eval"), ("real env alone, lockstep", "env_only"), ("collection (brownian)", "collect"))
+    for what, key in kinds:
+        cap = caps[key]
         for label, w in (("1_worker", 1), ("all_workers", cores)):
             line = f"{r[f'{key}_env_steps_per_s_{label}']:,.0f} env steps/s ({r[f'{key}_env_steps_{label}']} steps"
             line += f" in {r[f'{key}_s_{label}']:.1f} s)"
