@@ -28,8 +28,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from worldmodels.diagnostics import off_road
+from worldmodels.dream import Dynamics
 from worldmodels.env import make_env
-from worldmodels.models import MDNRNN, ConvVAE, LinearController
+from worldmodels.models import ConvVAE, LinearController
 from worldmodels.models.mdnrnn import LSTMState, most_likely_z
 from worldmodels.models.vae import to_float
 
@@ -38,7 +39,8 @@ class Agent(eqx.Module):
     """The paper's agent: V encodes the frame, C acts on [z, h], M updates h (Sec. 2.4)."""
 
     vae: ConvVAE
-    rnn: MDNRNN
+    rnn: Dynamics
+    """The memory M: an ``MDNRNN`` or a gossip pool's exported ``GRUTransition``."""
     controller: LinearController
 
 

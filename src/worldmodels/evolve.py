@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.config import DreamConfig
-from worldmodels.dream import DreamStart, sharded_generation_fitness
-from worldmodels.models import MDNRNN, LinearController
+from worldmodels.dream import DreamStart, Dynamics, sharded_generation_fitness
+from worldmodels.models import LinearController
 from worldmodels.train import append_jsonl
 
 
-def controller_hparams(rnn: MDNRNN) -> dict:
+def controller_hparams(rnn: Dynamics) -> dict:
     """Sizes that rebuild the controller."""
     return {"z_size": rnn.z_size, "hidden_size": rnn.hidden_size, "action_size": rnn.action_size}
 
@@ -37,7 +37,7 @@ def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> Lin
     return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size)
 
 
-def dream_fitness(rnn: MDNRNN, start: DreamStart, cfg: DreamConfig) -> Callable:
+def dream_fitness(rnn: Dynamics, start: DreamStart, cfg: DreamConfig) -> Callable:
     """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller.
 
     One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
