@@ -78,7 +78,16 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
         except (OSError, ValueError, KeyError):
             return 0
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # Ctrl-C's default action in the child even when this process was started with SIGINT ignored (a background
+    # job of a non-interactive shell, e.g. `nohup ... &`): a child that inherits SIG_IGN would never be interrupted.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if stored() >= 2:
