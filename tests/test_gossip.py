@@ -48,6 +48,22 @@ CFG = GossipConfig(
 )
 
 
+def run_script(run_dir, script, *args, ok=True, timeout=900):
+    """Run a script of the project with ``--preset smoke --run-dir RUN_DIR``; assert its exit status."""
+    # Optimisation level 0 halves XLA's compile time on the CPU; the smoke runs are mostly compilation.
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(run_dir), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert (proc.returncode == 0) == ok, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
 def fake_batch(cfg, seed=0):
     rng = np.random.default_rng(seed)
     b, n = cfg.batch_size, cfg.seq_len
@@ -201,20 +217,7 @@ def test_invalid_configs_are_refused():
 
 def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path):
     rd = tmp_path / "run"
-    # Optimisation level 0 halves XLA's compile time on the CPU; the smoke run is mostly compilation.
-    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-
-    def run(script, *args):
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(rd), *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc
+    run = functools.partial(run_script, rd)
 
     run("collect_data.py", "--episodes", "3", "--max-steps", "30")
     run("train_gossip.py", "--models", "4", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "10")
@@ -292,19 +295,7 @@ def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
     from worldmodels import stages
 
     rd = tmp_path / "run"
-    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-
-    def run(script, *args, ok=True):
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(rd), *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert (proc.returncode == 0) == ok, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc
+    run = functools.partial(run_script, rd)
 
     run("collect_data.py", "--episodes", "3", "--max-steps", "30")
     gossip_flags = ["--flavour", "gru", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "5"]
@@ -325,19 +316,7 @@ def test_gossip_experiment_script_smoke(tmp_path):
     """experiments/gossip.py: baseline and one gossip condition, a controller each, the report; a changed drift
     setting re-measures the cached runs instead of retraining them."""
     rd = tmp_path / "run"
-    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-
-    def run(script, *args):
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / script), "--preset", "smoke", "--run-dir", str(rd), *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, f"{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc
+    run = functools.partial(run_script, rd)
 
     run("collect_data.py", "--episodes", "3", "--max-steps", "30")
     flags = ["--seeds", "0", "--weights", "1", "--dream-steps", "4", "--seq-len", "8", "--video-steps", "5"]
