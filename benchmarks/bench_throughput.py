@@ -312,6 +312,21 @@ def bench_collect(workers: int, episodes: int, max_steps: int) -> dict[str, floa
     return {"steps": steps, "seconds": seconds}
 
 
+def _worker_scaling(key: str, bench, cores: int, per: int, max_steps: int) -> dict[str, float]:
+    """``bench(workers, episodes, max_steps)`` with 1 worker and with one per core (``per`` episodes each):
+    ``KEY_env_steps_LABEL``, ``KEY_s_LABEL``, ``KEY_env_steps_per_s_LABEL`` and ``KEY_speedup_all_over_1``."""
+    out: dict[str, float] = {}
+    for label, w in (("1_worker", 1), ("all_workers", cores)):
+        r = bench(w, w * per, max_steps)
+        out[f"{key}_env_steps_{label}"] = r["steps"]
+        out[f"{key}_s_{label}"] = r["seconds"]
+        out[f"{key}_env_steps_per_s_{label}"] = r["steps"] / r["seconds"]
+    out[f"{key}_speedup_all_over_1"] = (
+        out[f"{key}_env_steps_per_s_all_workers"] / out[f"{key}_env_steps_per_s_1_worker"]
+    )
+    return out
+
+
 def main(args: Args) -> dict:
     """Run every measurement, print the table and return (and optionally write) the figures."""
     import jax
@@ -349,23 +364,11 @@ def main(args: Args) -> dict:
         result["eval_env_steps_per_s_excl_startup_all_workers"] / result["eval_env_steps_per_s_excl_startup_1_worker"]
     )
 
-    for label, w in (("1_worker", 1), ("all_workers", cores)):
-        e = bench_env_only(w, w * per, s["eval_max_steps"])
-        result[f"env_only_env_steps_{label}"] = e["steps"]
-        result[f"env_only_s_{label}"] = e["seconds"]
-        result[f"env_only_env_steps_per_s_{label}"] = e["steps"] / e["seconds"]
-    result["env_only_speedup_all_over_1"] = (
-        result["env_only_env_steps_per_s_all_workers"] / result["env_only_env_steps_per_s_1_worker"]
-    )
-
-    for label, w in (("1_worker", 1), ("all_workers", cores)):
-        c = bench_collect(w, w * per, s["collect_max_steps"])
-        result[f"collect_env_steps_{label}"] = c["steps"]
-        result[f"collect_s_{label}"] = c["seconds"]
-        result[f"collect_env_steps_per_s_{label}"] = c["steps"] / c["seconds"]
-    result["collect_speedup_all_over_1"] = (
-        result["collect_env_steps_per_s_all_workers"] / result["collect_env_steps_per_s_1_worker"]
-    )
+    for key, bench, cap in (
+        ("env_only", bench_env_only, "eval_max_steps"),
+        ("collect", bench_collect, "collect_max_steps"),
+    ):
+        result.update(_worker_scaling(key, bench, cores, per, s[cap]))
     result["total_s"] = time.perf_counter() - t_start
 
     r = result
