@@ -123,3 +123,19 @@ def test_fused_lstm_step_equals_equinox_cell():
     h, c = lstm_step(rnn.cell, x, state)
     np.testing.assert_allclose(h, h_ref, atol=1e-6)
     np.testing.assert_allclose(c, c_ref, atol=1e-6)
+
+
+def test_batch_major_gru_step_and_linear_equal_equinox():
+    """``gru_step`` and ``batch_major_linear`` give eqx.nn.GRUCell's and eqx.nn.Linear's values, batched too."""
+    import jax.random as jr
+
+    from worldmodels.models.mdnrnn import batch_major_linear
+    from worldmodels.models.transition import GRUTransition, gru_step
+
+    m = GRUTransition(8, 3, 16, key=jr.key(0))
+    x = jr.normal(jr.key(1), (5, 11))
+    h = jr.normal(jr.key(2), (5, 16))
+    ref = jax.vmap(m.cell)(x, h)
+    np.testing.assert_allclose(jax.vmap(lambda a, b: gru_step(m.cell, a, b))(x, h), ref, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(lambda a: batch_major_linear(m.head, a))(h), jax.vmap(m.head)(h), atol=1e-6)
+

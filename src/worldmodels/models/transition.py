@@ -20,11 +20,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from worldmodels.models.mdnrnn import MDNOutput
+from worldmodels.models.mdnrnn import MDNOutput, batch_major_linear
 
 
 class GRUState(NamedTuple):
@@ -66,8 +67,8 @@ class GRUTransition(eqx.Module):
         Returns:
             (GRUState, MDNOutput with log_pi (1,), mu and log_sigma (1, Z), reward and done_logit ()).
         """
-        h = self.cell(jnp.concatenate([z, action]), state.h)
-        out = self.head(h)
+        h = gru_step(self.cell, jnp.concatenate([z, action]), state.h)
+        out = batch_major_linear(self.head, h)
         zs = self.z_size
         return GRUState(h), MDNOutput(
             log_pi=jnp.zeros((1,), out.dtype),
@@ -76,3 +77,31 @@ class GRUTransition(eqx.Module):
             reward=out[-2],
             done_logit=out[-1],
         )
+
+
+def gru_step(cell: eqx.nn.GRUCell, x: Float[Array, " I"], h: Float[Array, " H"]) -> Float[Array, " H"]:
+    """``eqx.nn.GRUCell``'s step (Cho et al. 2014; reset r, update u, candidate n) in batch-major form.
+
+    r = sigmoid(W_ir x + b_ir + W_hr h), u = sigmoid(W_iu x + b_iu + W_hu h),
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = n + u * (h - n): the same parameters and values
+    as ``cell(x, h)``, with the products written ``x @ W.T`` so that under ``vmap`` they give batch-major
+    results (``mdnrnn.batch_major_linear``).
+
+    Args:
+        cell: the GRU cell, weight_ih (3H, I), weight_hh (3H, H), bias (3H,), bias_n (H,).
+        x: float32 (I,).
+        h: float32 (H,).
+
+    Returns:
+        float32 (H,).
+    """
+    igates = x @ cell.weight_ih.T
+    if cell.use_bias:
+        igates = igates + cell.bias
+    hgates = h @ cell.weight_hh.T
+    i_r, i_u, i_n = jnp.split(igates, 3)
+    h_r, h_u, h_n = jnp.split(hgates, 3)
+    reset = jax.nn.sigmoid(i_r + h_r)
+    update = jax.nn.sigmoid(i_u + h_u)
+    new = jnp.tanh(i_n + reset * (h_n + (cell.bias_n if cell.use_bias else 0.0)))
+    return new + update * (h - new)
