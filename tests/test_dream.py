@@ -27,6 +27,7 @@ from worldmodels.dream import (
 )
 from worldmodels.evolve import controller_hparams, dream_fitness, evolve
 from worldmodels.models import MDNRNN, LinearController
+from worldmodels.models.mdnrnn import mixture_noise
 
 
 def small_world():
@@ -47,7 +48,7 @@ def test_scanned_dream_equals_python_loop():
     k_start, k_steps = jr.split(key)
     carry = initial_carry(rnn, start, k_start)
     for k in jr.split(k_steps, steps):
-        carry, _ = dream_step(controller, rnn, carry, k, tau, 0.5)
+        carry, _ = dream_step(controller, rnn, carry, mixture_noise(k, 3, 8), tau, 0.5)
     np.testing.assert_allclose(scanned, carry.total, rtol=1e-4, atol=1e-4)
 
 

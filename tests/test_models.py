@@ -139,3 +139,19 @@ def test_batch_major_gru_step_and_linear_equal_equinox():
     np.testing.assert_allclose(jax.vmap(lambda a, b: gru_step(m.cell, a, b))(x, h), ref, atol=1e-6)
     np.testing.assert_allclose(jax.vmap(lambda a: batch_major_linear(m.head, a))(h), jax.vmap(m.head)(h), atol=1e-6)
 
+
+
+def test_sample_next_z_from_drawn_noise_equals_categorical_then_normal():
+    """Drawing the noise ahead (``mixture_noise``) gives exactly jax.random.categorical, then a normal draw."""
+    rnn = MDNRNN(8, 3, 16, 4, key=jr.key(0))
+    _, out = rnn(jr.normal(jr.key(1), (8,)), jnp.ones(3), rnn.initial_state())
+
+    def reference(key, tau):
+        k_comp, k_noise = jr.split(key)
+        comp = jr.categorical(k_comp, out.log_pi / tau)
+        return out.mu[comp] + jnp.exp(out.log_sigma[comp]) * jnp.sqrt(tau) * jr.normal(k_noise, (8,))
+
+    keys = jr.split(jr.key(2), 200)
+    for tau in (0.5, 1.0, 1.7):
+        ours = jax.vmap(lambda k: sample_next_z(out, k, tau))(keys)
+        np.testing.assert_array_equal(ours, jax.vmap(lambda k: reference(k, tau))(keys))

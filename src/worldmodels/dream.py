@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.models.controller import LinearController
-from worldmodels.models.mdnrnn import MDNRNN, LSTMState, sample_next_z
+from worldmodels.models.mdnrnn import MDNRNN, LSTMState, MixtureNoise, mixture_noise, sample_next_z_from_noise
 from worldmodels.models.transition import GRUState, GRUTransition
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
 
@@ -64,21 +64,22 @@ def dream_step(
     controller: LinearController,
     rnn: Dynamics,
     carry: DreamCarry,
-    key: PRNGKeyArray,
+    noise: MixtureNoise,
     temperature: float | Array,
     done_threshold: float,
 ) -> tuple[DreamCarry, Float[Array, " 3"]]:
     """One dream step: act on [z_t, h_t], advance M, sample z_{t+1} at ``temperature``.
 
     The reward is added while the dream is alive; the done head (probability > ``done_threshold``)
-    ends it, masking every later reward.
+    ends it, masking every later reward. ``noise`` is the step's ``mixture_noise(key, K, Z)``: the
+    step then samples exactly as ``sample_next_z(out, key, temperature)`` would.
 
     Returns:
         (next carry, action (3,)).
     """
     action = controller(carry.z, carry.state.h)
     state, out = rnn(carry.z, action, carry.state)
-    z_next = sample_next_z(out, key, temperature)
+    z_next = sample_next_z_from_noise(out, noise, temperature)
     total = carry.total + carry.alive * out.reward
     done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
     return DreamCarry(z_next, state, carry.alive * (1.0 - done), total), action
@@ -102,14 +103,20 @@ def single_rollout(
     temperature: float | Array,
     done_threshold: float = 0.5,
 ) -> Float[Array, ""]:
-    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,)."""
+    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,).
+
+    The sampling noise of all steps (``mixture_noise`` of each step's key) is drawn in one vectorised
+    call before the ``lax.scan``, so the scanned step runs no random-number hashing.
+    """
     controller = LinearController.from_flat(params, rnn.z_size, rnn.hidden_size, rnn.action_size)
     k_start, k_steps = jr.split(key)
+    draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
+    noise = draw(jr.split(k_steps, steps), rnn.num_mixtures, rnn.z_size)
 
-    def step(carry, k):
-        return dream_step(controller, rnn, carry, k, temperature, done_threshold)[0], None
+    def step(carry, n):
+        return dream_step(controller, rnn, carry, n, temperature, done_threshold)[0], None
 
-    carry, _ = jax.lax.scan(step, initial_carry(rnn, start, k_start), jr.split(k_steps, steps))
+    carry, _ = jax.lax.scan(step, initial_carry(rnn, start, k_start), noise)
     return carry.total
 
 

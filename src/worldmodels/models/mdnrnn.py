@@ -143,11 +143,54 @@ def lstm_step(
     return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
+class MixtureNoise(NamedTuple):
+    """The randomness of one ``sample_next_z`` draw, drawn ahead of time (``mixture_noise``).
+
+    Attributes:
+        gumbel: float32 (K,) standard Gumbel noise that picks the component (the Gumbel-max trick).
+        normal: float32 (Z,) standard normal noise of the latent.
+    """
+
+    gumbel: Float[Array, " K"]
+    normal: Float[Array, " Z"]
+
+
+def mixture_noise(key: PRNGKeyArray, num_mixtures: int, z_size: int) -> MixtureNoise:
+    """The noise that ``sample_next_z(out, key, tau)`` draws from ``key``, as arrays.
+
+    ``jax.random.categorical`` is argmax(logits + Gumbel noise), so drawing that noise and the normal
+    noise here from the same split keys reproduces ``sample_next_z`` exactly (tested). The dream
+    draws the noise of all T steps in one vectorised call before its ``lax.scan``, so no random-number
+    hashing runs inside the scanned step.
+
+    Returns:
+        ``MixtureNoise`` with gumbel (K,) and normal (Z,), float32.
+    """
+    k_comp, k_noise = jr.split(key)
+    return MixtureNoise(jr.gumbel(k_comp, (num_mixtures,)), jr.normal(k_noise, (z_size,)))
+
+
+def sample_next_z_from_noise(
+    out: MDNOutput, noise: MixtureNoise, temperature: float | Array = 1.0
+) -> Float[Array, " Z"]:
+    """``sample_next_z`` with its noise given (``mixture_noise``).
+
+    The component is argmax(log_pi / tau + gumbel); z = mu + sqrt(tau) sigma eps of that component.
+
+    Returns:
+        float32 (Z,).
+    """
+    comp = jnp.argmax(out.log_pi / temperature + noise.gumbel)
+    sigma = jnp.exp(out.log_sigma[comp]) * jnp.sqrt(temperature)
+    return out.mu[comp] + sigma * noise.normal
+
+
 def sample_next_z(out: MDNOutput, key: PRNGKeyArray, temperature: float | Array = 1.0) -> Float[Array, " Z"]:
     """Sample z_{t+1} from the mixture at a temperature (Ha & Schmidhuber 2018, Sec. 4, "Cheating the World Model").
 
     The temperature tau divides the mixture logits and scales each sigma by sqrt(tau): tau < 1 is
-    more deterministic, tau > 1 more uncertain.
+    more deterministic, tau > 1 more uncertain. The component is drawn by the Gumbel-max trick (as
+    ``jax.random.categorical`` does), the latent as mu + sqrt(tau) sigma eps.
 
     Args:
         out: one step's prediction (no batch axes).
@@ -157,10 +200,7 @@ def sample_next_z(out: MDNOutput, key: PRNGKeyArray, temperature: float | Array 
     Returns:
         float32 (Z,).
     """
-    k_comp, k_noise = jr.split(key)
-    comp = jr.categorical(k_comp, out.log_pi / temperature)
-    sigma = jnp.exp(out.log_sigma[comp]) * jnp.sqrt(temperature)
-    return out.mu[comp] + sigma * jr.normal(k_noise, out.mu.shape[1:])
+    return sample_next_z_from_noise(out, mixture_noise(key, *out.mu.shape), temperature)
 
 
 def most_likely_z(out: MDNOutput) -> Float[Array, " Z"]:
