@@ -9,6 +9,8 @@ Measures, in one run, at the paper's sizes (Z 32, LSTM 256, 5 mixtures, linear c
 * VAE encoding, frames/s: ``train.encode_frames`` (chunks of 1000, compiled before timing);
 * real-environment evaluation, env steps/s: ``evaluate.run_episodes`` of a randomly initialised agent
   (V + M + C) with 1 worker and with one worker per core, 2 episodes per worker, and the ratio all / 1;
+  also the CPU time per env step of all processes (main and environments), and from it the ratio the
+  cores could give at most if they were never idle;
 * the real environments alone, env steps/s: one Gymnasium vector env of 1 and of one environment per core
   stepped in lockstep with a constant action (no agent), the ceiling of a lockstep evaluation;
 * collection, env steps/s: ``data.collect`` of the brownian policy into a temporary directory with
@@ -227,10 +229,12 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
 
     ``episode_step`` is compiled for the batch size of each of its pipeline groups first, so the timed
     call holds no compilation. The worker start-up (the vector envs ``run_episodes`` builds before its
-    first reset) is then timed on its own.
+    first reset) is then timed on its own. CPU time is counted too, of this process and of the
+    environment processes (``resource.getrusage``; they are reaped when ``run_episodes`` closes them).
 
     Returns:
-        ``steps`` (env steps run), ``seconds`` (the whole call), ``startup_s``.
+        ``steps`` (env steps run), ``seconds`` (the whole call), ``startup_s``, and ``cpu_s`` and
+        ``startup_cpu_s``: CPU seconds of all processes in the call and in the start-up alone.
     """
     import jax.numpy as jnp
     import jax.random as jr
@@ -245,14 +249,23 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
         actions, *_ = episode_step(agent, obs, LSTMState(zeros, zeros), jr.key(0), seeds, np.asarray(0, np.int32))
         actions.block_until_ready()
     seeds = [1_000_000 + i for i in range(episodes)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     results = run_episodes(agent, seeds, workers=workers, max_steps=max_steps, key=jr.key(1), progress=False)
-    seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     for env in _vector_envs(workers, max_steps):  # the environments run_episodes starts, alone
         env.close()
-    startup = time.perf_counter() - t0
-    return {"steps": sum(r.steps for r in results), "seconds": seconds, "startup_s": startup}
+    startup, startup_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    steps = sum(r.steps for r in results)
+    return {"steps": steps, "seconds": seconds, "startup_s": startup, "cpu_s": cpu, "startup_cpu_s": startup_cpu}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its reaped child processes so far."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def bench_env_only(workers: int, episodes: int, max_steps: int) -> dict[str, float]:
@@ -357,11 +370,16 @@ def main(args: Args) -> dict:
         result[f"eval_startup_s_{label}"] = e["startup_s"]
         result[f"eval_env_steps_per_s_{label}"] = e["steps"] / e["seconds"]
         result[f"eval_env_steps_per_s_excl_startup_{label}"] = e["steps"] / max(e["seconds"] - e["startup_s"], 1e-9)
+        result[f"eval_cpu_ms_per_step_{label}"] = 1e3 * max(e["cpu_s"] - e["startup_cpu_s"], 0.0) / e["steps"]
     result["eval_speedup_all_over_1"] = (
         result["eval_env_steps_per_s_all_workers"] / result["eval_env_steps_per_s_1_worker"]
     )
     result["eval_speedup_excl_startup_all_over_1"] = (
         result["eval_env_steps_per_s_excl_startup_all_workers"] / result["eval_env_steps_per_s_excl_startup_1_worker"]
+    )
+    # With every core busy all the time, all workers could run at most cores / (CPU per step) steps/s.
+    result["eval_cpu_bound_speedup_all_over_1"] = (
+        cores / (result["eval_cpu_ms_per_step_all_workers"] / 1e3) / result["eval_env_steps_per_s_excl_startup_1_worker"]
     )
 
     for key, bench, cap in (
@@ -397,6 +415,9 @@ def main(args: Args) -> dict:
         rows.append((f"  {what}: all / 1 worker", f"{r[f'{key}_speedup_all_over_1']:.2f}x"))
         if key == "eval":
             rows.append(("  without start-up", f"{r['eval_speedup_excl_startup_all_over_1']:.2f}x"))
+            cpu_1, cpu_all = r["eval_cpu_ms_per_step_1_worker"], r["eval_cpu_ms_per_step_all_workers"]
+            rows.append(("  CPU per env step, all processes, 1 / all workers", f"{cpu_1:.1f} / {cpu_all:.1f} ms"))
+            rows.append((f"  bound with {cores} cores always busy", f"{r['eval_cpu_bound_speedup_all_over_1']:.2f}x"))
     rows.append(("benchmark run", f"{r['total_s']:.0f} s"))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
