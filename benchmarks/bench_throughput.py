@@ -379,7 +379,9 @@ def main(args: Args) -> dict:
     )
     # With every core busy all the time, all workers could run at most cores / (CPU per step) steps/s.
     result["eval_cpu_bound_speedup_all_over_1"] = (
-        cores / (result["eval_cpu_ms_per_step_all_workers"] / 1e3) / result["eval_env_steps_per_s_excl_startup_1_worker"]
+        cores
+        / (result["eval_cpu_ms_per_step_all_workers"] / 1e3)
+        / result["eval_env_steps_per_s_excl_startup_1_worker"]
     )
 
     for key, bench, cap in (

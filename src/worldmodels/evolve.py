@@ -63,8 +63,12 @@ def evolve(
     """Evolve a linear controller with CMA-ES; resumes from ``out_dir/es_state.npz``.
 
     Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
-    re-scored best, seconds), ``ckpt/`` (the best controller) and ``es_state.npz`` (the CMA-ES mean
-    and step size; pycma's covariance is not kept, so a resumed run restarts the covariance).
+    re-scored best, seconds), ``ckpt/`` (the best controller) and ``es_state.npz``: the CMA-ES state
+    (mean, step size sigma, covariance C, evolution paths p_c and p_sigma, iteration and evaluation
+    counts; Hansen 2016, Sec. 3) with the generation and the kept best, as plain arrays. Each
+    generation samples from its own generator (seeded by ``cfg.seed`` and the generation), so a run
+    interrupted and resumed evolves exactly as an uninterrupted one (tested). A state file without C
+    (written before C was kept) resumes from its mean and sigma with a fresh covariance.
 
     Args:
         out_dir: the run's ``controller/`` directory.
@@ -83,19 +87,25 @@ def evolve(
     state_path = out_dir / "es_state.npz"
     mean, sigma, first_gen = np.zeros(n), cfg.sigma_init, 0
     best, best_score = np.zeros(n, np.float32), -np.inf
+    saved: dict[str, np.ndarray] = {}
     if state_path.is_file():
-        with np.load(state_path, allow_pickle=False) as f:
-            mean, sigma, first_gen = f["mean"], float(f["sigma"]), int(f["generation"])
-            best, best_score = f["best"], float(f["best_score"])
+        try:
+            with np.load(state_path, allow_pickle=False) as f:
+                saved = {k: f[k] for k in f.files}
+            mean, sigma, first_gen = saved["mean"], float(saved["sigma"]), int(saved["generation"])
+            best, best_score = saved["best"], float(saved["best_score"])
+        except (OSError, ValueError, KeyError) as e:
+            raise checkpoint.CheckpointError(f"{state_path}: not a readable CMA-ES state ({e})") from e
         if mean.shape != (n,):
             raise checkpoint.CheckpointError(
                 f"{state_path}: CMA-ES mean has shape {mean.shape}, the MDN-RNN's controller needs ({n},)"
             )
     if first_gen >= cfg.generations:
         return best
-    es = cma.CMAEvolutionStrategy(
-        mean, sigma, {"popsize": cfg.population, "seed": cfg.seed + 1 + first_gen, "verbose": -9}
-    )
+    normals = _GenerationNormals(cfg.seed)
+    es = cma.CMAEvolutionStrategy(mean, sigma, {"popsize": cfg.population, "randn": normals, "verbose": -9})
+    if "C" in saved:
+        _restore_cma_state(es, saved, state_path)
     key = jr.key(cfg.seed)
 
     def score(pop: np.ndarray, k) -> np.ndarray:
@@ -103,7 +113,7 @@ def evolve(
 
     def save_state(gen: int) -> None:
         tmp = out_dir / "es_state.tmp.npz"
-        np.savez(tmp, mean=es.mean, sigma=es.sigma, generation=gen, best=best, best_score=best_score)
+        np.savez(tmp, **_cma_state(es), generation=gen, best=best, best_score=best_score)
         tmp.replace(state_path)
         checkpoint.save(
             out_dir / "ckpt",
@@ -118,6 +128,7 @@ def evolve(
     for gen in bar:
         t0 = time.perf_counter()
         k_gen, k_check = jr.split(jr.fold_in(key, gen))
+        normals.start_generation(gen)
         population = np.asarray(es.ask())
         scores = score(population, k_gen)
         es.tell(list(population), list(-scores.astype(np.float64)))
@@ -148,3 +159,57 @@ def evolve(
     bar.close()
     (out_dir / "summary.json").write_text(json.dumps({"dream_score": best_score, "generations": cfg.generations}))
     return best
+
+
+class _GenerationNormals:
+    """pycma's ``randn`` option: standard normals (lam, N) from a generator reseeded at each generation.
+
+    Generation g draws from ``numpy.random.default_rng([seed, g])``, so what a generation samples does
+    not depend on whether the run was resumed before it.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, 0])
+
+    def start_generation(self, generation: int) -> None:
+        self.rng = np.random.default_rng([self.seed, generation])
+
+    def __call__(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape)
+
+
+def _cma_state(es: cma.CMAEvolutionStrategy) -> dict[str, np.ndarray]:
+    """The state of pycma's full-covariance CMA-ES that the next generation depends on, as arrays."""
+    return {
+        "mean": np.asarray(es.mean),
+        "sigma": np.float64(es.sigma),
+        "C": np.asarray(es.sm.C),
+        "pc": np.asarray(es.pc),
+        "ps": np.asarray(es.adapt_sigma.ps),
+        "countiter": np.int64(es.countiter),
+        "countevals": np.int64(es.countevals),
+    }
+
+
+def _restore_cma_state(es: cma.CMAEvolutionStrategy, saved: dict[str, np.ndarray], path: Path) -> None:
+    """Put a saved ``_cma_state`` into a freshly built ``es`` (same dimension and options).
+
+    This sets pycma's attributes directly (pycma has no loader other than pickle); the round trip is
+    tested against an uninterrupted run, so a pycma release that moves them fails that test.
+
+    Raises:
+        CheckpointError: if C's shape does not match the mean's dimension.
+    """
+    n = es.N
+    if saved["C"].shape != (n, n):
+        raise checkpoint.CheckpointError(f"{path}: CMA-ES covariance has shape {saved['C'].shape}, expected ({n}, {n})")
+    es.sm.C = np.array(saved["C"], dtype=float)
+    es.sm.update_now(-1)  # eigendecomposition of C for sampling
+    es.pc = np.array(saved["pc"], dtype=float)
+    es.adapt_sigma.ps = np.array(saved["ps"], dtype=float)
+    es.countiter, es.countevals = int(saved["countiter"]), int(saved["countevals"])
+    # pycma sets these in its first ``ask`` and ``tell``, which a resumed run has not called
+    if not hasattr(es, "timer"):
+        es.timer = cma.utilities.utils.ElapsedWCTime()
+    es.mean_old = np.array(es.mean)
