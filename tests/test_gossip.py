@@ -290,6 +290,25 @@ def test_train_rnn_refuses_a_gru_export(tmp_path):
     assert checkpoint.latest_step(tmp_path / "rnn" / "ckpt") == 3
 
 
+def test_a_gru_export_counts_as_trained_vae_and_dynamics(tmp_path, capsys):
+    """The pipeline skips the VAE and MDN-RNN stages of a run holding a GRU export (whatever its step), and the VAE
+    stage does not train the exported VAE on (that would move the latents the GRU was trained on)."""
+    from worldmodels import checkpoint, stages
+    from worldmodels.config import RNNConfig, VAEConfig
+
+    cfg = dataclasses.replace(CFG, flavour="gru")
+    assert G.export_model(tmp_path, G.init_pool(cfg), cfg, step=3)
+    assert stages.fixed_export(tmp_path)["kind"] == "gru"
+    assert stages.vae_done(tmp_path, VAEConfig(steps=10)) and stages.rnn_done(tmp_path, RNNConfig(steps=10))
+    stages.run_vae(tmp_path, VAEConfig(steps=10))
+    assert "VAE not trained" in capsys.readouterr().out
+    assert checkpoint.latest_step(tmp_path / "vae" / "ckpt") == 3
+    mdn = dataclasses.replace(CFG, flavour="mdnrnn")
+    assert G.export_model(tmp_path / "mdn", G.init_pool(mdn), mdn, step=3)
+    assert stages.fixed_export(tmp_path / "mdn") is None  # an MDN-RNN export trains on as usual
+    assert not stages.rnn_done(tmp_path / "mdn", RNNConfig(steps=10))
+
+
 def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
     """train_gossip.py --flavour gru, then train_dream.py and test_agent.py run the exported GRU transition."""
     from worldmodels import stages

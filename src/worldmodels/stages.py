@@ -75,12 +75,23 @@ def _ckpt_done(path: Path, steps: int) -> bool:
     return step is not None and step >= steps
 
 
+def fixed_export(run_dir: Path) -> dict | None:
+    """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages cannot train on (a
+    ``gru`` gossip export), else None. Such a run's ``vae/`` and ``rnn/`` are one exported pair: the VAE and
+    MDN-RNN stages count both as done, so training the VAE on cannot move the latents the GRU was trained on."""
+    path = Path(run_dir) / "rnn" / "ckpt"
+    if checkpoint.latest_step(path) is None:
+        return None
+    meta = checkpoint.read_meta(path)
+    return meta if meta.get("kind") != "mdnrnn" else None
+
+
 def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
-    return _ckpt_done(Path(run_dir) / "vae" / "ckpt", cfg.steps)
+    return fixed_export(run_dir) is not None or _ckpt_done(Path(run_dir) / "vae" / "ckpt", cfg.steps)
 
 
 def rnn_done(run_dir: Path, cfg: RNNConfig) -> bool:
-    return _ckpt_done(Path(run_dir) / "rnn" / "ckpt", cfg.steps)
+    return fixed_export(run_dir) is not None or _ckpt_done(Path(run_dir) / "rnn" / "ckpt", cfg.steps)
 
 
 def dream_done(run_dir: Path, cfg: DreamConfig) -> bool:
@@ -126,8 +137,18 @@ def _collect_cmd(run_dir: Path) -> str:
 
 
 def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
-    """Train V on the frames of ``RUN_DIR/data/DATASET``; writes ``RUN_DIR/vae/``."""
+    """Train V on the frames of ``RUN_DIR/data/DATASET``; writes ``RUN_DIR/vae/``.
+
+    Does nothing (and says why) on a run whose ``rnn/ckpt`` is a GRU gossip export (``fixed_export``).
+    """
     run_dir = Path(run_dir)
+    export = fixed_export(run_dir)
+    if export is not None:
+        print(
+            f"VAE not trained: {run_dir / 'vae'} and {run_dir / 'rnn'} are a {export.get('kind')!r} pair "
+            f"{_rnn_origin(export)}, used as they are"
+        )
+        return
     sources = _recipe_paths(run_dir, cfg.dataset)
     record_config(run_dir, "vae", cfg)
     if vae_done(run_dir, cfg):
