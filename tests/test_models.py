@@ -140,7 +140,6 @@ def test_batch_major_gru_step_and_linear_equal_equinox():
     np.testing.assert_allclose(jax.vmap(lambda a: batch_major_linear(m.head, a))(h), jax.vmap(m.head)(h), atol=1e-6)
 
 
-
 def test_sample_next_z_from_drawn_noise_equals_categorical_then_normal():
     """Drawing the noise ahead (``mixture_noise``) gives exactly jax.random.categorical, then a normal draw."""
     rnn = MDNRNN(8, 3, 16, 4, key=jr.key(0))
@@ -153,5 +152,5 @@ def test_sample_next_z_from_drawn_noise_equals_categorical_then_normal():
 
     keys = jr.split(jr.key(2), 200)
     for tau in (0.5, 1.0, 1.7):
-        ours = jax.vmap(lambda k: sample_next_z(out, k, tau))(keys)
-        np.testing.assert_array_equal(ours, jax.vmap(lambda k: reference(k, tau))(keys))
+        ours = jax.vmap(sample_next_z, in_axes=(None, 0, None))(out, keys, tau)
+        np.testing.assert_array_equal(ours, jax.vmap(reference, in_axes=(0, None))(keys, tau))
