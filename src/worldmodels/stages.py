@@ -75,15 +75,18 @@ def _ckpt_done(path: Path, steps: int) -> bool:
     return step is not None and step >= steps
 
 
+def _rnn_meta(run_dir: Path) -> dict | None:
+    """The metadata of ``RUN_DIR/rnn/ckpt``'s latest step; None when it holds no checkpoint."""
+    path = Path(run_dir) / "rnn" / "ckpt"
+    return None if checkpoint.latest_step(path) is None else checkpoint.read_meta(path)
+
+
 def fixed_export(run_dir: Path) -> dict | None:
     """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages cannot train on (a
     ``gru`` gossip export), else None. Such a run's ``vae/`` and ``rnn/`` are one exported pair: the VAE and
     MDN-RNN stages count both as done, so training the VAE on cannot move the latents the GRU was trained on."""
-    path = Path(run_dir) / "rnn" / "ckpt"
-    if checkpoint.latest_step(path) is None:
-        return None
-    meta = checkpoint.read_meta(path)
-    return meta if meta.get("kind") != "mdnrnn" else None
+    meta = _rnn_meta(run_dir)
+    return meta if meta is not None and meta.get("kind") != "mdnrnn" else None
 
 
 def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
@@ -273,15 +276,13 @@ def _check_trainable_rnn(run_dir: Path) -> dict | None:
     Raises:
         checkpoint.CheckpointError: naming the checkpoint, its kind and where it came from.
     """
-    path = run_dir / "rnn" / "ckpt"
-    if checkpoint.latest_step(path) is None:
-        return None
-    meta = checkpoint.read_meta(path)
-    if meta.get("kind") != "mdnrnn":
+    meta = _rnn_meta(run_dir)
+    if meta is not None and meta.get("kind") != "mdnrnn":
         raise checkpoint.CheckpointError(
-            f"{path} holds a {meta.get('kind')!r} dynamics {_rnn_origin(meta)}, not an MDN-RNN that "
-            f"train_rnn.py can train; train_dream.py and test_agent.py use it as it is. To train an MDN-RNN, use "
-            f"another run directory (or remove {run_dir / 'rnn'} and {run_dir / 'vae'}, the pool's exported VAE)"
+            f"{run_dir / 'rnn' / 'ckpt'} holds a {meta.get('kind')!r} dynamics {_rnn_origin(meta)}, not an "
+            f"MDN-RNN that train_rnn.py can train; train_dream.py and test_agent.py use it as it is. "
+            f"To train an MDN-RNN, use another run directory (or remove {run_dir / 'rnn'} and "
+            f"{run_dir / 'vae'}, the pool's exported VAE)"
         )
     return meta
 
