@@ -29,6 +29,7 @@ figure is from one run on a machine that may be busy: the 1-minute load average 
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -233,8 +234,8 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
     environment processes (``resource.getrusage``; they are reaped when ``run_episodes`` closes them).
 
     Returns:
-        ``steps`` (env steps run), ``seconds`` (the whole call), ``startup_s``, and ``cpu_s`` and
-        ``startup_cpu_s``: CPU seconds of all processes in the call and in the start-up alone.
+        ``steps`` (env steps run), ``seconds`` (the whole call), ``startup_s``, and ``cpu_s``: CPU seconds
+        of all processes in the call less those of the start-up alone.
     """
     import jax.numpy as jnp
     import jax.random as jr
@@ -257,7 +258,7 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
         env.close()
     startup, startup_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     steps = sum(r.steps for r in results)
-    return {"steps": steps, "seconds": seconds, "startup_s": startup, "cpu_s": cpu, "startup_cpu_s": startup_cpu}
+    return {"steps": steps, "seconds": seconds, "startup_s": startup, "cpu_s": max(cpu - startup_cpu, 0.0)}
 
 
 def _cpu_seconds() -> float:
@@ -277,8 +278,6 @@ def bench_env_only(workers: int, episodes: int, max_steps: int) -> dict[str, flo
     Returns:
         ``steps`` and ``seconds`` (resets included, process start-up excluded).
     """
-    import functools
-
     import gymnasium as gym
 
     from worldmodels.env import make_env
@@ -327,13 +326,15 @@ def bench_collect(workers: int, episodes: int, max_steps: int) -> dict[str, floa
 
 def _worker_scaling(key: str, bench, cores: int, per: int, max_steps: int) -> dict[str, float]:
     """``bench(workers, episodes, max_steps)`` with 1 worker and with one per core (``per`` episodes each):
-    ``KEY_env_steps_LABEL``, ``KEY_s_LABEL``, ``KEY_env_steps_per_s_LABEL`` and ``KEY_speedup_all_over_1``."""
+    ``KEY_env_steps_LABEL``, ``KEY_s_LABEL``, ``KEY_env_steps_per_s_LABEL`` and ``KEY_speedup_all_over_1``;
+    any other figure NAME that ``bench`` returns is kept as ``KEY_NAME_LABEL``."""
     out: dict[str, float] = {}
     for label, w in (("1_worker", 1), ("all_workers", cores)):
         r = bench(w, w * per, max_steps)
         out[f"{key}_env_steps_{label}"] = r["steps"]
         out[f"{key}_s_{label}"] = r["seconds"]
         out[f"{key}_env_steps_per_s_{label}"] = r["steps"] / r["seconds"]
+        out.update({f"{key}_{name}_{label}": v for name, v in r.items() if name not in ("steps", "seconds")})
     out[f"{key}_speedup_all_over_1"] = (
         out[f"{key}_env_steps_per_s_all_workers"] / out[f"{key}_env_steps_per_s_1_worker"]
     )
@@ -363,17 +364,13 @@ def main(args: Args) -> dict:
 
     agent = random_agent()
     per = s["episodes_per_worker"]
-    for label, w in (("1_worker", 1), ("all_workers", cores)):
-        e = bench_eval(agent, w, w * per, s["eval_max_steps"])
-        result[f"eval_env_steps_{label}"] = e["steps"]
-        result[f"eval_s_{label}"] = e["seconds"]
-        result[f"eval_startup_s_{label}"] = e["startup_s"]
-        result[f"eval_env_steps_per_s_{label}"] = e["steps"] / e["seconds"]
-        result[f"eval_env_steps_per_s_excl_startup_{label}"] = e["steps"] / max(e["seconds"] - e["startup_s"], 1e-9)
-        result[f"eval_cpu_ms_per_step_{label}"] = 1e3 * max(e["cpu_s"] - e["startup_cpu_s"], 0.0) / e["steps"]
-    result["eval_speedup_all_over_1"] = (
-        result["eval_env_steps_per_s_all_workers"] / result["eval_env_steps_per_s_1_worker"]
-    )
+    result.update(_worker_scaling("eval", functools.partial(bench_eval, agent), cores, per, s["eval_max_steps"]))
+    for label in ("1_worker", "all_workers"):
+        steps, seconds = result[f"eval_env_steps_{label}"], result[f"eval_s_{label}"]
+        result[f"eval_env_steps_per_s_excl_startup_{label}"] = steps / max(
+            seconds - result[f"eval_startup_s_{label}"], 1e-9
+        )
+        result[f"eval_cpu_ms_per_step_{label}"] = 1e3 * result[f"eval_cpu_s_{label}"] / steps
     result["eval_speedup_excl_startup_all_over_1"] = (
         result["eval_env_steps_per_s_excl_startup_all_workers"] / result["eval_env_steps_per_s_excl_startup_1_worker"]
     )
