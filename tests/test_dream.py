@@ -1,6 +1,5 @@
 """The fused dream equals a Python loop of the same step; CMA-ES through the same plumbing finds an optimum."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -8,14 +7,11 @@ import sys
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import pytest
 
 from worldmodels import dream
-from worldmodels.checkpoint import CheckpointError
 from worldmodels.cli import default_cache_dir, enable_compilation_cache
 from worldmodels.config import DreamConfig
 from worldmodels.dream import (
@@ -162,70 +158,9 @@ def test_compilation_cache_location(monkeypatch, tmp_path):
     assert default_cache_dir() == Path.home() / ".cache" / "worldmodels" / "jax"
 
 
-def test_cma_es_finds_known_optimum(tmp_path):
-    """The CMA-ES driver (ask, one jitted fitness call, tell, keep the best) finds argmax of a quadratic."""
-    hparams = {"z_size": 2, "hidden_size": 3, "action_size": 3}
-    n = LinearController.num_params(**hparams)
-    target = jnp.linspace(-0.5, 0.5, n)
-
-    @jax.jit
-    def fitness(population, key):
-        noise = 0.0 * jr.normal(key, (population.shape[0],))
-        return -jnp.sum((population - target) ** 2, axis=1) + noise
-
-    cfg = DreamConfig(population=16, generations=150, sigma_init=0.3, checkpoint_every=50, seed=0)
-    best = evolve(tmp_path / "controller", fitness, hparams, cfg)
-    np.testing.assert_allclose(best, target, atol=0.02)
-    rows = [json.loads(line) for line in (tmp_path / "controller" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 150 and rows[-1]["best"] > rows[0]["best"]
-    # A finished run is not redone; a longer one resumes from the saved mean.
-    again = evolve(tmp_path / "controller", fitness, hparams, cfg)
-    np.testing.assert_array_equal(again, best)
-    longer = evolve(tmp_path / "controller", fitness, hparams, dataclasses.replace(cfg, generations=160))
-    assert float(jnp.sum((longer - target) ** 2)) <= float(jnp.sum((best - target) ** 2)) + 1e-6
-
-
-def test_interrupted_cma_es_resumes_as_if_never_stopped(tmp_path):
-    """3 generations, stop, resume to 6 == 6 generations straight: same samples, covariance, paths and best."""
-    hparams = {"z_size": 2, "hidden_size": 3, "action_size": 3}
-    target = jnp.linspace(-0.5, 0.5, LinearController.num_params(**hparams))
-
-    @jax.jit
-    def fitness(population, key):
-        return -jnp.sum((population - target) ** 2, axis=1) + 0.01 * jr.normal(key, (population.shape[0],))
-
-    cfg = DreamConfig(population=8, generations=6, sigma_init=0.3, checkpoint_every=1, seed=3)
-    straight = evolve(tmp_path / "straight", fitness, hparams, cfg)
-    evolve(tmp_path / "resumed", fitness, hparams, dataclasses.replace(cfg, generations=3))
-    resumed = evolve(tmp_path / "resumed", fitness, hparams, cfg)
-    np.testing.assert_array_equal(resumed, straight)
-    with (
-        np.load(tmp_path / "straight" / "es_state.npz") as a,
-        np.load(tmp_path / "resumed" / "es_state.npz") as b,
-    ):
-        assert a["C"].shape == (len(target), len(target)) and int(a["countiter"]) == 6
-        for name in ("mean", "sigma", "C", "pc", "ps", "countiter", "countevals"):
-            np.testing.assert_allclose(b[name], a[name], rtol=1e-12, err_msg=name)
-
-    def bests(run):
-        return [json.loads(line)["best"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-
-    assert bests("resumed") == bests("straight")
-
-
 def test_dream_fitness_plumbing_runs_on_the_mdnrnn(tmp_path):
     rnn, start, _ = small_world()
     cfg = DreamConfig(population=4, rollouts=2, dream_steps=8, generations=2, checkpoint_every=1)
     best = evolve(tmp_path / "c", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg)
     assert best.shape == (LinearController.num_params(8, 16),)
     assert (tmp_path / "c" / "ckpt").is_dir()
-
-
-def test_corrupt_cma_es_state_names_the_file(tmp_path):
-    hparams = {"z_size": 2, "hidden_size": 3, "action_size": 3}
-    out = tmp_path / "controller"
-    out.mkdir()
-    (out / "es_state.npz").write_bytes(b"not an npz file")
-    cfg = DreamConfig(population=4, generations=2)
-    with pytest.raises(CheckpointError, match="es_state.npz"):
-        evolve(out, lambda p, k: -jnp.sum(p**2, axis=1), hparams, cfg)

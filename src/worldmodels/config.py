@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 """Where the named presets live (``configs/NAME.json`` next to the scripts)."""
@@ -153,6 +153,24 @@ class DreamConfig:
     """Save the CMA-ES mean, step size and best controller every this many generations."""
     seed: int = 0
     """Seed of CMA-ES and the dream keys."""
+    step_size_adaptation: Literal["csa", "tpa"] = "tpa"
+    """CMA-ES step-size rule: ``tpa`` (two-point adaptation, Hansen et al. 2014: the two first samples of a
+    generation mirror the last mean shift, and their ranks grow or shrink sigma) or ``csa`` (cumulative
+    step-size adaptation, Hansen 2016, Sec. 4). TPA is the default at every size: on a noisy ill-conditioned
+    quadratic of the paper controller's 867 dimensions it did as well as CSA or better
+    (``experiments/cma_step_size.py``), and pycma picks it itself from 300 parameters on. Recorded in
+    es_state.npz; a run continues with the rule it started with."""
+
+    def __post_init__(self):
+        if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:
+            raise ValueError(
+                f"dream.step_size_adaptation must be one of {', '.join(STEP_SIZE_ADAPTATIONS)}, "
+                f"got {self.step_size_adaptation!r}"
+            )
+
+
+STEP_SIZE_ADAPTATIONS = ("csa", "tpa")
+"""The CMA-ES step-size rules ``DreamConfig.step_size_adaptation`` accepts."""
 
 
 @dataclass(frozen=True)

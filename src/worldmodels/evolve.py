@@ -25,6 +25,10 @@ from worldmodels.dream import DreamStart, Dynamics, sharded_generation_fitness
 from worldmodels.models import LinearController
 from worldmodels.train import append_jsonl
 
+ADAPT_SIGMA = {"csa": cma.sigma_adaptation.CMAAdaptSigmaCSA, "tpa": cma.sigma_adaptation.CMAAdaptSigmaTPA}
+"""pycma's step-size adaptation class for each ``DreamConfig.step_size_adaptation``, passed as its
+``AdaptSigma`` option so that pycma's own rule (TPA from 300 parameters on, CSA below) never decides."""
+
 
 def controller_hparams(rnn: Dynamics) -> dict:
     """Sizes that rebuild the controller."""
@@ -65,10 +69,14 @@ def evolve(
     Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
     re-scored best, seconds), ``ckpt/`` (the best controller) and ``es_state.npz``: the CMA-ES state
     (mean, step size sigma, covariance C, evolution paths p_c and p_sigma, iteration and evaluation
-    counts; Hansen 2016, Sec. 3) with the generation and the kept best, as plain arrays. Each
-    generation samples from its own generator (seeded by ``cfg.seed`` and the generation), so a run
-    interrupted and resumed evolves exactly as an uninterrupted one (tested). A state file without C
-    (written before C was kept) resumes from its mean and sigma with a fresh covariance.
+    counts; Hansen 2016, Sec. 3), the step-size rule and its state (``cfg.step_size_adaptation``: CSA's
+    path p_sigma, or TPA's previous mean and cumulated rank difference s; Hansen et al. 2014) with the
+    generation and the kept best, as plain arrays. Each generation samples from its own generator
+    (seeded by ``cfg.seed`` and the generation), so a run interrupted and resumed evolves exactly as an
+    uninterrupted one, with either rule and at any dimension (tested at 867, the paper's controller). A
+    state file without C (written before C was kept) resumes from its mean and sigma with a fresh
+    covariance; one without the rule's name (written before it was recorded) resumes with the configured
+    rule (see ``_restore_cma_state``).
 
     Args:
         out_dir: the run's ``controller/`` directory.
@@ -81,29 +89,33 @@ def evolve(
 
     Returns:
         The best controller's flat parameters, float32 (N,).
+
+    Raises:
+        CheckpointError: for an unreadable state file, one of another dimension, or one evolved with the
+            other step-size rule.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     n = LinearController.num_params(**hparams)
     state_path = out_dir / "es_state.npz"
     mean, sigma, first_gen = np.zeros(n), cfg.sigma_init, 0
     best, best_score = np.zeros(n, np.float32), -np.inf
-    saved: dict[str, np.ndarray] = {}
-    if state_path.is_file():
-        try:
-            with np.load(state_path, allow_pickle=False) as f:
-                saved = {k: f[k] for k in f.files}
-            mean, sigma, first_gen = saved["mean"], float(saved["sigma"]), int(saved["generation"])
-            best, best_score = saved["best"], float(saved["best_score"])
-        except (OSError, ValueError, KeyError) as e:
-            raise checkpoint.CheckpointError(f"{state_path}: not a readable CMA-ES state ({e})") from e
-        if mean.shape != (n,):
-            raise checkpoint.CheckpointError(
-                f"{state_path}: CMA-ES mean has shape {mean.shape}, the MDN-RNN's controller needs ({n},)"
-            )
+    saved = load_es_state(state_path, n, cfg.step_size_adaptation)
+    if saved:
+        mean, sigma, first_gen = saved["mean"], float(saved["sigma"]), int(saved["generation"])
+        best, best_score = saved["best"], float(saved["best_score"])
     if first_gen >= cfg.generations:
         return best
     normals = _GenerationNormals(cfg.seed)
-    es = cma.CMAEvolutionStrategy(mean, sigma, {"popsize": cfg.population, "randn": normals, "verbose": -9})
+    es = cma.CMAEvolutionStrategy(
+        mean,
+        sigma,
+        {
+            "popsize": cfg.population,
+            "randn": normals,
+            "verbose": -9,
+            "AdaptSigma": ADAPT_SIGMA[cfg.step_size_adaptation],
+        },
+    )
     if "C" in saved:
         _restore_cma_state(es, saved, state_path)
     key = jr.key(cfg.seed)
@@ -179,24 +191,83 @@ class _GenerationNormals:
         return self.rng.standard_normal(shape)
 
 
+def load_es_state(path: Path, n: int, adaptation: str) -> dict[str, np.ndarray]:
+    """Read and check a saved CMA-ES state (``evolve``'s ``es_state.npz``); ``{}`` when there is none.
+
+    Args:
+        path: the state file.
+        n: the controller's number of parameters (the search dimension).
+        adaptation: the configured step-size rule (``DreamConfig.step_size_adaptation``).
+
+    Raises:
+        CheckpointError: when the file is not a readable state, its mean is not of dimension ``n``, or it
+            records another step-size rule than ``adaptation``.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: not a readable CMA-ES state ({e})") from e
+    missing = [k for k in ("mean", "sigma", "generation", "best", "best_score") if k not in saved]
+    if missing:
+        raise checkpoint.CheckpointError(f"{path}: not a readable CMA-ES state (no {', '.join(missing)})")
+    if saved["mean"].shape != (n,):
+        raise checkpoint.CheckpointError(
+            f"{path}: CMA-ES mean has shape {saved['mean'].shape}, the MDN-RNN's controller needs ({n},)"
+        )
+    recorded = str(saved["adaptation"]) if "adaptation" in saved else adaptation
+    if recorded != adaptation:
+        raise checkpoint.CheckpointError(
+            f"{path}: this CMA-ES run uses step-size adaptation {recorded!r}, the config says {adaptation!r}; "
+            f"pass --dream.step-size-adaptation {recorded} to continue it, or evolve in a new run directory"
+        )
+    return saved
+
+
 def _cma_state(es: cma.CMAEvolutionStrategy) -> dict[str, np.ndarray]:
-    """The state of pycma's full-covariance CMA-ES that the next generation depends on, as arrays."""
-    return {
+    """The state of pycma's full-covariance CMA-ES that the next generation depends on, as arrays.
+
+    Besides the distribution (mean, sigma, C, p_c, and the eigendecomposition B D^2 B^T of C that sampling
+    uses until pycma's next lazy update) and the isotropic path p_sigma (CSA's state, and the
+    h_sigma stall test of both rules), it keeps the mean before the last update: TPA's next two samples
+    lie along +-(mean - mean_old) (Hansen et al. 2014), and ``s``, TPA's smoothed rank difference.
+    """
+    adapt = es.adapt_sigma
+    state = {
+        "adaptation": np.str_("tpa" if isinstance(adapt, cma.sigma_adaptation.CMAAdaptSigmaTPA) else "csa"),
         "mean": np.asarray(es.mean),
+        "mean_old": np.asarray(es.mean_old),
         "sigma": np.float64(es.sigma),
         "C": np.asarray(es.sm.C),
+        # pycma samples from the eigendecomposition of C made at its last lazy update (every few
+        # generations at large dimension), not from C itself: keep that decomposition and its counters
+        "B": np.asarray(es.sm.B),
+        "D": np.asarray(es.sm.D),
+        "sm_counts": np.array([es.sm.count_tell, es.sm.last_update, es.sm.count_eigen], np.int64),
         "pc": np.asarray(es.pc),
-        "ps": np.asarray(es.adapt_sigma.ps),
+        "ps": np.asarray(adapt.ps),
         "countiter": np.int64(es.countiter),
         "countevals": np.int64(es.countevals),
     }
+    if isinstance(adapt, cma.sigma_adaptation.CMAAdaptSigmaTPA):
+        state["tpa_s"] = np.float64(adapt.s)
+        state["tpa_delta"] = np.float64(adapt.delta)
+    return state
 
 
 def _restore_cma_state(es: cma.CMAEvolutionStrategy, saved: dict[str, np.ndarray], path: Path) -> None:
-    """Put a saved ``_cma_state`` into a freshly built ``es`` (same dimension and options).
+    """Put a saved ``_cma_state`` into a freshly built ``es`` (same dimension, options and rule).
 
     This sets pycma's attributes directly (pycma has no loader other than pickle); the round trip is
-    tested against an uninterrupted run, so a pycma release that moves them fails that test.
+    tested against an uninterrupted run with both rules, so a pycma release that moves them fails that test.
+
+    TPA injects the mirrored pair +-(mean - mean_old) as the first two samples of every generation after
+    the first; a fresh strategy has no such pair and pycma's ``ask`` fails without it, so the pair is
+    prepared here as pycma's ``tell`` would have. A state file written before ``mean_old`` was kept gives
+    the direction of the evolution path p_c instead (the cumulated recent mean shifts; pycma rescales the
+    pair to a random sample length anyway), and starts TPA's ``s`` at 0.
 
     Raises:
         CheckpointError: if C's shape does not match the mean's dimension.
@@ -205,11 +276,26 @@ def _restore_cma_state(es: cma.CMAEvolutionStrategy, saved: dict[str, np.ndarray
     if saved["C"].shape != (n, n):
         raise checkpoint.CheckpointError(f"{path}: CMA-ES covariance has shape {saved['C'].shape}, expected ({n}, {n})")
     es.sm.C = np.array(saved["C"], dtype=float)
-    es.sm.update_now(-1)  # eigendecomposition of C for sampling
+    if "B" in saved:
+        es.sm.B, es.sm.D = np.array(saved["B"], dtype=float), np.array(saved["D"], dtype=float)
+        es.sm.count_tell, es.sm.last_update, es.sm.count_eigen = (int(c) for c in saved["sm_counts"])
+        es.sm._inverse_root_C = None
+    else:  # written before the decomposition was kept: decompose C now
+        es.sm.update_now(-1)
     es.pc = np.array(saved["pc"], dtype=float)
     es.adapt_sigma.ps = np.array(saved["ps"], dtype=float)
     es.countiter, es.countevals = int(saved["countiter"]), int(saved["countevals"])
     # pycma sets these in its first ``ask`` and ``tell``, which a resumed run has not called
     if not hasattr(es, "timer"):
         es.timer = cma.utilities.utils.ElapsedWCTime()
-    es.mean_old = np.array(es.mean)
+    if "mean_old" in saved:
+        es.mean_old = np.array(saved["mean_old"], dtype=float)
+    else:
+        es.mean_old = np.array(es.mean) - es.sigma * np.array(es.pc)
+    if isinstance(es.adapt_sigma, cma.sigma_adaptation.CMAAdaptSigmaTPA):
+        es.adapt_sigma.s = float(saved.get("tpa_s", 0.0))
+        es.adapt_sigma.delta = float(saved.get("tpa_delta", 1.0))
+        if es.countiter > 0 and np.any(es.mean != es.mean_old):
+            es.pop_injection_directions = []
+            es._prepare_injection_directions()  # TPA's pair, as the last ``tell`` left it
+            es.number_of_injections_delivered = 0

@@ -1,0 +1,132 @@
+"""CMA-ES driver: finds a known optimum, resumes exactly at the presets' sizes with either step-size rule."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from worldmodels.checkpoint import CheckpointError
+from worldmodels.config import DreamConfig
+from worldmodels.evolve import evolve
+from worldmodels.models import LinearController
+
+PAPER = {"z_size": 32, "hidden_size": 256, "action_size": 3}
+"""The paper's controller: (32 + 256) x 3 + 3 = 867 parameters, above pycma's TPA switch at 300."""
+TINY = {"z_size": 2, "hidden_size": 3, "action_size": 3}
+
+
+def noisy_quadratic(hparams):
+    """A cheap stand-in for the dream: -|x - target|^2 plus noise drawn from the generation's key."""
+    target = jnp.linspace(-0.5, 0.5, LinearController.num_params(**hparams))
+
+    @jax.jit
+    def fitness(population, key):
+        return -jnp.sum((population - target) ** 2, axis=1) + 0.01 * jr.normal(key, (population.shape[0],))
+
+    return fitness
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cma_es_finds_known_optimum(tmp_path):
+    """The CMA-ES driver (ask, one jitted fitness call, tell, keep the best) finds argmax of a quadratic."""
+    hparams = TINY
+    n = LinearController.num_params(**hparams)
+    target = jnp.linspace(-0.5, 0.5, n)
+
+    @jax.jit
+    def fitness(population, key):
+        noise = 0.0 * jr.normal(key, (population.shape[0],))
+        return -jnp.sum((population - target) ** 2, axis=1) + noise
+
+    cfg = DreamConfig(population=16, generations=150, sigma_init=0.3, checkpoint_every=50, seed=0)
+    best = evolve(tmp_path / "controller", fitness, hparams, cfg)
+    np.testing.assert_allclose(best, target, atol=0.02)
+    got = rows(tmp_path / "controller")
+    assert len(got) == 150 and got[-1]["best"] > got[0]["best"]
+    # A finished run is not redone; a longer one resumes from the saved mean.
+    again = evolve(tmp_path / "controller", fitness, hparams, cfg)
+    np.testing.assert_array_equal(again, best)
+    longer = evolve(tmp_path / "controller", fitness, hparams, dataclasses.replace(cfg, generations=160))
+    assert float(jnp.sum((longer - target) ** 2)) <= float(jnp.sum((best - target) ** 2)) + 1e-6
+
+
+@pytest.mark.parametrize("adaptation", ["tpa", "csa"])
+@pytest.mark.parametrize(
+    ("hparams", "population"),
+    [(PAPER, 32), (PAPER, 64), (TINY, 8), ({"z_size": 32, "hidden_size": 64, "action_size": 3}, 8)],
+    ids=["867-P32", "867-P64", "18-P8", "291-P8"],
+)
+def test_interrupted_cma_es_resumes_as_if_never_stopped(tmp_path, hparams, population, adaptation):
+    """Stopped after 3 generations and resumed to 8 == 8 generations straight: same samples, covariance,
+    its eigendecomposition (pycma decomposes lazily at large sizes), paths, step-size state and best."""
+    fitness = noisy_quadratic(hparams)
+    cfg = DreamConfig(
+        population=population, generations=8, sigma_init=0.1, checkpoint_every=1, seed=3,
+        step_size_adaptation=adaptation,
+    )  # fmt: skip
+    straight = evolve(tmp_path / "straight", fitness, hparams, cfg)
+    evolve(tmp_path / "resumed", fitness, hparams, dataclasses.replace(cfg, generations=3))
+    resumed = evolve(tmp_path / "resumed", fitness, hparams, cfg)
+    np.testing.assert_array_equal(resumed, straight)
+    n = LinearController.num_params(**hparams)
+    with np.load(tmp_path / "straight" / "es_state.npz") as a, np.load(tmp_path / "resumed" / "es_state.npz") as b:
+        assert a["C"].shape == (n, n) and int(a["countiter"]) == 8 and str(a["adaptation"]) == adaptation
+        for name in a.files:
+            if name != "adaptation":
+                np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+    assert [r["best"] for r in rows(tmp_path / "resumed")] == [r["best"] for r in rows(tmp_path / "straight")]
+    assert [r["generation"] for r in rows(tmp_path / "resumed")] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("adaptation", ["tpa", "csa"])
+def test_state_file_from_before_the_rule_was_recorded_still_resumes(tmp_path, adaptation):
+    """An es_state.npz written before the rule, the decomposition and mean_old were kept (as in a run that
+    crashed at the first Sim2Real2Sim iteration) resumes at 867 parameters with the configured rule."""
+    fitness = noisy_quadratic(PAPER)
+    cfg = DreamConfig(population=32, generations=3, checkpoint_every=1, seed=1, step_size_adaptation=adaptation)
+    out = tmp_path / "controller"
+    evolve(out, fitness, PAPER, cfg)
+    path = out / "es_state.npz"
+    with np.load(path) as f:
+        old = {
+            k: f[k] for k in f.files if k not in ("adaptation", "mean_old", "B", "D", "sm_counts", "tpa_s", "tpa_delta")
+        }
+    np.savez(path, **old)
+    evolve(out, fitness, PAPER, dataclasses.replace(cfg, generations=6))
+    got = rows(out)
+    assert [r["generation"] for r in got] == list(range(1, 7)) and all(np.isfinite(r["best"]) for r in got)
+    with np.load(path) as f:
+        assert int(f["generation"]) == 6 and str(f["adaptation"]) == adaptation
+
+
+def test_other_step_size_rule_is_refused_and_nothing_is_written(tmp_path):
+    fitness = noisy_quadratic(TINY)
+    out = tmp_path / "controller"
+    cfg = DreamConfig(population=8, generations=2, checkpoint_every=1, step_size_adaptation="csa")
+    evolve(out, fitness, TINY, cfg)
+    before = (out / "es_state.npz").read_bytes(), (out / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="step-size adaptation 'csa'.*--dream.step-size-adaptation csa"):
+        evolve(out, fitness, TINY, dataclasses.replace(cfg, generations=4, step_size_adaptation="tpa"))
+    assert ((out / "es_state.npz").read_bytes(), (out / "metrics.jsonl").read_text()) == before
+
+
+def test_unknown_step_size_rule_is_refused():
+    with pytest.raises(ValueError, match="dream.step_size_adaptation must be one of csa, tpa"):
+        DreamConfig(step_size_adaptation="median")
+
+
+def test_corrupt_cma_es_state_names_the_file(tmp_path):
+    hparams = {"z_size": 2, "hidden_size": 3, "action_size": 3}
+    out = tmp_path / "controller"
+    out.mkdir()
+    (out / "es_state.npz").write_bytes(b"not an npz file")
+    cfg = DreamConfig(population=4, generations=2)
+    with pytest.raises(CheckpointError, match="es_state.npz"):
+        evolve(out, lambda p, k: -jnp.sum(p**2, axis=1), hparams, cfg)
