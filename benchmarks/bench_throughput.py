@@ -216,7 +216,7 @@ def random_agent():
     """The paper's agent (V, M, C) with random weights from ``jax.random`` keys."""
     import jax.random as jr
 
-    from worldmodels.evaluate import Agent
+    from worldmodels.agent import Agent
     from worldmodels.models import MDNRNN, ConvVAE, LinearController
 
     z, hidden = 32, 256
@@ -240,14 +240,15 @@ def bench_eval(agent, workers: int, episodes: int, max_steps: int) -> dict[str, 
     import jax.numpy as jnp
     import jax.random as jr
 
-    from worldmodels.evaluate import _vector_envs, episode_step, group_sizes, run_episodes
-    from worldmodels.models.mdnrnn import LSTMState
+    from worldmodels.agent import episode_step
+    from worldmodels.evaluate import _vector_envs, group_sizes, run_episodes
+    from worldmodels.models.dynamics import batched_initial_state
 
     for n in set(group_sizes(workers)):
-        zeros = jnp.zeros((n, agent.rnn.hidden_size), jnp.float32)
+        state = batched_initial_state(agent.dynamics, n)
         obs = jnp.zeros((n, 64, 64, 3), jnp.uint8)
         seeds = np.zeros(n, np.uint32)
-        actions, *_ = episode_step(agent, obs, LSTMState(zeros, zeros), jr.key(0), seeds, np.asarray(0, np.int32))
+        actions, *_ = episode_step(agent, obs, state, jr.key(0), seeds, np.asarray(0, np.int32))
         actions.block_until_ready()
     seeds = [1_000_000 + i for i in range(episodes)]
     t0, c0 = time.perf_counter(), _cpu_seconds()

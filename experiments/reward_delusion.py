@@ -34,16 +34,16 @@ class Args:
 def delusion_of(run_dir: Path, datasets: tuple[Path, ...], episodes: int) -> dict:
     """Reward delusion of ``run_dir``'s MDN-RNN on the last ``episodes`` episodes of each dataset."""
     from worldmodels.data import load_episodes
-    from worldmodels.stages import load_rnn, load_vae
+    from worldmodels.run_dir import load_dynamics, load_vae
     from worldmodels.train import LatentDataset, encode_episodes, heldout_delusion
 
     vae, _ = load_vae(run_dir)
-    rnn, _ = load_rnn(run_dir, expected={"z_size": vae.z_size})
+    dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
     eps = [ep for path in datasets for ep in load_episodes(path)[-episodes:]]
     data = encode_episodes(vae, eps)
     fields = {k: getattr(data, k) for k in LatentDataset.__dataclass_fields__}
     fields["heldout"] = np.ones(data.num_episodes, bool)
-    return heldout_delusion(rnn, LatentDataset(**fields))
+    return heldout_delusion(dynamics, LatentDataset(**fields))
 
 
 def main() -> None:

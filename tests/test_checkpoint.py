@@ -12,7 +12,7 @@ import pytest
 from worldmodels import checkpoint
 from worldmodels.checkpoint import CheckpointError
 from worldmodels.models import MDNRNN, ConvVAE
-from worldmodels.train import build_vae
+from worldmodels.models.registry import build_vae
 
 
 def test_round_trip_with_optimiser_state(tmp_path):

@@ -184,8 +184,8 @@ def test_controller_policy_acts_within_the_box(tmp_path):
 
     from worldmodels import checkpoint
     from worldmodels.env import make_env
-    from worldmodels.evolve import controller_hparams
     from worldmodels.models import MDNRNN, ConvVAE, LinearController
+    from worldmodels.models.registry import controller_hparams
 
     vae = ConvVAE(32, key=jr.key(0))
     rnn_hp = {"z_size": 32, "action_size": 3, "hidden_size": 16, "num_mixtures": 2}

@@ -23,9 +23,10 @@ from worldmodels.dream import (
     sharded_generation_fitness,
     single_rollout,
 )
-from worldmodels.evolve import controller_hparams, dream_fitness, evolve
+from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import MDNRNN, LinearController
 from worldmodels.models.mdnrnn import mixture_noise
+from worldmodels.models.registry import controller_hparams
 
 
 def small_world():

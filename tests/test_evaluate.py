@@ -7,7 +7,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from worldmodels.evaluate import Agent, episode_step, group_sizes, run_episodes
+from worldmodels.agent import Agent, episode_step
+from worldmodels.evaluate import group_sizes, run_episodes
 from worldmodels.models import MDNRNN, ConvVAE, LinearController
 from worldmodels.models.mdnrnn import LSTMState
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from worldmodels import gossip as G
+from worldmodels import run_dir
 from worldmodels.config import GossipConfig, load_preset
 from worldmodels.dream import DreamStart, generation_fitness
 from worldmodels.models.controller import LinearController
@@ -195,8 +196,9 @@ def test_gru_model_runs_in_the_paper_dream():
 
 def test_gru_model_drives_in_the_real_env():
     """``evaluate.run_episodes`` starts from the memory's own initial state, so a GRU transition drives too."""
-    from worldmodels.evaluate import Agent, run_episodes
-    from worldmodels.evolve import build_controller
+    from worldmodels.agent import Agent
+    from worldmodels.evaluate import run_episodes
+    from worldmodels.models.registry import build_controller
 
     model = G.model_at(G.init_pool(CFG), 0)
     gru = GRUTransition(CFG.z_size, 3, CFG.hidden_size, key=jr.key(0))
@@ -243,36 +245,36 @@ def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path):
 
 @pytest.mark.parametrize("flavour", ["mdnrnn", "gru"])
 def test_export_round_trips_through_the_stages(tmp_path, flavour):
-    """``export_model`` writes either flavour as vae/ + rnn/; ``stages.load_rnn`` rebuilds the matching module."""
+    """``export_model`` writes either flavour as vae/ + rnn/; ``run_dir.load_dynamics`` rebuilds the matching module."""
     from worldmodels import checkpoint, stages
     from worldmodels.models.mdnrnn import MDNRNN
 
     cfg = dataclasses.replace(CFG, flavour=flavour, export_model=1)
     pool = G.init_pool(cfg)
     assert G.export_model(tmp_path, pool, cfg, step=7)
-    rnn, meta = stages.load_rnn(tmp_path, expected={"z_size": cfg.z_size})
+    rnn, meta = run_dir.load_dynamics(tmp_path, expected={"z_size": cfg.z_size})
     assert isinstance(rnn, GRUTransition if flavour == "gru" else MDNRNN)
     assert meta["kind"] == flavour and meta["extra"] == {"source": "gossip", "model": 1} and meta["step"] == 7
     for a, b in zip(leaves(rnn), leaves(G.model_at(pool, 1).dynamics), strict=True):
         np.testing.assert_array_equal(a, b)
     assert (rnn.z_size, rnn.hidden_size, rnn.num_mixtures) == (cfg.z_size, 8, 1 if flavour == "gru" else 2)
-    vae, _ = stages.load_vae(tmp_path, expected={"z_size": rnn.z_size})
+    vae, _ = run_dir.load_vae(tmp_path, expected={"z_size": rnn.z_size})
     assert vae.z_size == cfg.z_size
     assert stages.recorded_rnn_config(tmp_path).num_mixtures == rnn.num_mixtures
     with pytest.raises(checkpoint.CheckpointError, match="z_size=32 in the checkpoint, 16 in the config"):
-        stages.load_rnn(tmp_path, expected={"z_size": 16})
+        run_dir.load_dynamics(tmp_path, expected={"z_size": 16})
     assert G.export_model(tmp_path, pool, dataclasses.replace(cfg, export_model=0), step=8)  # replaces its own
 
 
-def test_load_rnn_refuses_a_checkpoint_that_is_not_a_dynamics(tmp_path):
-    from worldmodels import checkpoint, stages
-    from worldmodels.evolve import build_controller
+def test_load_dynamics_refuses_a_checkpoint_that_is_not_a_dynamics(tmp_path):
+    from worldmodels import checkpoint
+    from worldmodels.models.registry import build_controller
 
     ctrl = build_controller(CFG.z_size, CFG.hidden_size)
     hparams = {"z_size": CFG.z_size, "hidden_size": CFG.hidden_size, "action_size": 3}
     checkpoint.save(tmp_path / "rnn" / "ckpt", 1, ctrl, kind="controller", hparams=hparams)
     with pytest.raises(checkpoint.CheckpointError, match="holds a 'controller', not a world-model dynamics"):
-        stages.load_rnn(tmp_path)
+        run_dir.load_dynamics(tmp_path)
 
 
 def test_train_rnn_refuses_a_gru_export(tmp_path):
@@ -298,20 +300,19 @@ def test_a_gru_export_counts_as_trained_vae_and_dynamics(tmp_path, capsys):
 
     cfg = dataclasses.replace(CFG, flavour="gru")
     assert G.export_model(tmp_path, G.init_pool(cfg), cfg, step=3)
-    assert stages.fixed_export(tmp_path)["kind"] == "gru"
+    assert run_dir.fixed_export(tmp_path)["kind"] == "gru"
     assert stages.vae_done(tmp_path, VAEConfig(steps=10)) and stages.rnn_done(tmp_path, RNNConfig(steps=10))
     stages.run_vae(tmp_path, VAEConfig(steps=10))
     assert "VAE not trained" in capsys.readouterr().out
     assert checkpoint.latest_step(tmp_path / "vae" / "ckpt") == 3
     mdn = dataclasses.replace(CFG, flavour="mdnrnn")
     assert G.export_model(tmp_path / "mdn", G.init_pool(mdn), mdn, step=3)
-    assert stages.fixed_export(tmp_path / "mdn") is None  # an MDN-RNN export trains on as usual
+    assert run_dir.fixed_export(tmp_path / "mdn") is None  # an MDN-RNN export trains on as usual
     assert not stages.rnn_done(tmp_path / "mdn", RNNConfig(steps=10))
 
 
 def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
     """train_gossip.py --flavour gru, then train_dream.py and test_agent.py run the exported GRU transition."""
-    from worldmodels import stages
 
     rd = tmp_path / "run"
     run = functools.partial(run_script, rd)
@@ -320,13 +321,13 @@ def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
     gossip_flags = ["--flavour", "gru", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "5"]
     out = run("train_gossip.py", *gossip_flags)
     assert "model 0 exported to" in out.stdout
-    rnn, meta = stages.load_rnn(rd)
+    rnn, meta = run_dir.load_dynamics(rd)
     assert isinstance(rnn, GRUTransition) and meta["kind"] == "gru" and rnn.hidden_size == 32
     run("train_dream.py", "--generations", "2")
     run("test_agent.py", "--episodes", "1", "--max-steps", "30", "--video-episodes", "1")
     assert json.loads((rd / "eval" / "results.json").read_text())["n"] == 1
     assert sorted((rd / "eval").glob("*.mp4"))
-    stages.load_controller(rd, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
+    run_dir.load_controller(rd, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
     proc = run("train_rnn.py", ok=False)
     assert "holds a 'gru' dynamics exported from model 0 of a gossip pool" in proc.stderr
 

@@ -26,11 +26,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from worldmodels.errors import CheckpointError
+
 logging.getLogger("absl").setLevel(logging.ERROR)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match what the caller expects."""
 
 
 def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -21,11 +21,9 @@ from tqdm.auto import tqdm
 
 from worldmodels.config import CollectConfig, parse_recipe
 from worldmodels.env import ENV_ID, make_env
+from worldmodels.errors import DatasetError
 from worldmodels.policies import make_policy, seed_offset
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or unreadable."""
+from worldmodels.run_dir import dataset_dir
 
 
 @dataclass(frozen=True)
@@ -52,11 +50,6 @@ class Episode:
     def length(self) -> int:
         """Number of actions T."""
         return len(self.actions)
-
-
-def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
-    """Where the dataset ``name`` of a run lives."""
-    return (Path(run_dir) / "data" / name).resolve()
 
 
 # Collect

@@ -1,8 +1,8 @@
 """Dreams: rollouts of a controller inside the dynamics M, fused into one jitted call per generation.
 
-M is an ``MDNRNN`` or a ``GRUTransition`` (``Dynamics``): both step as ``(z, a, state) -> (state, MDNOutput)``
-with a state whose ``h`` the controller reads; the GRU's prediction is a mixture of K = 1, which
-``sample_next_z`` samples at the same temperature (mu + sqrt(tau) sigma eps).
+M is any ``Dynamics`` (``worldmodels.models.dynamics``; an ``MDNRNN`` or a ``GRUTransition`` today): each steps
+as ``(z, a, state) -> (state, MDNOutput)`` with a state whose ``h`` the controller reads; the GRU's prediction
+is a mixture of K = 1, which ``sample_next_z`` samples at the same temperature (mu + sqrt(tau) sigma eps).
 
 Named vmap layers (evosax style):
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -31,12 +31,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.models.controller import LinearController
-from worldmodels.models.mdnrnn import MDNRNN, LSTMState, MixtureNoise, mixture_noise, sample_next_z_from_noise
-from worldmodels.models.transition import GRUState, GRUTransition
+from worldmodels.models.dynamics import Dynamics
+from worldmodels.models.mdnrnn import MixtureNoise, mixture_noise, sample_next_z_from_noise
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
-
-Dynamics = MDNRNN | GRUTransition
-"""What a dream steps: the run's ``rnn/ckpt`` (``stages.load_rnn``)."""
 
 
 class DreamStart(NamedTuple):
@@ -55,14 +52,14 @@ class DreamCarry(NamedTuple):
     """Scan carry of a dream: latent, recurrent state (LSTM or GRU), 1.0 while not done, accumulated return."""
 
     z: Float[Array, " Z"]
-    state: LSTMState | GRUState
+    state: Any
     alive: Float[Array, ""]
     total: Float[Array, ""]
 
 
 def dream_step(
     controller: LinearController,
-    rnn: Dynamics,
+    dynamics: Dynamics,
     carry: DreamCarry,
     noise: MixtureNoise,
     temperature: float | Array,
@@ -78,24 +75,24 @@ def dream_step(
         (next carry, action (3,)).
     """
     action = controller(carry.z, carry.state.h)
-    state, out = rnn(carry.z, action, carry.state)
+    state, out = dynamics(carry.z, action, carry.state)
     z_next = sample_next_z_from_noise(out, noise, temperature)
     total = carry.total + carry.alive * out.reward
     done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
     return DreamCarry(z_next, state, carry.alive * (1.0 - done), total), action
 
 
-def initial_carry(rnn: Dynamics, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
+def initial_carry(dynamics: Dynamics, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
     """Pick a real first frame uniformly and sample its latent z_0 ~ N(mu, sigma)."""
     k_ep, k_z = jr.split(key)
     e = jr.randint(k_ep, (), 0, start.mu.shape[0])
     z0 = start.mu[e] + jnp.exp(0.5 * start.logvar[e]) * jr.normal(k_z, start.mu.shape[1:])
-    return DreamCarry(z0, rnn.initial_state(), jnp.float32(1.0), jnp.float32(0.0))
+    return DreamCarry(z0, dynamics.initial_state(), jnp.float32(1.0), jnp.float32(0.0))
 
 
 def single_rollout(
     params: Float[Array, " N"],
-    rnn: Dynamics,
+    dynamics: Dynamics,
     start: DreamStart,
     key: PRNGKeyArray,
     *,
@@ -108,34 +105,38 @@ def single_rollout(
     The sampling noise of all steps (``mixture_noise`` of each step's key) is drawn in one vectorised
     call before the ``lax.scan``, so the scanned step runs no random-number hashing.
     """
-    controller = LinearController.from_flat(params, rnn.z_size, rnn.hidden_size, rnn.action_size)
+    controller = LinearController.from_flat(params, dynamics.z_size, dynamics.hidden_size, dynamics.action_size)
     k_start, k_steps = jr.split(key)
     draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
-    noise = draw(jr.split(k_steps, steps), rnn.num_mixtures, rnn.z_size)
+    noise = draw(jr.split(k_steps, steps), dynamics.num_mixtures, dynamics.z_size)
 
     def step(carry, n):
-        return dream_step(controller, rnn, carry, n, temperature, done_threshold)[0], None
+        return dream_step(controller, dynamics, carry, n, temperature, done_threshold)[0], None
 
-    carry, _ = jax.lax.scan(step, initial_carry(rnn, start, k_start), noise)
+    carry, _ = jax.lax.scan(step, initial_carry(dynamics, start, k_start), noise)
     return carry.total
 
 
-def batch_rollout(params, rnn, start, keys: PRNGKeyArray, **kw) -> Float[Array, ""]:
+def batch_rollout(params, dynamics, start, keys: PRNGKeyArray, **kw) -> Float[Array, ""]:
     """Mean return of one controller over R dreams, one per key in ``keys`` (R,)."""
     rollout = functools.partial(single_rollout, **kw)  # keyword arguments are not vmapped
-    returns = jax.vmap(rollout, in_axes=(None, None, None, 0))(params, rnn, start, keys)
+    returns = jax.vmap(rollout, in_axes=(None, None, None, 0))(params, dynamics, start, keys)
     return jnp.mean(returns)
 
 
-def population_rollout(population: Float[Array, "P N"], rnn, start, keys: PRNGKeyArray, **kw) -> Float[Array, " P"]:
+def population_rollout(
+    population: Float[Array, "P N"], dynamics, start, keys: PRNGKeyArray, **kw
+) -> Float[Array, " P"]:
     """Fitness (P,) of P controllers, each the mean over the same R dreams (``keys`` (R,))."""
-    return jax.vmap(functools.partial(batch_rollout, **kw), in_axes=(0, None, None, None))(population, rnn, start, keys)
+    return jax.vmap(functools.partial(batch_rollout, **kw), in_axes=(0, None, None, None))(
+        population, dynamics, start, keys
+    )
 
 
 @eqx.filter_jit
 def generation_fitness(
     population: Float[Array, "P N"],
-    rnn: Dynamics,
+    dynamics: Dynamics,
     start: DreamStart,
     key: PRNGKeyArray,
     temperature: Float[Array, ""],
@@ -148,7 +149,7 @@ def generation_fitness(
 
     Args:
         population: float32 (P, N) flat controllers.
-        rnn: the dynamics M (``MDNRNN`` or ``GRUTransition``).
+        dynamics: the dynamics M (any ``Dynamics``: ``MDNRNN``, ``GRUTransition``).
         start: real first-frame posteriors.
         key: this generation's key; split into the R shared dream keys.
         temperature: tau (a traced scalar, so changing it does not recompile).
@@ -164,19 +165,19 @@ def generation_fitness(
     keys = jr.split(key, rollouts)
     kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold}
     if mesh is None:
-        return population_rollout(population, rnn, start, keys, **kw)
+        return population_rollout(population, dynamics, start, keys, **kw)
     population = jax.lax.with_sharding_constraint(population, NamedSharding(mesh, PartitionSpec(POP, None)))
     rollout = functools.partial(single_rollout, **kw)
     grid = jax.vmap(jax.vmap(rollout, in_axes=(None, None, None, 0)), in_axes=(0, None, None, None))
     returns = jax.lax.with_sharding_constraint(
-        grid(population, rnn, start, keys), NamedSharding(mesh, PartitionSpec(POP, ROLL))
+        grid(population, dynamics, start, keys), NamedSharding(mesh, PartitionSpec(POP, ROLL))
     )
     return jnp.mean(returns, axis=1)
 
 
 def sharded_generation_fitness(
     population: Float[Array, "P N"],
-    rnn: Dynamics,
+    dynamics: Dynamics,
     start: DreamStart,
     key: PRNGKeyArray,
     temperature: Float[Array, ""],
@@ -195,14 +196,14 @@ def sharded_generation_fitness(
 
     Args:
         population: float32 (P, N) flat controllers (NumPy or JAX).
-        rnn, start, key, temperature, rollouts, steps, done_threshold: as in ``generation_fitness``.
+        dynamics, start, key, temperature, rollouts, steps, done_threshold: as in ``generation_fitness``.
         devices: the devices to use; default all of ``jax.devices()``.
 
     Returns:
         float32 (P,) mean dream return per candidate, padding removed.
     """
     devices = list(jax.devices() if devices is None else devices)
-    args = (rnn, start, key, temperature, rollouts, steps, done_threshold)
+    args = (dynamics, start, key, temperature, rollouts, steps, done_threshold)
     if len(devices) == 1:
         return generation_fitness(population, *args)
     p = population.shape[0]

@@ -18,8 +18,8 @@ import functools
 import multiprocessing as mp
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import equinox as eqx
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
@@ -27,81 +27,10 @@ import jax.random as jr
 import numpy as np
 from tqdm.auto import tqdm
 
+from worldmodels.agent import Agent, episode_step
 from worldmodels.diagnostics import off_road
-from worldmodels.dream import Dynamics
 from worldmodels.env import make_env
-from worldmodels.models import ConvVAE, LinearController
-from worldmodels.models.mdnrnn import LSTMState, most_likely_z
-from worldmodels.models.vae import to_float
-
-
-class Agent(eqx.Module):
-    """The paper's agent: V encodes the frame, C acts on [z, h], M updates h (Sec. 2.4)."""
-
-    vae: ConvVAE
-    rnn: Dynamics
-    """The memory M: an ``MDNRNN`` or a gossip pool's exported ``GRUTransition``."""
-    controller: LinearController
-
-
-def _act(agent: Agent, obs: jax.Array, state: LSTMState, eps: jax.Array, with_frames: bool):
-    """``agent_step`` given the standard normal noise ``eps`` (W, Z) of z ~ N(mu, sigma)."""
-    mu, logvar = agent.vae.encode(to_float(obs))
-    z = mu + jnp.exp(0.5 * logvar) * eps
-    actions = jax.vmap(agent.controller)(z, state.h)
-    state, out = jax.vmap(agent.rnn)(z, actions, state)
-    frames = None
-    if with_frames:
-        frames = (agent.vae.decode(mu), agent.vae.decode(jax.vmap(most_likely_z)(out)))
-    return actions, state, out.reward, frames
-
-
-@eqx.filter_jit
-def agent_step(agent: Agent, obs: jax.Array, state: LSTMState, key: jax.Array, with_frames: bool = False):
-    """Act in W environments at once.
-
-    Args:
-        agent: V, M and C.
-        obs: uint8 (W, 64, 64, 3) current frames.
-        state: LSTM states, (W, H) each.
-        key: PRNG key for z ~ N(mu, sigma) of all W environments.
-        with_frames: also decode the VAE reconstruction and the MDN-RNN's prediction of the next frame.
-
-    Returns:
-        (actions float32 (W, 3), next state, predicted rewards float32 (W,), frames) where frames is
-        ``None`` or a pair of float32 (W, 64, 64, 3): reconstruction of ``obs`` and the predicted next frame.
-    """
-    eps = jr.normal(key, (obs.shape[0], agent.vae.z_size))
-    return _act(agent, obs, state, eps, with_frames)
-
-
-@eqx.filter_jit
-def episode_step(
-    agent: Agent,
-    obs: jax.Array,
-    state: LSTMState,
-    key: jax.Array,
-    seeds: jax.Array,
-    t: jax.Array,
-    with_frames: bool = False,
-):
-    """``agent_step`` with the noise of each environment drawn from its episode's own key.
-
-    Environment i draws its z ~ N(mu, sigma) with ``fold_in(fold_in(key, seeds[i]), t)``, so an
-    episode's noise depends on its reset seed and step only, not on which batch it runs in.
-
-    Args:
-        agent, obs, state, with_frames: as in ``agent_step``.
-        key: the evaluation's PRNG key.
-        seeds: uint32 (W,) reset seeds of the W environments' episodes.
-        t: int32 scalar, the step index within the episodes (0 at the reset frame).
-
-    Returns:
-        As ``agent_step``.
-    """
-    keys = jax.vmap(lambda s: jr.fold_in(jr.fold_in(key, s), t))(seeds)
-    eps = jax.vmap(lambda k: jr.normal(k, (agent.vae.z_size,)))(keys)
-    return _act(agent, obs, state, eps, with_frames)
+from worldmodels.models.dynamics import batched_initial_state
 
 
 @dataclass(frozen=True)
@@ -158,7 +87,7 @@ class _Group:
     pending: str | None = None
     done: bool = False
     obs: np.ndarray | None = None
-    state: LSTMState | None = None
+    state: Any = None
     t: int = 0
     returns: np.ndarray | None = None
     lengths: np.ndarray | None = None
@@ -261,7 +190,7 @@ def run_episodes(
         g.seeds = np.array([s % 2**32 for s in round_seeds], np.uint32)
         g.reset_async(round_seeds)
         # The memory's own zero state (an LSTM's (h, c), a GRU transition's h) for each environment.
-        g.state = jax.tree.map(lambda x: jnp.broadcast_to(x, (g.size,) + x.shape), agent.rnn.initial_state())
+        g.state = batched_initial_state(agent.dynamics, g.size)
         g.t = 0
         g.returns = np.zeros(g.size)
         g.lengths = np.zeros(g.size, int)

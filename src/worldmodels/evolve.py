@@ -21,27 +21,17 @@ from tqdm.auto import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.config import DreamConfig
-from worldmodels.dream import DreamStart, Dynamics, sharded_generation_fitness
+from worldmodels.dream import DreamStart, sharded_generation_fitness
+from worldmodels.metrics_log import MetricsLog, trim_jsonl
 from worldmodels.models import LinearController
-from worldmodels.train import append_jsonl
+from worldmodels.models.dynamics import Dynamics
 
 ADAPT_SIGMA = {"csa": cma.sigma_adaptation.CMAAdaptSigmaCSA, "tpa": cma.sigma_adaptation.CMAAdaptSigmaTPA}
 """pycma's step-size adaptation class for each ``DreamConfig.step_size_adaptation``, passed as its
 ``AdaptSigma`` option so that pycma's own rule (TPA from 300 parameters on, CSA below) never decides."""
 
 
-def controller_hparams(rnn: Dynamics) -> dict:
-    """Sizes that rebuild the controller."""
-    return {"z_size": rnn.z_size, "hidden_size": rnn.hidden_size, "action_size": rnn.action_size}
-
-
-def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> LinearController:
-    """Controller skeleton (zeros) for loading."""
-    n = LinearController.num_params(z_size, hidden_size, action_size)
-    return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size)
-
-
-def dream_fitness(rnn: Dynamics, start: DreamStart, cfg: DreamConfig) -> Callable:
+def dream_fitness(dynamics: Dynamics, start: DreamStart, cfg: DreamConfig) -> Callable:
     """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller.
 
     One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
@@ -51,7 +41,7 @@ def dream_fitness(rnn: Dynamics, start: DreamStart, cfg: DreamConfig) -> Callabl
 
     def fitness(population, key):
         return sharded_generation_fitness(
-            population, rnn, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold
+            population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold
         )
 
     return fitness
@@ -67,8 +57,10 @@ def evolve(
     """Evolve a linear controller with CMA-ES; resumes from ``out_dir/es_state.npz``.
 
     Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
-    re-scored best, seconds), ``ckpt/`` (the best controller) and ``es_state.npz``: the CMA-ES state
-    (mean, step size sigma, covariance C, evolution paths p_c and p_sigma, iteration and evaluation
+    re-scored best, seconds; a resumed run first drops the rows an interrupted one wrote after the saved
+    generation, so each generation has one row), ``tb/`` (those columns for TensorBoard against the
+    generation, ``metrics_log.MetricsLog``), ``ckpt/`` (the best controller) and ``es_state.npz``: the
+    CMA-ES state (mean, step size sigma, covariance C, evolution paths p_c and p_sigma, iteration and evaluation
     counts; Hansen 2016, Sec. 3), the step-size rule and its state (``cfg.step_size_adaptation``: CSA's
     path p_sigma, or TPA's previous mean and cumulated rank difference s; Hansen et al. 2014) with the
     generation and the kept best, as plain arrays. Each generation samples from its own generator
@@ -82,7 +74,7 @@ def evolve(
         out_dir: the run's ``controller/`` directory.
         fitness: ``fitness(population float32 (P, N), key) -> (P,)`` higher is better; one jitted call
             per generation (``dream_fitness`` for the MDN-RNN's dream).
-        hparams: the controller's sizes (``controller_hparams``), stored with the checkpoint.
+        hparams: the controller's sizes (``registry.controller_hparams``), stored with the checkpoint.
         cfg: CMA-ES settings (population, generations, sigma_init, seed, cadences).
         real_check: optional ``real_check(flat_params) -> mean real return``, called every
             ``cfg.eval_every`` generations.
@@ -103,6 +95,7 @@ def evolve(
     if saved:
         mean, sigma, first_gen = saved["mean"], float(saved["sigma"]), int(saved["generation"])
         best, best_score = saved["best"], float(saved["best_score"])
+    trim_jsonl(out_dir / "metrics.jsonl", first_gen, "generation")
     if first_gen >= cfg.generations:
         return best
     normals = _GenerationNormals(cfg.seed)
@@ -137,37 +130,38 @@ def evolve(
         )
 
     bar = tqdm(range(first_gen, cfg.generations), initial=first_gen, total=cfg.generations, desc="CMA-ES", unit="gen")
-    for gen in bar:
-        t0 = time.perf_counter()
-        k_gen, k_check = jr.split(jr.fold_in(key, gen))
-        normals.start_generation(gen)
-        population = np.asarray(es.ask())
-        scores = score(population, k_gen)
-        es.tell(list(population), list(-scores.astype(np.float64)))
-        # Re-score the generation's best and the mean on fresh dreams (a (2, N) call, compiled once).
-        check = np.stack([population[int(np.argmax(scores))], es.mean])
-        rescored = score(check, k_check)
-        cand = (float(rescored[0]), check[0]), (float(rescored[1]), check[1])
-        for s, params in cand:
-            if s > best_score:
-                best_score, best = s, params.astype(np.float32)
-        record = {
-            "generation": gen + 1,
-            "best": float(scores.max()),
-            "mean": float(scores.mean()),
-            "std": float(scores.std()),
-            "sigma": float(es.sigma),
-            "rescored_best": cand[0][0],
-            "rescored_mean": cand[1][0],
-            "kept_score": best_score,
-            "seconds": time.perf_counter() - t0,
-        }
-        if real_check is not None and cfg.eval_every and (gen + 1) % cfg.eval_every == 0:
-            record["real_mean"] = float(real_check(best))
-        append_jsonl(out_dir / "metrics.jsonl", record)
-        bar.set_postfix(best=f"{record['best']:.1f}", mean=f"{record['mean']:.1f}", kept=f"{best_score:.1f}")
-        if (gen + 1) % cfg.checkpoint_every == 0 or gen + 1 == cfg.generations:
-            save_state(gen + 1)
+    with MetricsLog(out_dir, step_key="generation", start=first_gen) as log:
+        for gen in bar:
+            t0 = time.perf_counter()
+            k_gen, k_check = jr.split(jr.fold_in(key, gen))
+            normals.start_generation(gen)
+            population = np.asarray(es.ask())
+            scores = score(population, k_gen)
+            es.tell(list(population), list(-scores.astype(np.float64)))
+            # Re-score the generation's best and the mean on fresh dreams (a (2, N) call, compiled once).
+            check = np.stack([population[int(np.argmax(scores))], es.mean])
+            rescored = score(check, k_check)
+            cand = (float(rescored[0]), check[0]), (float(rescored[1]), check[1])
+            for s, params in cand:
+                if s > best_score:
+                    best_score, best = s, params.astype(np.float32)
+            record = {
+                "generation": gen + 1,
+                "best": float(scores.max()),
+                "mean": float(scores.mean()),
+                "std": float(scores.std()),
+                "sigma": float(es.sigma),
+                "rescored_best": cand[0][0],
+                "rescored_mean": cand[1][0],
+                "kept_score": best_score,
+                "seconds": time.perf_counter() - t0,
+            }
+            if real_check is not None and cfg.eval_every and (gen + 1) % cfg.eval_every == 0:
+                record["real_mean"] = float(real_check(best))
+            log.log(record, gen + 1)
+            bar.set_postfix(best=f"{record['best']:.1f}", mean=f"{record['mean']:.1f}", kept=f"{best_score:.1f}")
+            if (gen + 1) % cfg.checkpoint_every == 0 or gen + 1 == cfg.generations:
+                save_state(gen + 1)
     bar.close()
     (out_dir / "summary.json").write_text(json.dumps({"dream_score": best_score, "generations": cfg.generations}))
     return best

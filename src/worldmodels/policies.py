@@ -165,14 +165,13 @@ class ControllerPolicy:
     noise: float = 0.2
 
     def reset(self, seed: int, env: Any = None) -> None:
-        """Start an episode: fresh LSTM state and noise stream (``env`` is not used)."""
+        """Start an episode: the dynamics' initial state and a fresh noise stream (``env`` is not used)."""
         import jax.random as jr
 
-        from worldmodels.models.mdnrnn import LSTMState
+        from worldmodels.models.dynamics import batched_initial_state
 
         agent = _load_agent(self.run_dir)
-        zeros = np.zeros((1, agent.rnn.hidden_size), np.float32)
-        self._state = LSTMState(zeros, zeros)
+        self._state = batched_initial_state(agent.dynamics, 1)
         self._key = jr.key(seed)
         self._rng = np.random.default_rng(seed)
         self._noise = np.zeros(3, np.float32)
@@ -182,7 +181,7 @@ class ControllerPolicy:
         import jax.numpy as jnp
         import jax.random as jr
 
-        from worldmodels.evaluate import agent_step
+        from worldmodels.agent import agent_step
 
         agent = _load_agent(self.run_dir)
         self._key, sub = jr.split(self._key)
@@ -197,16 +196,12 @@ _AGENTS: dict[str, Any] = {}
 
 
 def _load_agent(run_dir: Path):
-    """The run's V + M + C, loaded once per process."""
+    """The run's V + M + C (``run_dir.load_agent``), loaded once per process."""
     key = str(Path(run_dir).resolve())
     if key not in _AGENTS:
-        from worldmodels.evaluate import Agent
-        from worldmodels.stages import load_controller, load_rnn, load_vae
+        from worldmodels.run_dir import load_agent
 
-        vae, _ = load_vae(run_dir)
-        rnn, _ = load_rnn(run_dir, expected={"z_size": vae.z_size})
-        ctrl, _ = load_controller(run_dir, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
-        _AGENTS[key] = Agent(vae, rnn, ctrl)
+        _AGENTS[key] = load_agent(run_dir)
     return _AGENTS[key]
 
 

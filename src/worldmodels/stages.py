@@ -1,8 +1,9 @@
 """The pipeline's stages on a run directory: collect -> vae -> rnn -> dream -> test.
 
-Each stage reads its inputs from ``RUN_DIR`` (DESIGN.md, "Data flow and the run directory"), checks
-they exist, resumes its own outputs, and records its resolved config in ``RUN_DIR/config.json``. A
-missing input is a ``MissingInput`` error whose message names the path and the command that makes it.
+Each stage reads its inputs from ``RUN_DIR`` (docs/ARCHITECTURE.md, "The run directory"; paths and
+loaders in ``worldmodels.run_dir``), checks they exist, resumes its own outputs, and records its resolved
+config in ``RUN_DIR/config.json``. A missing input is a ``MissingInput`` error whose message names the
+path and the command that makes it. Only ``pipeline.py`` and the top-level scripts import this module.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.random as jr
 import numpy as np
 
 from worldmodels import checkpoint
+from worldmodels.agent import Agent
 from worldmodels.config import (
     CollectConfig,
     DreamConfig,
@@ -27,37 +29,30 @@ from worldmodels.config import (
     parse_recipe,
     record_config,
 )
-from worldmodels.data import collect, collection_plan, dataset_dir, load_episodes, open_dataset
+from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
 from worldmodels.dream import DreamStart
-from worldmodels.evaluate import Agent, run_episodes, summarize
-from worldmodels.evolve import build_controller, controller_hparams, dream_fitness, evolve
+from worldmodels.evaluate import run_episodes, summarize
+from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
-from worldmodels.models.transition import GRUTransition
+from worldmodels.models.registry import controller_hparams
+from worldmodels.run_dir import (
+    dataset_dir,
+    dynamics_meta,
+    fixed_export,
+    load_agent,
+    load_dynamics,
+    load_vae,
+    recipe_paths,
+    require_ckpt,
+)
 from worldmodels.train import (
     FrameMix,
     LatentDataset,
-    build_rnn,
-    build_vae,
     encode_episodes,
     frames_of,
     train_rnn,
     train_vae,
 )
-
-
-class MissingInput(RuntimeError):
-    """A stage's input does not exist; the message names it and the command that produces it."""
-
-
-def _require(path: Path, command: str) -> None:
-    if not path.exists():
-        raise MissingInput(f"missing {path}: run `{command}` first")
-
-
-def _require_ckpt(path: Path, command: str) -> None:
-    if checkpoint.latest_step(path) is None:
-        raise MissingInput(f"missing checkpoint in {path}: run `{command}` first")
-
 
 # Completion checks (the pipeline skips finished stages)
 
@@ -73,20 +68,6 @@ def collect_done(run_dir: Path, cfg: CollectConfig) -> bool:
 def _ckpt_done(path: Path, steps: int) -> bool:
     step = checkpoint.latest_step(path)
     return step is not None and step >= steps
-
-
-def _rnn_meta(run_dir: Path) -> dict | None:
-    """The metadata of ``RUN_DIR/rnn/ckpt``'s latest step; None when it holds no checkpoint."""
-    path = Path(run_dir) / "rnn" / "ckpt"
-    return None if checkpoint.latest_step(path) is None else checkpoint.read_meta(path)
-
-
-def fixed_export(run_dir: Path) -> dict | None:
-    """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages cannot train on (a
-    ``gru`` gossip export), else None. Such a run's ``vae/`` and ``rnn/`` are one exported pair: the VAE and
-    MDN-RNN stages count both as done, so training the VAE on cannot move the latents the GRU was trained on."""
-    meta = _rnn_meta(run_dir)
-    return meta if meta is not None and meta.get("kind") != "mdnrnn" else None
 
 
 def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
@@ -125,20 +106,6 @@ def run_collect(run_dir: Path, cfg: CollectConfig) -> list[Path]:
     return paths
 
 
-def _recipe_paths(run_dir: Path, recipe: str) -> list[tuple[Path, float]]:
-    """The dataset directories and weights of a recipe; each must exist."""
-    out = []
-    for name, weight in parse_recipe(recipe):
-        path = dataset_dir(run_dir, name)
-        _require(path / "metadata.json", f"{_collect_cmd(run_dir)} --policy {name}")
-        out.append((path, weight))
-    return out
-
-
-def _collect_cmd(run_dir: Path) -> str:
-    return f"uv run collect_data.py --run-dir {run_dir}"
-
-
 def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
     """Train V on the frames of ``RUN_DIR/data/DATASET``; writes ``RUN_DIR/vae/``.
 
@@ -152,7 +119,7 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
             f"{_rnn_origin(export)}, used as they are"
         )
         return
-    sources = _recipe_paths(run_dir, cfg.dataset)
+    sources = recipe_paths(run_dir, cfg.dataset)
     record_config(run_dir, "vae", cfg)
     if vae_done(run_dir, cfg):
         print(f"VAE already trained ({run_dir / 'vae'})")
@@ -164,67 +131,6 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
     _finish(run_dir / "vae", ["total", "recon", "kl_raw"], "VAE training", "recon.png")
 
 
-def load_vae(run_dir: Path, expected: dict | None = None):
-    """The trained VAE of a run (rebuilt from its checkpoint's own sizes)."""
-    path = Path(run_dir) / "vae" / "ckpt"
-    _require_ckpt(path, f"uv run train_vae.py --run-dir {run_dir}")
-    return checkpoint.load_module(path, build_vae, kind="vae", expected=expected)
-
-
-def gru_hparams(z_size: int, hidden_size: int, action_size: int = 3) -> dict:
-    """Keyword arguments that rebuild a ``GRUTransition`` (the checkpoint kind ``"gru"``)."""
-    return {"z_size": z_size, "action_size": action_size, "hidden_size": hidden_size}
-
-
-def build_gru(**hparams) -> GRUTransition:
-    """GRU transition skeleton for loading."""
-    return GRUTransition(**hparams, key=jr.key(0))
-
-
-DYNAMICS_BUILDERS = {"mdnrnn": build_rnn, "gru": build_gru}
-"""Checkpoint kind of ``RUN_DIR/rnn/ckpt`` -> ``build(**hparams)``: the dynamics the dream and test stages run.
-``mdnrnn`` is written by ``train_rnn.py`` (or a gossip export), ``gru`` by a gossip export of a GRU pool."""
-
-
-def load_rnn(run_dir: Path, expected: dict | None = None):
-    """The trained dynamics M of a run: whichever module ``RUN_DIR/rnn/ckpt`` holds.
-
-    The checkpoint's own ``kind`` picks the module (``DYNAMICS_BUILDERS``): an ``MDNRNN`` (kind ``mdnrnn``,
-    from ``train_rnn.py`` or a gossip export) or a ``GRUTransition`` (kind ``gru``, from a gossip export).
-    Both step as ``(z (Z,), action (A,), state) -> (state, MDNOutput)`` with a state whose ``h`` is (H,), and
-    have ``z_size``, ``hidden_size``, ``action_size``, so the dream and the real-env agent run either.
-
-    Args:
-        run_dir: the run directory.
-        expected: hparams that must match (e.g. ``{"z_size": 32}``).
-
-    Returns:
-        (module, meta).
-
-    Raises:
-        MissingInput: when ``RUN_DIR/rnn/ckpt`` holds no checkpoint.
-        checkpoint.CheckpointError: for a kind that is not a dynamics, differing hparams or shapes, or a
-            damaged checkpoint.
-    """
-    path = Path(run_dir) / "rnn" / "ckpt"
-    _require_ckpt(path, f"uv run train_rnn.py --run-dir {run_dir}")
-    meta = checkpoint.read_meta(path)
-    kind = meta.get("kind")
-    if kind not in DYNAMICS_BUILDERS:
-        raise checkpoint.CheckpointError(
-            f"checkpoint {path}/{meta.get('step')} holds a {kind!r}, not a world-model dynamics "
-            f"(known kinds: {', '.join(map(repr, DYNAMICS_BUILDERS))})"
-        )
-    return checkpoint.load_module(path, DYNAMICS_BUILDERS[kind], kind=kind, expected=expected, step=meta["step"])
-
-
-def load_controller(run_dir: Path, expected: dict | None = None):
-    """The evolved controller of a run."""
-    path = Path(run_dir) / "controller" / "ckpt"
-    _require_ckpt(path, f"uv run train_dream.py --run-dir {run_dir}")
-    return checkpoint.load_module(path, build_controller, kind="controller", expected=expected)
-
-
 def latents(run_dir: Path, cfg: RNNConfig) -> LatentDataset:
     """The recipe ``cfg.dataset`` encoded by the run's VAE (with ``cfg.mirror`` and ``cfg.holdout``).
 
@@ -233,11 +139,11 @@ def latents(run_dir: Path, cfg: RNNConfig) -> LatentDataset:
     """
     run_dir = Path(run_dir)
     vae_dir = run_dir / "vae" / "ckpt"
-    _require_ckpt(vae_dir, f"uv run train_vae.py --run-dir {run_dir}")
+    require_ckpt(vae_dir, f"uv run train_vae.py --run-dir {run_dir}")
     vae_step = checkpoint.latest_step(vae_dir)
     vae = None
     parts = []
-    sources = _recipe_paths(run_dir, cfg.dataset)
+    sources = recipe_paths(run_dir, cfg.dataset)
     for path, _ in sources:
         episodes = open_dataset(path).total_episodes
         key = json.dumps({"vae_step": vae_step, "episodes": episodes, "mirror": cfg.mirror, "holdout": cfg.holdout})
@@ -276,7 +182,7 @@ def _check_trainable_rnn(run_dir: Path) -> dict | None:
     Raises:
         checkpoint.CheckpointError: naming the checkpoint, its kind and where it came from.
     """
-    meta = _rnn_meta(run_dir)
+    meta = dynamics_meta(run_dir)
     if meta is not None and meta.get("kind") != "mdnrnn":
         raise checkpoint.CheckpointError(
             f"{run_dir / 'rnn' / 'ckpt'} holds a {meta.get('kind')!r} dynamics {_rnn_origin(meta)}, not an "
@@ -300,7 +206,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     run_dir = Path(run_dir)
     meta = _check_trainable_rnn(run_dir)
     record_config(run_dir, "rnn", cfg)
-    _require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
+    require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
         print(f"MDN-RNN already trained ({run_dir / 'rnn'}{origin})")
@@ -318,7 +224,8 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
 def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dict:
     """Measure the MDN-RNN's reward delusion on the held-out episodes; append it to ``rnn/metrics.jsonl``
     and write ``rnn/delusion.json``."""
-    from worldmodels.train import append_jsonl, heldout_delusion
+    from worldmodels.metrics_log import append_jsonl
+    from worldmodels.train import heldout_delusion
 
     out = {"step": step, **heldout_delusion(model, data)}
     append_jsonl(Path(run_dir) / "rnn" / "metrics.jsonl", out)
@@ -347,12 +254,12 @@ def _finish(out_dir: Path, keys: list[str], title: str, *pictures: str, png: str
 def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int):
     """A function flat_params -> mean real return over ``episodes`` episodes (for periodic checks)."""
     vae, _ = load_vae(run_dir)
-    rnn, _ = load_rnn(run_dir)
+    dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
 
     def check(flat: np.ndarray) -> float:
-        ctrl = LinearController.from_flat(jnp.asarray(flat), rnn.z_size, rnn.hidden_size)
+        ctrl = LinearController.from_flat(jnp.asarray(flat), **controller_hparams(dynamics))
         res = run_episodes(
-            Agent(vae, rnn, ctrl),
+            Agent(vae, dynamics, ctrl),
             list(range(seed, seed + episodes)),
             workers=workers,
             max_steps=max_steps,
@@ -373,13 +280,13 @@ def recorded_rnn_config(run_dir: Path) -> RNNConfig:
 def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     """Evolve C with CMA-ES in M's dream; writes ``RUN_DIR/controller/``.
 
-    M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``load_rnn``: an MDN-RNN, or a GRU transition exported
-    by train_gossip.py, whose one Gaussian is sampled at the same temperature). Dreams start from the first
+    M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``: an MDN-RNN, or a GRU transition
+    exported by train_gossip.py, whose one Gaussian is sampled at the same temperature). Dreams start from the first
     frames of the episodes M was trained on (the recipe of the ``rnn`` section of ``RUN_DIR/config.json``).
     """
     run_dir = Path(run_dir)
     record_config(run_dir, "dream", cfg)
-    rnn, _ = load_rnn(run_dir)
+    dynamics, _ = load_dynamics(run_dir)
     if dream_done(run_dir, cfg):
         print(f"controller already evolved ({run_dir / 'controller'})")
         return
@@ -390,22 +297,21 @@ def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
         check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0)
-    evolve(run_dir / "controller", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg, real_check=check)
+    fitness = dream_fitness(dynamics, start, cfg)
+    evolve(run_dir / "controller", fitness, controller_hparams(dynamics), cfg, real_check=check)
     _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
 
 def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
     """Score V + M + C in the real environment; writes ``out`` (default ``RUN_DIR/eval/results.json``) and
-    videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``load_rnn``)."""
+    videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``)."""
     run_dir = Path(run_dir)
-    vae, _ = load_vae(run_dir)
-    rnn, _ = load_rnn(run_dir, expected={"z_size": vae.z_size})
-    ctrl, _ = load_controller(run_dir, expected={"z_size": rnn.z_size, "hidden_size": rnn.hidden_size})
+    agent = load_agent(run_dir)
     record_config(run_dir, "test", cfg)
     out = out or run_dir / "eval" / "results.json"
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
     results = run_episodes(
-        Agent(vae, rnn, ctrl),
+        agent,
         seeds,
         workers=cfg.workers,
         max_steps=cfg.max_steps,

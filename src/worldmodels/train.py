@@ -7,7 +7,6 @@ latest checkpoint, so an interrupted run continues where it stopped and a finish
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,20 +25,12 @@ from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode
 from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
+from worldmodels.errors import TrainingDiverged
 from worldmodels.losses import rnn_step_loss, vae_loss
+from worldmodels.metrics_log import MetricsLog, trim_jsonl
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import rollout_sequence
 from worldmodels.models.vae import to_float
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``path``."""
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
@@ -83,7 +74,10 @@ def fit(
         make_batch: ``make_batch(step)`` -> batch pytree; deterministic in ``step`` so resuming
             reproduces the data order.
         steps: total number of updates.
-        out_dir: stage directory; writes ``ckpt/`` and ``metrics.jsonl``.
+        out_dir: stage directory; writes ``ckpt/``, ``metrics.jsonl`` (a row every ``log_every`` updates:
+            ``step``, the window's mean of each metric, ``items_per_s``) and ``tb/`` (the rows' scalars for
+            TensorBoard, ``metrics_log.MetricsLog``). A resumed run first drops the rows written after the
+            checkpoint it resumes from (an interrupted run's), so each step has one row.
         kind, hparams: stored in the checkpoint to rebuild the module.
         seed: base seed of the per-step keys (``fold_in(key(seed), step)``).
         log_every, checkpoint_every: cadences in updates.
@@ -105,6 +99,7 @@ def fit(
     if checkpoint.latest_step(ckpt_dir) is not None:
         model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state, expected=hparams)
         start = int(meta["step"])
+    trim_jsonl(metrics_path, start, "step")
     if start >= steps:
         return model
     step_fn = make_step(loss_fn, optimizer)
@@ -122,6 +117,7 @@ def fit(
     t_window = time.perf_counter()
     metrics: dict[str, float] = {}
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step")
+    log = MetricsLog(out_dir, step_key="step", start=start)
     step = start
     try:
         for step in bar:
@@ -144,7 +140,7 @@ def fit(
                     **{k: float(np.mean(v)) for k, v in window.items()},
                     "items_per_s": items_per_step * len(window["total"]) / max(elapsed, 1e-9),
                 }
-                append_jsonl(metrics_path, record)
+                log.log(record, done)
                 bar.set_postfix(loss=f"{record['total']:.3f}")
                 window, t_window = {}, time.perf_counter()
             if done % checkpoint_every == 0 or done == steps:
@@ -155,6 +151,7 @@ def fit(
         raise
     finally:
         bar.close()
+        log.close()
     return model
 
 
@@ -164,11 +161,6 @@ def fit(
 def vae_hparams(cfg: VAEConfig) -> dict[str, Any]:
     """Keyword arguments that rebuild the VAE."""
     return {"z_size": cfg.z_size}
-
-
-def build_vae(z_size: int = 32) -> ConvVAE:
-    """VAE skeleton for loading."""
-    return ConvVAE(z_size, key=jr.key(0))
 
 
 def frames_of(episodes: list[Episode]) -> np.ndarray:
@@ -414,11 +406,6 @@ def encode_episodes(
 def rnn_hparams(cfg: RNNConfig, z_size: int) -> dict[str, Any]:
     """Keyword arguments that rebuild the MDN-RNN."""
     return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
-
-
-def build_rnn(**hparams: Any) -> MDNRNN:
-    """MDN-RNN skeleton for loading."""
-    return MDNRNN(**hparams, key=jr.key(0))
 
 
 def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ The interface, on one example and one step (``vmap`` adds batch and pool axes, `
 
 Either flavour is exactly a ``ConvVAE`` plus its dynamics, so ``gossip.export_model`` saves its parts as the
 run's ``vae/ckpt`` and ``rnn/ckpt`` (kind ``mdnrnn`` or ``gru``) and the paper's dream and test stages run it
-unchanged (``stages.load_rnn`` rebuilds whichever dynamics the checkpoint holds).
+unchanged (``run_dir.load_dynamics`` rebuilds whichever dynamics kind the checkpoint holds).
 """
 
 from __future__ import annotations

@@ -1,0 +1,132 @@
+"""The model registry: a checkpoint's ``kind`` -> the builder that rebuilds its module.
+
+Every checkpoint is self-describing (``worldmodels.checkpoint``): it stores its ``kind`` and the
+``hparams`` that rebuild the module, so loading is ``build(kind, **hparams)`` followed by filling in the
+arrays. Each kind belongs to one role: ``vision`` (V: frame -> latent), ``dynamics`` (M: implements
+``worldmodels.models.dynamics.Dynamics``) or ``controller`` (C). A new kind registers here, in one place,
+and every loader (``worldmodels.run_dir``) finds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import jax.random as jr
+
+from worldmodels.errors import CheckpointError
+from worldmodels.models.controller import LinearController
+from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.models.transition import GRUTransition
+from worldmodels.models.vae import ConvVAE
+
+ROLES = {"vision": "vision model (V)", "dynamics": "world-model dynamics", "controller": "controller (C)"}
+"""The parts of an agent a kind can fill (V, M and C of Ha & Schmidhuber 2018), with their names in messages."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One registered checkpoint kind.
+
+    Attributes:
+        name: the ``kind`` string stored in the checkpoint's metadata.
+        role: one of ``ROLES`` (``vision``, ``dynamics``, ``controller``).
+        build: ``build(**hparams)`` -> a module skeleton of the right shapes (its values are overwritten
+            on loading).
+        doc: one line on what the kind is, shown in error messages.
+    """
+
+    name: str
+    role: str
+    build: Callable[..., Any]
+    doc: str
+
+
+KINDS: dict[str, Kind] = {}
+"""Every registered kind by name."""
+
+
+def register(name: str, role: str, build: Callable[..., Any], doc: str) -> Kind:
+    """Register checkpoint kind ``name`` for ``role`` with its builder.
+
+    Raises:
+        ValueError: for an unknown role or a name already registered.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} for kind {name!r}; roles: {', '.join(ROLES)}")
+    if name in KINDS:
+        raise ValueError(f"kind {name!r} is already registered (as {KINDS[name].role})")
+    KINDS[name] = Kind(name, role, build, doc)
+    return KINDS[name]
+
+
+def kinds(role: str) -> dict[str, Kind]:
+    """The registered kinds of ``role``, by name."""
+    return {n: k for n, k in KINDS.items() if k.role == role}
+
+
+def kind_of(name: str | None, role: str, where: str) -> Kind:
+    """The registered kind ``name``, which must fill ``role``.
+
+    Args:
+        name: the checkpoint's ``kind``.
+        role: what the caller needs (``vision``, ``dynamics`` or ``controller``).
+        where: the checkpoint path, for the message.
+
+    Raises:
+        CheckpointError: naming the checkpoint, what it holds and the kinds that would do.
+    """
+    kind = KINDS.get(name or "")
+    if kind is None or kind.role != role:
+        known = ", ".join(repr(n) for n in kinds(role))
+        raise CheckpointError(f"checkpoint {where} holds a {name!r}, not a {ROLES[role]} (known kinds: {known})")
+    return kind
+
+
+# V
+
+
+def build_vae(z_size: int = 32) -> ConvVAE:
+    """ConvVAE skeleton for loading (kind ``vae``)."""
+    return ConvVAE(z_size, key=jr.key(0))
+
+
+# M
+
+
+def build_mdnrnn(**hparams: Any) -> MDNRNN:
+    """MDN-RNN skeleton for loading (kind ``mdnrnn``): ``z_size``, ``action_size``, ``hidden_size``,
+    ``num_mixtures``."""
+    return MDNRNN(**hparams, key=jr.key(0))
+
+
+def gru_hparams(z_size: int, hidden_size: int, action_size: int = 3) -> dict:
+    """Keyword arguments that rebuild a ``GRUTransition`` (the checkpoint kind ``gru``)."""
+    return {"z_size": z_size, "action_size": action_size, "hidden_size": hidden_size}
+
+
+def build_gru(**hparams: Any) -> GRUTransition:
+    """GRU transition skeleton for loading (kind ``gru``)."""
+    return GRUTransition(**hparams, key=jr.key(0))
+
+
+# C
+
+
+def controller_hparams(dynamics: Any) -> dict:
+    """Sizes that rebuild the linear controller acting on ``dynamics``' [z, h] (``Dynamics``)."""
+    return {"z_size": dynamics.z_size, "hidden_size": dynamics.hidden_size, "action_size": dynamics.action_size}
+
+
+def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> LinearController:
+    """Linear controller skeleton (zeros) for loading (kind ``controller``)."""
+    n = LinearController.num_params(z_size, hidden_size, action_size)
+    return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size)
+
+
+register("vae", "vision", build_vae, "convolutional VAE on 64x64x3 frames (train_vae.py)")
+register("mdnrnn", "dynamics", build_mdnrnn, "MDN-RNN: LSTM + mixture of Gaussians (train_rnn.py, gossip export)")
+register("gru", "dynamics", build_gru, "GRU transition with one Gaussian (train_gossip.py --flavour gru export)")
+register("controller", "controller", build_controller, "linear controller on [z, h] (train_dream.py)")

@@ -1,0 +1,163 @@
+"""Run-directory access: paths, loaders of the trained parts, and the ``MissingInput`` error.
+
+Every stage reads and writes one run directory (docs/ARCHITECTURE.md, "The run directory"):
+
+    RUN_DIR/data/NAME/     rollout datasets (Minari)
+    RUN_DIR/vae/ckpt/      V, kind ``vae``
+    RUN_DIR/rnn/ckpt/      M, any dynamics kind (``mdnrnn``; ``gru`` from a gossip export). The directory
+                           keeps its historical name ``rnn/`` so that existing runs load.
+    RUN_DIR/controller/    C, kind ``controller``, and the CMA-ES state
+
+Loaders rebuild each module from its checkpoint's own ``kind`` and ``hparams`` through the model registry
+(``worldmodels.models.registry``), so they never need the training config. This module sits low in the
+import graph (it imports models, checkpoints, config and errors only), so that collection policies,
+trainers and experiments can load a run without importing the stage orchestrator (``worldmodels.stages``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from worldmodels import checkpoint
+from worldmodels.agent import Agent
+from worldmodels.config import parse_recipe
+from worldmodels.errors import MissingInput
+from worldmodels.models.registry import kind_of
+
+__all__ = [
+    "MissingInput",
+    "collect_cmd",
+    "dataset_dir",
+    "dynamics_meta",
+    "fixed_export",
+    "load_agent",
+    "load_controller",
+    "load_dynamics",
+    "load_vae",
+    "recipe_paths",
+    "require",
+    "require_ckpt",
+]
+
+
+def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
+    """Where the dataset ``name`` of a run lives (absolute)."""
+    return (Path(run_dir) / "data" / name).resolve()
+
+
+def collect_cmd(run_dir: Path) -> str:
+    """The command that collects data into ``run_dir``, for messages."""
+    return f"uv run collect_data.py --run-dir {run_dir}"
+
+
+def require(path: Path, command: str) -> None:
+    """Raise ``MissingInput`` naming ``path`` and the ``command`` that makes it, when it does not exist."""
+    if not path.exists():
+        raise MissingInput(f"missing {path}: run `{command}` first")
+
+
+def require_ckpt(path: Path, command: str) -> None:
+    """Raise ``MissingInput`` when the checkpoint directory ``path`` holds no checkpoint step."""
+    if checkpoint.latest_step(path) is None:
+        raise MissingInput(f"missing checkpoint in {path}: run `{command}` first")
+
+
+def recipe_paths(run_dir: Path, recipe: str) -> list[tuple[Path, float]]:
+    """The dataset directories and weights of a recipe ``name[:weight],...``.
+
+    Raises:
+        MissingInput: naming the first dataset of the recipe that was not collected, and the command.
+        ValueError: for a malformed recipe (``config.parse_recipe``).
+    """
+    out = []
+    for name, weight in parse_recipe(recipe):
+        path = dataset_dir(run_dir, name)
+        require(path / "metadata.json", f"{collect_cmd(run_dir)} --policy {name}")
+        out.append((path, weight))
+    return out
+
+
+def dynamics_meta(run_dir: Path) -> dict | None:
+    """The metadata of ``RUN_DIR/rnn/ckpt``'s latest step; None when it holds no checkpoint."""
+    path = Path(run_dir) / "rnn" / "ckpt"
+    return None if checkpoint.latest_step(path) is None else checkpoint.read_meta(path)
+
+
+def fixed_export(run_dir: Path) -> dict | None:
+    """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages cannot train on (a
+    ``gru`` gossip export), else None. Such a run's ``vae/`` and ``rnn/`` are one exported pair: the VAE and
+    MDN-RNN stages count both as done, so training the VAE on cannot move the latents the GRU was trained on."""
+    meta = dynamics_meta(run_dir)
+    return meta if meta is not None and meta.get("kind") != "mdnrnn" else None
+
+
+def _load(path: Path, role: str, command: str, expected: dict | None) -> tuple[Any, dict]:
+    require_ckpt(path, command)
+    meta = checkpoint.read_meta(path)
+    kind = kind_of(meta.get("kind"), role, f"{path}/{meta.get('step')}")
+    return checkpoint.load_module(path, kind.build, kind=kind.name, expected=expected, step=meta["step"])
+
+
+def load_vae(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
+    """The trained vision model V of a run (``RUN_DIR/vae/ckpt``), rebuilt from its checkpoint's own sizes.
+
+    Args:
+        run_dir: the run directory.
+        expected: hparams that must match (e.g. ``{"z_size": 32}``).
+
+    Returns:
+        (module, meta).
+
+    Raises:
+        MissingInput: when the directory holds no checkpoint (the message names ``train_vae.py``).
+        CheckpointError: for a kind that is not a vision model, differing hparams or shapes, or a damaged
+            checkpoint.
+    """
+    return _load(Path(run_dir) / "vae" / "ckpt", "vision", f"uv run train_vae.py --run-dir {run_dir}", expected)
+
+
+def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
+    """The trained dynamics M of a run: whichever registered dynamics kind ``RUN_DIR/rnn/ckpt`` holds.
+
+    An ``MDNRNN`` (kind ``mdnrnn``, from ``train_rnn.py`` or a gossip export) or a ``GRUTransition`` (kind
+    ``gru``, from a gossip export); both implement ``worldmodels.models.dynamics.Dynamics``, so the dream,
+    the planners and the real-environment agent run either.
+
+    Args:
+        run_dir: the run directory.
+        expected: hparams that must match (e.g. ``{"z_size": 32}``).
+
+    Returns:
+        (module, meta).
+
+    Raises:
+        MissingInput: when ``RUN_DIR/rnn/ckpt`` holds no checkpoint.
+        CheckpointError: for a kind that is not a dynamics, differing hparams or shapes, or a damaged
+            checkpoint.
+    """
+    return _load(Path(run_dir) / "rnn" / "ckpt", "dynamics", f"uv run train_rnn.py --run-dir {run_dir}", expected)
+
+
+def load_controller(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
+    """The evolved controller C of a run (``RUN_DIR/controller/ckpt``), by its checkpoint's kind.
+
+    Raises:
+        MissingInput: when no controller was evolved yet (the message names ``train_dream.py``).
+        CheckpointError: for a kind that is not a controller, differing sizes, or a damaged checkpoint.
+    """
+    path = Path(run_dir) / "controller" / "ckpt"
+    return _load(path, "controller", f"uv run train_dream.py --run-dir {run_dir}", expected)
+
+
+def load_agent(run_dir: Path) -> Agent:
+    """V + M + C of a run, each checked against the sizes of the part it feeds.
+
+    Raises:
+        MissingInput, CheckpointError: as the three loaders.
+    """
+    vae, _ = load_vae(run_dir)
+    dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
+    expected = {"z_size": dynamics.z_size, "hidden_size": dynamics.hidden_size}
+    controller, _ = load_controller(run_dir, expected=expected)
+    return Agent(vae, dynamics, controller)
