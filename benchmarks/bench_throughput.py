@@ -132,7 +132,8 @@ def bench_vae_train(batch_size: int, steps: int) -> dict[str, float]:
 
     from worldmodels.config import VAEConfig
     from worldmodels.models import ConvVAE
-    from worldmodels.train import make_step, vae_batch_loss
+    from worldmodels.train import vae_batch_loss
+    from worldmodels.trainer import make_step
 
     cfg = VAEConfig()
 
@@ -164,7 +165,8 @@ def bench_rnn_train(batch_size: int, seq_len: int, steps: int) -> dict[str, floa
 
     from worldmodels.config import RNNConfig
     from worldmodels.models import MDNRNN
-    from worldmodels.train import make_step, rnn_loss
+    from worldmodels.train import rnn_loss
+    from worldmodels.trainer import make_step
 
     cfg = RNNConfig(batch_size=batch_size, seq_len=seq_len)
     z = 32

@@ -16,7 +16,7 @@ from worldmodels.config import DreamConfig
 from worldmodels.evolve import evolve
 from worldmodels.metrics_log import MetricsLog, append_jsonl, trim_jsonl
 from worldmodels.models import MDNRNN, LinearController
-from worldmodels.train import fit
+from worldmodels.trainer import fit
 
 TINY = {"z_size": 2, "hidden_size": 3, "action_size": 3}
 

@@ -10,8 +10,10 @@ import pytest
 
 from worldmodels import checkpoint
 from worldmodels.config import RNNConfig, VAEConfig
+from worldmodels.errors import TrainingDiverged
 from worldmodels.models import MDNRNN
-from worldmodels.train import FrameMix, LatentDataset, TrainingDiverged, fit, rnn_loss, sequence_batch, train_vae
+from worldmodels.train import FrameMix, LatentDataset, rnn_loss, sequence_batch, train_vae
+from worldmodels.trainer import fit
 
 
 def toy_latents(episodes=3, length=20, z=4):

@@ -101,8 +101,7 @@ def run_main(fn: Callable[[], Any]) -> None:
     enable_compilation_cache()
     from worldmodels.checkpoint import CheckpointError
     from worldmodels.data import DatasetError
-    from worldmodels.errors import MissingInput
-    from worldmodels.train import TrainingDiverged
+    from worldmodels.errors import MissingInput, TrainingDiverged
 
     try:
         fn()

@@ -1,14 +1,13 @@
-"""Supervised training loops for V and M: one jitted update per step, metrics, checkpoints, NaN stop.
+"""Supervised training of V and M: the VAE and MDN-RNN stages, their data (frame mixes, latent sequences,
+training windows) and losses.
 
-``fit`` is the shared loop. ``train_vae`` and ``train_rnn`` are the two stages; each resumes from its
+Both train through the project's one training loop (``worldmodels.trainer.fit``) and resume from their
 latest checkpoint, so an interrupted run continues where it stopped and a finished one is a no-op.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,142 +17,16 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from worldmodels import checkpoint
 from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode
 from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
-from worldmodels.errors import TrainingDiverged
 from worldmodels.losses import rnn_step_loss, vae_loss
-from worldmodels.metrics_log import MetricsLog, trim_jsonl
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import rollout_sequence
 from worldmodels.models.vae import to_float
-
-
-def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """One jitted update: ``step(model, opt_state, batch, key) -> (model, opt_state, metrics)``.
-
-    ``loss_fn(model, batch, key) -> (total, metrics dict)``.
-    """
-
-    @eqx.filter_jit
-    def step(model, opt_state, batch, key):
-        (_, metrics), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return eqx.apply_updates(model, updates), opt_state, metrics
-
-    return step
-
-
-def fit(
-    *,
-    model: eqx.Module,
-    optimizer: optax.GradientTransformation,
-    loss_fn: Callable,
-    make_batch: Callable[[int], Any],
-    steps: int,
-    out_dir: Path,
-    kind: str,
-    hparams: dict[str, Any],
-    seed: int,
-    log_every: int,
-    checkpoint_every: int,
-    items_per_step: int,
-    desc: str,
-) -> eqx.Module:
-    """Train ``model`` for ``steps`` updates, resuming from ``out_dir/ckpt`` when it holds a checkpoint.
-
-    Args:
-        model: freshly initialised module (replaced by the checkpoint's when resuming).
-        optimizer: optax transformation.
-        loss_fn: ``loss_fn(model, batch, key) -> (total, metrics)``; metrics are float32 scalars.
-        make_batch: ``make_batch(step)`` -> batch pytree; deterministic in ``step`` so resuming
-            reproduces the data order.
-        steps: total number of updates.
-        out_dir: stage directory; writes ``ckpt/``, ``metrics.jsonl`` (a row every ``log_every`` updates:
-            ``step``, the window's mean of each metric, ``items_per_s``) and ``tb/`` (the rows' scalars for
-            TensorBoard, ``metrics_log.MetricsLog``). A resumed run first drops the rows written after the
-            checkpoint it resumes from (an interrupted run's), so each step has one row.
-        kind, hparams: stored in the checkpoint to rebuild the module.
-        seed: base seed of the per-step keys (``fold_in(key(seed), step)``).
-        log_every, checkpoint_every: cadences in updates.
-        items_per_step: examples per update, for the throughput column.
-        desc: progress-bar label.
-
-    Returns:
-        The trained module.
-
-    Raises:
-        TrainingDiverged: on a non-finite loss, naming the step and the last good checkpoint, which is
-            left intact.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "ckpt"
-    metrics_path = out_dir / "metrics.jsonl"
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    start = 0
-    if checkpoint.latest_step(ckpt_dir) is not None:
-        model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state, expected=hparams)
-        start = int(meta["step"])
-    trim_jsonl(metrics_path, start, "step")
-    if start >= steps:
-        return model
-    step_fn = make_step(loss_fn, optimizer)
-    base_key = jr.key(seed)
-    last_good = checkpoint.latest_step(ckpt_dir)
-
-    def save(step: int, metrics: dict[str, float]) -> None:
-        nonlocal last_good
-        checkpoint.save(
-            ckpt_dir, step, model, kind=kind, hparams=hparams, opt_state=opt_state, extra={"metrics": metrics}
-        )
-        last_good = step
-
-    window: dict[str, list[float]] = {}
-    t_window = time.perf_counter()
-    metrics: dict[str, float] = {}
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step")
-    log = MetricsLog(out_dir, step_key="step", start=start)
-    step = start
-    try:
-        for step in bar:
-            batch = make_batch(step)
-            new_model, new_opt_state, out = step_fn(model, opt_state, batch, jr.fold_in(base_key, step))
-            metrics = {k: float(v) for k, v in out.items()}
-            if not all(np.isfinite(v) for v in metrics.values()):
-                where = f"{ckpt_dir}/{last_good}" if last_good is not None else "none (no checkpoint yet)"
-                raise TrainingDiverged(
-                    f"{desc}: non-finite loss at step {step + 1} ({metrics}); last good checkpoint: {where}"
-                )
-            model, opt_state = new_model, new_opt_state
-            for k, v in metrics.items():
-                window.setdefault(k, []).append(v)
-            done = step + 1
-            if done % log_every == 0 or done == steps:
-                elapsed = time.perf_counter() - t_window
-                record = {
-                    "step": done,
-                    **{k: float(np.mean(v)) for k, v in window.items()},
-                    "items_per_s": items_per_step * len(window["total"]) / max(elapsed, 1e-9),
-                }
-                log.log(record, done)
-                bar.set_postfix(loss=f"{record['total']:.3f}")
-                window, t_window = {}, time.perf_counter()
-            if done % checkpoint_every == 0 or done == steps:
-                save(done, metrics)
-    except KeyboardInterrupt:
-        if step > (last_good or 0):
-            save(step, metrics)
-        raise
-    finally:
-        bar.close()
-        log.close()
-    return model
-
+from worldmodels.trainer import fit
 
 # Vision
 
