@@ -138,7 +138,7 @@ def bench_vae_train(batch_size: int, steps: int) -> dict[str, float]:
     cfg = VAEConfig()
 
     def loss_fn(model, x, key):
-        return vae_batch_loss(model, x, key, cfg.kl_tolerance)
+        return vae_batch_loss(model, x, key, cfg.kl_tolerance, cfg.loss_scales)
 
     model = ConvVAE(cfg.z_size, key=jr.key(0))
     optimizer = optax.adam(cfg.learning_rate)

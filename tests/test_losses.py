@@ -5,8 +5,18 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import pytest
 
-from worldmodels.losses import asymmetric_mse, binary_cross_entropy, kl_diag_normal, mdn_nll, vae_loss
+from worldmodels.config import GossipConfig, RNNConfig, VAEConfig
+from worldmodels.losses import (
+    asymmetric_mse,
+    binary_cross_entropy,
+    kl_diag_normal,
+    mdn_nll,
+    rnn_step_loss,
+    vae_loss,
+    weighted_total,
+)
 from worldmodels.models.mdnrnn import MDNOutput
 
 
@@ -80,3 +90,21 @@ def test_reward_head_learns_the_mean_reward_with_asymmetry():
         g = jax.grad(lambda w: jnp.mean(asymmetric_mse(w, targets, 5.0)))(w)
         w = w - 0.2 * g
     assert float(w) < float(jnp.mean(targets)) - 0.2
+
+
+def test_weighted_total_needs_a_scale_for_every_term():
+    terms = {"mdn_nll": jnp.float32(2.0), "reward": jnp.float32(3.0), "done": jnp.float32(5.0)}
+    assert float(weighted_total(terms, RNNConfig(reward_weight=10.0, done_weight=0.5).loss_scales)) == 34.5
+    with pytest.raises(ValueError, match=r"no scale for \['done'\], no term for \[\]"):
+        weighted_total(terms, {"mdn_nll": 1.0, "reward": 1.0})
+    with pytest.raises(ValueError, match=r"no term for \['extra'\]"):
+        weighted_total(terms, {"mdn_nll": 1.0, "reward": 1.0, "done": 1.0, "extra": 1.0})
+
+
+def test_every_config_scales_exactly_its_loss_terms():
+    x = jnp.full((64, 64, 3), 0.5)
+    vae_terms = vae_loss(x, x, jnp.zeros(4), jnp.zeros(4), kl_tolerance=0.5)
+    assert set(vae_terms) == set(VAEConfig().loss_scales) == set(GossipConfig().vae_loss_scales)
+    out = MDNOutput(jnp.zeros(2), jnp.zeros((2, 4)), jnp.zeros((2, 4)), jnp.float32(0.0), jnp.float32(0.0))
+    rnn_terms = rnn_step_loss(out, jnp.zeros(4), jnp.float32(0.0), jnp.float32(0.0), reward_overpredict_weight=5.0)
+    assert set(rnn_terms) == set(RNNConfig().loss_scales) == set(GossipConfig().dynamics_loss_scales)

@@ -83,6 +83,11 @@ class VAEConfig:
     seed: int = 0
     """Seed of initialisation, batch order and the reparameterisation noise."""
 
+    @property
+    def loss_scales(self) -> dict[str, float]:
+        """Scale of each term of ``losses.vae_loss`` in the total: the paper's plain sum (Appendix A.1)."""
+        return {"recon": 1.0, "kl": 1.0}
+
 
 @dataclass(frozen=True)
 class RNNConfig:
@@ -123,6 +128,11 @@ class RNNConfig:
     """Write a metrics.jsonl line every this many updates."""
     seed: int = 0
     """Seed of initialisation, batch order and the latent re-sampling."""
+
+    @property
+    def loss_scales(self) -> dict[str, float]:
+        """Scale of each term of ``losses.rnn_step_loss`` in the total (``reward_weight``, ``done_weight``)."""
+        return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
 
 
 @dataclass(frozen=True)
@@ -309,6 +319,17 @@ class GossipConfig:
     convolution with per-model kernels becomes a slow grouped convolution."""
     seed: int = 0
     """Seed of initialisation (model m from fold_in(seed, m)), batch order, latent noise and pairing."""
+
+    @property
+    def vae_loss_scales(self) -> dict[str, float]:
+        """Scale of each term of ``losses.vae_loss`` in a model's VAE loss (the paper's plain sum)."""
+        return {"recon": 1.0, "kl": 1.0}
+
+    @property
+    def dynamics_loss_scales(self) -> dict[str, float]:
+        """Scale of each term of ``losses.rnn_step_loss`` in a model's dynamics loss (weighted by
+        ``dynamics_weight`` in the total)."""
+        return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
 
 
 @dataclass(frozen=True)

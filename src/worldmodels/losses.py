@@ -1,10 +1,16 @@
 """Named loss dicts for V and M. Each function acts on one example; the trainers vmap and average.
 
-Every function returns a dict of named float32 scalars with a ``total`` entry, the weighted sum
-whose weights come from the config.
+DreamerV3 style (Hafner et al. 2023, Sec. 3 and its ``loss_scales`` table): every loss function returns a
+dict of named float32 loss terms, and the total is ``weighted_total(terms, scales)`` with the scales taken
+from the config (``VAEConfig.loss_scales``, ``RNNConfig.loss_scales``, ``GossipConfig.loss_scales``).
+``weighted_total`` refuses a term without a scale and a scale without a term, so a new loss cannot enter
+or leave the total silently. Diagnostics that are not losses (the KL before free bits) are logged next
+to the terms but never summed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +37,15 @@ def vae_loss(
 
     recon = sum over pixels and channels of (x - x_hat)^2 (L2, images in [0, 1]);
     kl = max(KL, kl_tolerance * Z) -- free bits: the KL is not pushed below the tolerance, which keeps
-    the latents informative. ``kl_raw`` is the KL before the floor.
+    the latents informative (``kl_diag_normal`` is the KL before the floor, a diagnostic).
 
     Returns:
-        dict with ``recon``, ``kl``, ``kl_raw``, ``total`` (float32 scalars).
+        dict of loss terms ``recon``, ``kl`` (float32 scalars); the paper's total is their sum
+        (``VAEConfig.loss_scales``).
     """
     recon_loss = jnp.sum((recon - x) ** 2)
-    kl_raw = kl_diag_normal(mu, logvar)
-    kl = jnp.maximum(kl_raw, kl_tolerance * mu.shape[-1])
-    return {"recon": recon_loss, "kl": kl, "kl_raw": kl_raw, "total": recon_loss + kl}
+    kl = jnp.maximum(kl_diag_normal(mu, logvar), kl_tolerance * mu.shape[-1])
+    return {"recon": recon_loss, "kl": kl}
 
 
 def mdn_nll(out: MDNOutput, z_next: Float[Array, " Z"]) -> Float[Array, ""]:
@@ -74,16 +80,29 @@ def rnn_step_loss(
     reward: Float[Array, ""],
     done: Float[Array, ""],
     *,
-    reward_weight: float,
     reward_overpredict_weight: float,
-    done_weight: float,
 ) -> dict[str, Array]:
-    """MDN-RNN loss of one step: mixture NLL of z_{t+1}, asymmetric reward MSE, done BCE.
+    """MDN-RNN loss terms of one step: mixture NLL of z_{t+1}, asymmetric reward MSE, done BCE.
 
     Returns:
-        dict with ``mdn_nll``, ``reward``, ``done``, ``total`` (float32 scalars).
+        dict of loss terms ``mdn_nll``, ``reward``, ``done`` (float32 scalars), weighted by
+        ``RNNConfig.loss_scales``.
     """
     nll = mdn_nll(out, z_next)
     r = asymmetric_mse(out.reward, reward, reward_overpredict_weight)
     d = binary_cross_entropy(out.done_logit, done)
-    return {"mdn_nll": nll, "reward": r, "done": d, "total": nll + reward_weight * r + done_weight * d}
+    return {"mdn_nll": nll, "reward": r, "done": d}
+
+
+def weighted_total(terms: Mapping[str, Array], scales: Mapping[str, float]) -> Array:
+    """sum_k scales[k] * terms[k] over the named loss terms (DreamerV3's scaled sum of losses).
+
+    Raises:
+        ValueError: when a term has no scale or a scale names no term (the message lists both sets).
+    """
+    if set(terms) != set(scales):
+        raise ValueError(
+            f"loss terms {sorted(terms)} and loss scales {sorted(scales)} differ: "
+            f"no scale for {sorted(set(terms) - set(scales))}, no term for {sorted(set(scales) - set(terms))}"
+        )
+    return sum(scales[k] * terms[k] for k in terms)

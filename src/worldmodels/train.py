@@ -22,7 +22,7 @@ from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode
 from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
-from worldmodels.losses import rnn_step_loss, vae_loss
+from worldmodels.losses import kl_diag_normal, rnn_step_loss, vae_loss, weighted_total
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import rollout_sequence
 from worldmodels.models.vae import to_float
@@ -75,13 +75,16 @@ class FrameMix(eqx.Module):
         return batch
 
 
-def vae_batch_loss(model: ConvVAE, frames: jax.Array, key: jax.Array, kl_tolerance: float):
+def vae_batch_loss(model: ConvVAE, frames: jax.Array, key: jax.Array, kl_tolerance: float, scales: dict[str, float]):
     """Mean VAE loss over a batch of uint8 frames (B, 64, 64, 3): ``(total, metrics)`` with every term of
-    ``losses.vae_loss`` (Appendix A.1 of Ha & Schmidhuber 2018) averaged over the batch."""
+    ``losses.vae_loss`` (Appendix A.1 of Ha & Schmidhuber 2018) averaged over the batch, ``total`` (their
+    sum weighted by ``scales``, ``VAEConfig.loss_scales``) and the diagnostic ``kl_raw``."""
     x = to_float(frames)
     recon, mu, logvar = model(x, key=key)
     losses = jax.vmap(vae_loss, in_axes=(0, 0, 0, 0, None))(recon, x, mu, logvar, kl_tolerance)
     metrics = {k: jnp.mean(v) for k, v in losses.items()}
+    metrics["total"] = weighted_total(metrics, scales)
+    metrics["kl_raw"] = jnp.mean(jax.vmap(kl_diag_normal)(mu, logvar))
     return metrics["total"], metrics
 
 
@@ -95,7 +98,7 @@ def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> C
     model = ConvVAE(cfg.z_size, key=jr.key(cfg.seed))
 
     def loss_fn(model, x, key):
-        return vae_batch_loss(model, x, key, cfg.kl_tolerance)
+        return vae_batch_loss(model, x, key, cfg.kl_tolerance, cfg.loss_scales)
 
     def make_batch(step: int) -> np.ndarray:
         return mix.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size, cfg.mirror)
@@ -321,21 +324,14 @@ def rnn_loss(model: MDNRNN, batch: dict[str, jax.Array], key: jax.Array, cfg: RN
     def one(z, actions, rewards, dones):
         _, out = rollout_sequence(model, z[:-1], actions)
         return jax.vmap(
-            lambda o, zn, r, d: rnn_step_loss(
-                o,
-                zn,
-                r,
-                d,
-                reward_weight=cfg.reward_weight,
-                reward_overpredict_weight=cfg.reward_overpredict_weight,
-                done_weight=cfg.done_weight,
-            )
+            lambda o, zn, r, d: rnn_step_loss(o, zn, r, d, reward_overpredict_weight=cfg.reward_overpredict_weight)
         )(out, z[1:], rewards, dones)
 
     losses = jax.vmap(one)(z, batch["actions"], batch["rewards"], batch["dones"])
     mask = batch["mask"]
     denom = jnp.maximum(mask.sum(), 1.0)
     metrics = {k: jnp.sum(v * mask) / denom for k, v in losses.items()}
+    metrics["total"] = weighted_total(metrics, cfg.loss_scales)
     return metrics["total"], metrics
 
 

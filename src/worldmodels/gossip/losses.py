@@ -13,7 +13,7 @@ from jaxtyping import Array, PRNGKeyArray
 from worldmodels.config import GossipConfig
 from worldmodels.gossip.consistency import consistency_loss, gossip_inputs, pair_partners
 from worldmodels.gossip.pool import _stop, over_pool
-from worldmodels.losses import rnn_step_loss, vae_loss
+from worldmodels.losses import kl_diag_normal, rnn_step_loss, vae_loss, weighted_total
 from worldmodels.models.joint import JointWorldModel, teacher_forced
 from worldmodels.models.vae import to_float
 
@@ -50,14 +50,13 @@ def model_loss(
         recon, x, mu, logvar, cfg.kl_tolerance
     )
     fmask = batch["frame_mask"]
-    vae_metrics = {k: jnp.sum(v * fmask) / jnp.maximum(fmask.sum(), 1.0) for k, v in per_frame.items()}
+
+    def frame_mean(v):
+        return jnp.sum(v * fmask) / jnp.maximum(fmask.sum(), 1.0)
+
+    vae_terms = {k: frame_mean(v) for k, v in per_frame.items()}
     z_dyn = z if cfg.dynamics_to_encoder else jax.lax.stop_gradient(z)
-    step_loss = functools.partial(
-        rnn_step_loss,
-        reward_weight=cfg.reward_weight,
-        reward_overpredict_weight=cfg.reward_overpredict_weight,
-        done_weight=cfg.done_weight,
-    )
+    step_loss = functools.partial(rnn_step_loss, reward_overpredict_weight=cfg.reward_overpredict_weight)
 
     def one(z, actions, rewards, dones):
         out = teacher_forced(model, z[:-1], actions)
@@ -66,16 +65,14 @@ def model_loss(
     per_step = jax.vmap(one)(z_dyn, batch["actions"], batch["rewards"], batch["dones"])
     mask = batch["mask"]
     dyn = {k: jnp.sum(v * mask) / jnp.maximum(mask.sum(), 1.0) for k, v in per_step.items()}
-    total = vae_metrics["total"] + cfg.dynamics_weight * dyn["total"]
+    dynamics = weighted_total(dyn, cfg.dynamics_loss_scales)
+    total = weighted_total(vae_terms, cfg.vae_loss_scales) + cfg.dynamics_weight * dynamics
     metrics = {
         "total": total,
-        "recon": vae_metrics["recon"],
-        "kl": vae_metrics["kl"],
-        "kl_raw": vae_metrics["kl_raw"],
-        "mdn_nll": dyn["mdn_nll"],
-        "reward": dyn["reward"],
-        "done": dyn["done"],
-        "dynamics": dyn["total"],
+        **vae_terms,
+        "kl_raw": frame_mean(jax.vmap(jax.vmap(kl_diag_normal))(mu, logvar)),
+        **dyn,
+        "dynamics": dynamics,
     }
     return total, metrics
 
