@@ -14,7 +14,7 @@ from worldmodels.config import CollectConfig
 @dataclass(frozen=True)
 class Args:
     run_dir: Path
-    """Run directory (see DESIGN.md: every stage reads and writes here)."""
+    """Run directory (see docs/ARCHITECTURE.md, "The run directory": every stage reads and writes here)."""
     preset: str = "quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
     stats: bool = False

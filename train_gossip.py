@@ -19,7 +19,7 @@ from worldmodels.config import GossipConfig
 @dataclass(frozen=True)
 class Args:
     run_dir: Path
-    """Run directory (see DESIGN.md: every stage reads and writes here)."""
+    """Run directory (see docs/ARCHITECTURE.md, "The run directory": every stage reads and writes here)."""
     preset: str = "gossip_quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
     gossip: tyro.conf.OmitArgPrefixes[GossipConfig] = field(default_factory=GossipConfig)

@@ -13,7 +13,7 @@ from worldmodels.config import RNNConfig
 @dataclass(frozen=True)
 class Args:
     run_dir: Path
-    """Run directory (see DESIGN.md: every stage reads and writes here)."""
+    """Run directory (see docs/ARCHITECTURE.md, "The run directory": every stage reads and writes here)."""
     preset: str = "quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
     rnn: tyro.conf.OmitArgPrefixes[RNNConfig] = field(default_factory=RNNConfig)

@@ -1,6 +1,6 @@
 """GRU transition model: a deterministic recurrent state and a Gaussian prediction of the next latent.
 
-The gossip design's dynamics (DESIGN.md, "V + GRU transition"):
+The gossip design's dynamics (docs/ARCHITECTURE.md, "World-model kinds"):
 
 * h_{t+1} = GRU(h_t, [z_t, a_t]) -- the gated recurrent unit of Cho et al. 2014 (Eqs. 5-8), as in
   ``equinox.nn.GRUCell``; the recurrent state is deterministic, like the deterministic path of
