@@ -27,6 +27,8 @@ def main() -> None:
     from worldmodels.pipeline import run_pipeline
 
     args = tyro.cli(Args, description=__doc__)
+    if args.iterations is not None and args.iterations < 0:
+        raise SystemExit(f"error: --iterations must be >= 0, got {args.iterations}")
     try:
         preset = load_preset(args.preset)
     except ValueError as err:

@@ -1,4 +1,4 @@
-"""Collection into Minari: real CarRacing-v3 episodes, resume, interruption keeps finished episodes."""
+"""Collection into Minari: real CarRacing-v3 episodes, resume, interruption keeps finished episodes; mirroring."""
 
 import json
 import os
@@ -13,21 +13,9 @@ import pytest
 
 from worldmodels.config import CollectConfig
 from worldmodels.data import DatasetError, collect, dataset_dir, load_episodes, open_dataset
-from worldmodels.policies import BrownianPolicy, make_policy
+from worldmodels.train import FrameMix
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_brownian_actions_stay_in_bounds_and_are_smooth():
-    policy = BrownianPolicy()
-    policy.reset(0)
-    actions = np.stack([policy.act() for _ in range(2000)])
-    assert actions[:, 0].min() >= -1 and actions[:, 0].max() <= 1
-    assert actions[:, 1:].min() >= 0 and actions[:, 1:].max() <= 1
-    # smooth: consecutive actions are strongly correlated, unlike white noise
-    assert np.corrcoef(actions[:-1, 0], actions[1:, 0])[0, 1] > 0.3
-    with pytest.raises(ValueError, match="unknown collection policy"):
-        make_policy(CollectConfig(policy="nope"))
 
 
 def test_collect_resumes_with_missing_seeds(tmp_path):
@@ -107,65 +95,6 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
     assert seeds == list(range(150))
 
 
-@pytest.mark.parametrize("name", ["brownian", "random_controller", "heuristic", "recovery", "aggressive"])
-def test_policy_actions_stay_in_the_box_on_the_real_env(name):
-    from worldmodels.env import make_env
-
-    env = make_env(150)
-    policy = make_policy(CollectConfig(policy=name, recovery_every=20.0))
-    obs, _ = env.reset(seed=3)
-    policy.reset(3, env)
-    actions = []
-    for _ in range(150):
-        a = policy.act(obs)
-        assert a.shape == (3,) and a.dtype == np.float32
-        actions.append(a)
-        obs, _, term, trunc, _ = env.step(a)
-        if term or trunc:
-            break
-    env.close()
-    actions = np.stack(actions)
-    assert actions[:, 0].min() >= -1 and actions[:, 0].max() <= 1
-    assert actions[:, 1:].min() >= 0 and actions[:, 1:].max() <= 1
-    assert actions.std(axis=0).max() > 0  # it does something
-
-
-def test_heuristic_drives_along_the_track():
-    from worldmodels.diagnostics import off_road
-    from worldmodels.env import make_env
-
-    env = make_env(300)
-    policy = make_policy(CollectConfig(policy="heuristic"))
-    obs, _ = env.reset(seed=11)
-    policy.reset(11, env)
-    total, frames = 0.0, []
-    for _ in range(300):
-        obs, reward, term, trunc, _ = env.step(policy.act(obs))
-        total += reward
-        frames.append(obs)
-        if term or trunc:
-            break
-    env.close()
-    assert total > 150  # > 1/4 of a lap's tiles in 300 steps
-    assert off_road(np.stack(frames)).mean() < 0.1
-
-
-def test_off_road_detector_on_the_real_env():
-    from worldmodels.diagnostics import off_road
-    from worldmodels.env import make_env
-
-    env = make_env(200)
-    env.reset(seed=3)
-    u = env.unwrapped
-    agree = []
-    for t in range(200):
-        obs, *_ = env.step(np.array([0.0 if t < 60 else 1.0, 0.4, 0.0], np.float32))  # straight, then off
-        truth = all(len(w.tiles) == 0 for w in u.car.wheels)
-        agree.append(bool(off_road(obs)) == truth)
-    env.close()
-    assert np.mean(agree) > 0.9
-
-
 def test_collection_plan_and_policy_seed_blocks():
     from worldmodels.data import collection_plan
     from worldmodels.policies import SEED_BLOCK, seed_offset
@@ -178,37 +107,61 @@ def test_collection_plan_and_policy_seed_blocks():
             collection_plan(CollectConfig(mix=bad))
 
 
-def test_controller_policy_acts_within_the_box(tmp_path):
-    import jax.numpy as jnp
-    import jax.random as jr
+def test_mirror_flips_frames_and_negates_steer():
+    from worldmodels.data import mirror
 
-    from worldmodels import checkpoint
-    from worldmodels.env import make_env
-    from worldmodels.models import MDNRNN, ConvVAE, LinearController
-    from worldmodels.models.registry import controller_hparams
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    actions = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
+    f1, a1 = mirror(frames, actions)
+    np.testing.assert_array_equal(f1[:, :, 0], frames[:, :, -1])  # left column <- right column
+    np.testing.assert_array_equal(a1[:, 0], -actions[:, 0])
+    np.testing.assert_array_equal(a1[:, 1:], actions[:, 1:])
+    f2, a2 = mirror(f1, a1)
+    np.testing.assert_array_equal(f2, frames)
+    np.testing.assert_array_equal(a2, actions)
+    # In a VAE batch about half of the frames come out flipped.
+    asym = np.zeros((1, 4, 4, 3), np.uint8)
+    asym[0, :, 0] = 255
+    drawn = FrameMix.of([(asym, 1.0)]).sample(np.random.default_rng(1), 1000, mirror=True)
+    assert abs((drawn[:, 0, -1, 0] == 255).mean() - 0.5) < 0.05
 
-    vae = ConvVAE(32, key=jr.key(0))
-    rnn_hp = {"z_size": 32, "action_size": 3, "hidden_size": 16, "num_mixtures": 2}
-    rnn = MDNRNN(**rnn_hp, key=jr.key(1))
-    flat = 0.01 * jr.normal(jr.key(2), (LinearController.num_params(32, 16),))
-    ctrl = LinearController.from_flat(flat, 32, 16)
-    checkpoint.save(tmp_path / "vae" / "ckpt", 1, vae, kind="vae", hparams={"z_size": 32})
-    checkpoint.save(tmp_path / "rnn" / "ckpt", 1, rnn, kind="mdnrnn", hparams=rnn_hp)
-    checkpoint.save(tmp_path / "controller" / "ckpt", 1, ctrl, kind="controller", hparams=controller_hparams(rnn))
-    env = make_env(30)
-    policy = make_policy(CollectConfig(policy="controller", controller_noise=0.5), tmp_path)
-    obs, _ = env.reset(seed=0)
-    policy.reset(0, env)
-    actions = []
-    for _ in range(30):
-        a = policy.act(obs)
-        actions.append(a)
-        obs, *_ = env.step(a)
-    env.close()
-    actions = np.stack(actions)
-    assert actions.dtype == np.float32 and actions.shape == (30, 3)
-    assert actions[:, 0].min() >= -1 and actions[:, 0].max() <= 1 and actions[:, 1:].min() >= 0
-    # the noise is smooth (OU), not white: consecutive steer values correlate
-    assert jnp.corrcoef(actions[:-1, 0], actions[1:, 0])[0, 1] > 0.2
-    with pytest.raises(ValueError, match="run directory"):
-        make_policy(CollectConfig(policy="controller"))
+
+def write_episodes(path, seeds, steps=3):
+    """Episodes appended to a real Minari dataset in the given order (as workers finishing out of order do)."""
+    from minari.data_collector import EpisodeBuffer
+
+    from worldmodels.data import _open_or_create
+
+    storage = _open_or_create(path, CollectConfig(max_steps=steps))
+    for seed in seeds:
+        obs = np.full((steps + 1, 64, 64, 3), seed % 256, np.uint8)
+        buffer = EpisodeBuffer(
+            seed=seed,
+            observations=obs,
+            actions=np.zeros((steps, 3), np.float32),
+            rewards=np.full(steps, float(seed), np.float32),
+            terminations=np.zeros(steps, bool),
+            truncations=np.arange(steps) == steps - 1,
+        )
+        storage.update_episodes([buffer])
+
+
+def test_episodes_load_in_seed_order_whatever_order_they_were_stored_in(tmp_path):
+    path = dataset_dir(tmp_path, "brownian")
+    path.parent.mkdir(parents=True)
+    write_episodes(path, [12, 10, 13, 11])
+    episodes = load_episodes(path)
+    assert [ep.seed for ep in episodes] == [10, 11, 12, 13]
+    assert [float(ep.rewards[0]) for ep in episodes] == [10.0, 11.0, 12.0, 13.0]
+    assert int(episodes[0].observations[0, 0, 0, 0]) == 10  # each episode's arrays travel with its seed
+
+
+def test_a_directory_without_metadata_is_refused_and_nothing_is_deleted(tmp_path):
+    path = dataset_dir(tmp_path, "brownian")
+    path.mkdir(parents=True)
+    (path / "main_data.hdf5").write_bytes(b"precious episodes")
+    with pytest.raises(DatasetError, match="holds files but no metadata.json.*nothing was deleted"):
+        collect(tmp_path, CollectConfig(episodes=1, max_steps=5, workers=1))
+    assert (path / "main_data.hdf5").read_bytes() == b"precious episodes"
+    assert not path.with_name("brownian.creating").exists()

@@ -1,19 +1,12 @@
-"""The fused dream equals a Python loop of the same step; CMA-ES through the same plumbing finds an optimum."""
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""The fused dream equals a Python loop of the same step and per-candidate rollouts, and traces once per shape."""
 
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from helpers import small_world
 
 from worldmodels import dream
-from worldmodels.cli import default_cache_dir, enable_compilation_cache
-from worldmodels.config import DreamConfig
 from worldmodels.dream import (
     DreamStart,
     batch_rollout,
@@ -23,17 +16,8 @@ from worldmodels.dream import (
     sharded_generation_fitness,
     single_rollout,
 )
-from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import MDNRNN, LinearController
 from worldmodels.models.mdnrnn import mixture_noise
-from worldmodels.models.registry import controller_hparams
-
-
-def small_world():
-    rnn = MDNRNN(8, 3, 16, 3, key=jr.key(0))
-    start = DreamStart(jr.normal(jr.key(1), (5, 8)), jnp.full((5, 8), -2.0))
-    n = LinearController.num_params(8, 16)
-    return rnn, start, n
 
 
 def test_scanned_dream_equals_python_loop():
@@ -104,64 +88,3 @@ def test_three_generations_trace_once(monkeypatch):
         fitness = sharded_generation_fitness(population, rnn, start, jr.key(gen), jnp.float32(1.0 + gen), 2, 6, 0.5)
         assert fitness.shape == (4,) and bool(jnp.all(jnp.isfinite(fitness)))
     assert eqx.debug.get_num_traces(counted) == 1
-
-
-# A script that compiles one generation under run_main and prints how many compilations were cache hits.
-CACHED_SCRIPT = """
-import json
-import jax, jax.numpy as jnp, jax.random as jr
-from worldmodels.cli import run_main
-
-hits = []
-jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event == "/jax/compilation_cache/cache_hits"))
-
-def work():
-    from worldmodels.dream import DreamStart, generation_fitness
-    from worldmodels.models import MDNRNN, LinearController
-    rnn = MDNRNN(6, 3, 10, 2, key=jr.key(0))
-    start = DreamStart(jnp.zeros((2, 6)), jnp.zeros((2, 6)))
-    pop = jnp.zeros((3, LinearController.num_params(6, 10)))
-    generation_fitness(pop, rnn, start, jr.key(1), jnp.float32(1.0), 2, 5, 0.5).block_until_ready()
-    print(json.dumps({"cache_dir": jax.config.jax_compilation_cache_dir, "hits": sum(hits)}))
-
-run_main(work)
-"""
-
-
-def test_scripts_reuse_compilations_across_runs(tmp_path):
-    cache = tmp_path / "jax-cache"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", WORLDMODELS_JAX_CACHE=str(cache))
-
-    def run():
-        proc = subprocess.run(
-            [sys.executable, "-c", CACHED_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    first = run()
-    assert first["cache_dir"] == str(cache) and first["hits"] == 0
-    entries = {p.name for p in cache.iterdir()}
-    assert any(name.startswith("jit_generation_fitness") for name in entries), entries
-    second = run()
-    assert second["hits"] >= 1  # the generation (and any other cached program) came from disk
-    # The generation was not compiled and stored again (programs near the 0.1 s threshold may be, on a busy machine).
-    new = {p.name for p in cache.iterdir()} - entries
-    assert not any(name.startswith("jit_generation_fitness") for name in new), new
-
-
-def test_compilation_cache_location(monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLDMODELS_JAX_CACHE", "")
-    assert enable_compilation_cache() is None  # empty disables, and leaves JAX's config alone
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "worldmodels" / "jax"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert default_cache_dir() == Path.home() / ".cache" / "worldmodels" / "jax"
-
-
-def test_dream_fitness_plumbing_runs_on_the_mdnrnn(tmp_path):
-    rnn, start, _ = small_world()
-    cfg = DreamConfig(population=4, rollouts=2, dream_steps=8, generations=2, checkpoint_every=1)
-    best = evolve(tmp_path / "c", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg)
-    assert best.shape == (LinearController.num_params(8, 16),)
-    assert (tmp_path / "c" / "ckpt").is_dir()

@@ -1,18 +1,21 @@
-"""CMA-ES driver: finds a known optimum, resumes exactly at the presets' sizes with either step-size rule."""
+"""CMA-ES driver: finds a known optimum, resumes exactly at the presets' sizes with either step-size rule, one
+metrics row per generation after a resume; its dream fitness runs on the MDN-RNN."""
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import Interrupted, rows, scalars, small_world
 
 from worldmodels.checkpoint import CheckpointError
 from worldmodels.config import DreamConfig
-from worldmodels.evolve import evolve
+from worldmodels.errors import TrainingDiverged
+from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
+from worldmodels.models.registry import controller_hparams
 
 PAPER = {"z_size": 32, "hidden_size": 256, "action_size": 3}
 """The paper's controller: (32 + 256) x 3 + 3 = 867 parameters, above pycma's TPA switch at 300."""
@@ -28,10 +31,6 @@ def noisy_quadratic(hparams):
         return -jnp.sum((population - target) ** 2, axis=1) + 0.01 * jr.normal(key, (population.shape[0],))
 
     return fitness
-
-
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_cma_es_finds_known_optimum(tmp_path):
@@ -117,11 +116,6 @@ def test_other_step_size_rule_is_refused_and_nothing_is_written(tmp_path):
     assert ((out / "es_state.npz").read_bytes(), (out / "metrics.jsonl").read_text()) == before
 
 
-def test_unknown_step_size_rule_is_refused():
-    with pytest.raises(ValueError, match="dream.step_size_adaptation must be one of csa, tpa"):
-        DreamConfig(step_size_adaptation="median")
-
-
 def test_corrupt_cma_es_state_names_the_file(tmp_path):
     hparams = {"z_size": 2, "hidden_size": 3, "action_size": 3}
     out = tmp_path / "controller"
@@ -130,3 +124,77 @@ def test_corrupt_cma_es_state_names_the_file(tmp_path):
     cfg = DreamConfig(population=4, generations=2)
     with pytest.raises(CheckpointError, match="es_state.npz"):
         evolve(out, lambda p, k: -jnp.sum(p**2, axis=1), hparams, cfg)
+
+
+def test_dream_fitness_plumbing_runs_on_the_mdnrnn(tmp_path):
+    rnn, start, _ = small_world()
+    cfg = DreamConfig(population=4, rollouts=2, dream_steps=8, generations=2, checkpoint_every=1)
+    best = evolve(tmp_path / "c", dream_fitness(rnn, start, cfg), controller_hparams(rnn), cfg)
+    assert best.shape == (LinearController.num_params(8, 16),)
+    assert (tmp_path / "c" / "ckpt").is_dir()
+
+
+def test_resumed_evolve_leaves_one_row_per_generation(tmp_path):
+    """A crash in generation 5 (state saved at 3, rows 1..4 written) then a resume to 8: rows and
+    TensorBoard series are generations 1..8 once each, equal to an uninterrupted run's."""
+    target = jnp.linspace(-0.5, 0.5, LinearController.num_params(**TINY))
+
+    @jax.jit
+    def quadratic(population, key):
+        return -jnp.sum((population - target) ** 2, axis=1) + 0.01 * jr.normal(key, (population.shape[0],))
+
+    calls = []
+
+    def crashing(population, key):  # two calls per generation: the population, then the re-scores
+        calls.append(1)
+        if len(calls) > 8:
+            raise Interrupted
+        return quadratic(population, key)
+
+    cfg = DreamConfig(population=8, generations=8, sigma_init=0.1, checkpoint_every=3, seed=2)
+    evolve(tmp_path / "straight", quadratic, TINY, cfg)
+    out = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        evolve(out, crashing, TINY, cfg)
+    assert [r["generation"] for r in rows(out)] == [1, 2, 3, 4]
+    with np.load(out / "es_state.npz") as f:
+        assert int(f["generation"]) == 3
+    evolve(out, quadratic, TINY, cfg)
+    got, straight = rows(out), rows(tmp_path / "straight")
+    assert [r["generation"] for r in got] == list(range(1, 9))
+    assert [r["best"] for r in got] == [r["best"] for r in straight]
+    assert set(got[0]) == set(straight[0])
+    series = scalars(out)
+    assert "generation" not in series and {"best", "mean", "sigma", "kept_score", "seconds"} <= set(series)
+    assert [s for s, _ in series["best"]] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in series["best"]], [r["best"] for r in got], rtol=1e-6)
+
+
+def test_evolve_refused_resume_leaves_metrics_untouched(tmp_path):
+    """The state check comes before trimming: a refused resume neither trims rows nor opens TensorBoard."""
+    fitness = jax.jit(lambda population, key: -jnp.sum(population**2, axis=1))
+    cfg = DreamConfig(population=8, generations=2, checkpoint_every=1, step_size_adaptation="csa")
+    out = tmp_path / "controller"
+    evolve(out, fitness, TINY, cfg)
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"generation": 9}\n')
+    before = (out / "metrics.jsonl").read_bytes(), sorted(p.name for p in (out / "tb").iterdir())
+    with pytest.raises(CheckpointError, match="step-size adaptation"):
+        evolve(out, fitness, TINY, dataclasses.replace(cfg, generations=4, step_size_adaptation="tpa"))
+    assert ((out / "metrics.jsonl").read_bytes(), sorted(p.name for p in (out / "tb").iterdir())) == before
+
+
+def test_non_finite_fitness_stops_with_the_last_good_state_intact(tmp_path):
+    """A NaN dream return stops CMA-ES naming the generation; the state and controller saved before stay."""
+    fitness = noisy_quadratic(TINY)
+    out = tmp_path / "controller"
+    cfg = DreamConfig(population=8, generations=2, checkpoint_every=1, seed=2)
+    evolve(out, fitness, TINY, cfg)
+    before = (out / "es_state.npz").read_bytes()
+
+    def broken(population, key):
+        return fitness(population, key).at[3].set(jnp.nan)
+
+    with pytest.raises(TrainingDiverged, match="non-finite dream fitness at generation 3.*at generation 2"):
+        evolve(out, broken, TINY, dataclasses.replace(cfg, generations=4))
+    assert (out / "es_state.npz").read_bytes() == before
+    assert [r["generation"] for r in rows(out)] == [1, 2]

@@ -8,20 +8,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from worldmodels.env import preprocess
 from worldmodels.models import MDNRNN, ConvVAE, LinearController
 from worldmodels.models.mdnrnn import most_likely_z, rollout_sequence, sample_next_z
 from worldmodels.models.vae import conv_transpose_s2
-
-
-def test_preprocess_crops_hud_and_resizes():
-    frame = np.zeros((96, 96, 3), np.uint8)
-    frame[84:] = 255  # the HUD rows must not leak into the model's frame
-    out = preprocess(frame)
-    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    assert out.max() == 0
-    with pytest.raises(ValueError, match="96, 96, 3"):
-        preprocess(np.zeros((96, 96), np.uint8))
 
 
 def test_vae_shapes_single_and_batched():
@@ -154,3 +143,38 @@ def test_sample_next_z_from_drawn_noise_equals_categorical_then_normal():
     for tau in (0.5, 1.0, 1.7):
         ours = jax.vmap(sample_next_z, in_axes=(None, 0, None))(out, keys, tau)
         np.testing.assert_array_equal(ours, jax.vmap(reference, in_axes=(0, None))(keys, tau))
+
+
+def test_every_dynamics_kind_implements_the_protocol():
+    """MDN-RNN and GRU transition satisfy ``Dynamics``: sizes, ``initial_state`` with ``h`` (H,), one step."""
+    from worldmodels.models.dynamics import Dynamics, DynamicsState, batched_initial_state
+    from worldmodels.models.registry import kinds
+
+    assert set(kinds("dynamics")) >= {"mdnrnn", "gru"}
+    for name, kind in kinds("dynamics").items():
+        hp = {"z_size": 4, "action_size": 3, "hidden_size": 8} | ({"num_mixtures": 2} if name == "mdnrnn" else {})
+        model = kind.build(**hp)
+        assert isinstance(model, Dynamics), name
+        state = model.initial_state()
+        assert isinstance(state, DynamicsState) and state.h.shape == (8,)
+        state, out = model(jnp.zeros(4), jnp.zeros(3), state)
+        assert state.h.shape == (8,) and out.mu.shape == (model.num_mixtures, 4) and out.reward.shape == ()
+        batched = batched_initial_state(model, 5)
+        assert all(leaf.shape[0] == 5 for leaf in jax.tree.leaves(batched))
+
+
+def test_registry_refuses_a_kind_of_the_wrong_role_and_a_second_registration():
+    from worldmodels.errors import CheckpointError
+    from worldmodels.models.registry import build_vae, kind_of, register
+
+    assert kind_of("vae", "vision", "ck/1").build is build_vae
+    with pytest.raises(
+        CheckpointError, match=r"ck/1 holds a 'vae', not a world-model dynamics \(known kinds: 'mdnrnn'"
+    ):
+        kind_of("vae", "dynamics", "ck/1")
+    with pytest.raises(CheckpointError, match="holds a None, not a controller"):
+        kind_of(None, "controller", "ck/1")
+    with pytest.raises(ValueError, match="already registered"):
+        register("vae", "vision", build_vae, "again")
+    with pytest.raises(ValueError, match="unknown role"):
+        register("new", "planner", build_vae, "no such role")

@@ -1,39 +1,12 @@
-"""Training loop: losses go down, NaN stops with the step named and the checkpoint intact, resume."""
+"""``worldmodels.train``: sequence batches, recipe weights and held-out episodes, the VAE learns a tiny dataset."""
 
 import json
 
-import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
-import optax
-import pytest
+from helpers import toy_latents
 
-from worldmodels import checkpoint
 from worldmodels.config import RNNConfig, VAEConfig
-from worldmodels.errors import TrainingDiverged
-from worldmodels.models import MDNRNN
-from worldmodels.train import FrameMix, LatentDataset, rnn_loss, sequence_batch, train_vae
-from worldmodels.trainer import fit
-
-
-def toy_latents(episodes=3, length=20, z=4):
-    lengths = np.array([length] * (episodes - 1) + [length // 2])
-    n_obs = int((lengths + 1).sum())
-    n_act = int(lengths.sum())
-    rng = np.random.default_rng(0)
-    return LatentDataset(
-        mu=rng.normal(size=(n_obs, z)).astype(np.float32),
-        logvar=np.full((n_obs, z), -4.0, np.float32),
-        actions=rng.uniform(size=(n_act, 3)).astype(np.float32),
-        rewards=rng.normal(size=n_act).astype(np.float32),
-        dones=np.zeros(n_act, np.float32),
-        offroad=np.zeros(n_act, bool),
-        obs_start=np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]),
-        act_start=np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-        lengths=lengths,
-        episode_p=np.full(episodes, 1.0 / episodes),
-        heldout=np.zeros(episodes, bool),
-    )
+from worldmodels.train import FrameMix, LatentDataset, sequence_batch, train_vae
 
 
 def test_sequence_batch_windows_and_mask():
@@ -45,67 +18,6 @@ def test_sequence_batch_windows_and_mask():
     assert set(batch["mask"].sum(axis=1).tolist()) <= {10.0, 15.0}
     again = sequence_batch(data, 0, cfg)
     np.testing.assert_array_equal(batch["mu"], again["mu"])  # deterministic in (seed, step)
-
-
-def test_rnn_training_reduces_loss_and_resumes(tmp_path):
-    data = toy_latents()
-    cfg = RNNConfig(
-        hidden_size=16, num_mixtures=2, seq_len=10, batch_size=8, steps=30, log_every=10, checkpoint_every=10
-    )
-    hp = {"z_size": 4, "action_size": 3, "hidden_size": 16, "num_mixtures": 2}
-
-    def run(steps):
-        return fit(
-            model=MDNRNN(**hp, key=jr.key(0)),
-            optimizer=optax.adam(1e-2),
-            loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg),
-            make_batch=lambda s: sequence_batch(data, s, cfg),
-            steps=steps,
-            out_dir=tmp_path / "rnn",
-            kind="mdnrnn",
-            hparams=hp,
-            seed=0,
-            log_every=10,
-            checkpoint_every=10,
-            items_per_step=80,
-            desc="test",
-        )
-
-    run(20)
-    assert checkpoint.latest_step(tmp_path / "rnn" / "ckpt") == 20
-    run(30)  # resumes at 20
-    rows = [json.loads(x) for x in (tmp_path / "rnn" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [10, 20, 30]
-    assert rows[-1]["total"] < rows[0]["total"]
-    assert {"mdn_nll", "reward", "done", "grad_norm"} <= set(rows[0])
-
-
-def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
-    hp = {"z_size": 4, "action_size": 3, "hidden_size": 8, "num_mixtures": 2}
-
-    def loss_fn(model, batch, key):
-        loss = jnp.sum(model.head.bias**2) * batch  # batch becomes NaN at step 7
-        return loss, {"total": loss}
-
-    with pytest.raises(TrainingDiverged, match=r"step 7.*last good checkpoint: .*ckpt/5"):
-        fit(
-            model=MDNRNN(**hp, key=jr.key(0)),
-            optimizer=optax.sgd(1e-3),
-            loss_fn=loss_fn,
-            make_batch=lambda s: jnp.float32(np.nan if s == 6 else 1.0),
-            steps=10,
-            out_dir=tmp_path / "x",
-            kind="mdnrnn",
-            hparams=hp,
-            seed=0,
-            log_every=1,
-            checkpoint_every=5,
-            items_per_step=1,
-            desc="nan",
-        )
-    assert checkpoint.latest_step(tmp_path / "x" / "ckpt") == 5
-    model, _, meta = checkpoint.load(tmp_path / "x" / "ckpt", MDNRNN(**hp, key=jr.key(1)), kind="mdnrnn")
-    assert np.isfinite(np.asarray(model.head.bias)).all() and meta["step"] == 5
 
 
 def test_vae_learns_a_tiny_dataset(tmp_path):
@@ -152,45 +64,3 @@ def test_heldout_episodes_never_train():
     held_mu = data.mu[data.obs_start[3] : data.obs_start[3] + data.lengths[3] + 1]
     first = batch["mu"][:, 0]
     assert not any((first == m).all(axis=1).any() for m in held_mu)
-
-
-def test_mirror_flips_frames_and_negates_steer():
-    from worldmodels.data import mirror
-
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
-    actions = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
-    f1, a1 = mirror(frames, actions)
-    np.testing.assert_array_equal(f1[:, :, 0], frames[:, :, -1])  # left column <- right column
-    np.testing.assert_array_equal(a1[:, 0], -actions[:, 0])
-    np.testing.assert_array_equal(a1[:, 1:], actions[:, 1:])
-    f2, a2 = mirror(f1, a1)
-    np.testing.assert_array_equal(f2, frames)
-    np.testing.assert_array_equal(a2, actions)
-    # In a VAE batch about half of the frames come out flipped.
-    asym = np.zeros((1, 4, 4, 3), np.uint8)
-    asym[0, :, 0] = 255
-    drawn = FrameMix.of([(asym, 1.0)]).sample(np.random.default_rng(1), 1000, mirror=True)
-    assert abs((drawn[:, 0, -1, 0] == 255).mean() - 0.5) < 0.05
-
-
-def test_reward_delusion_counts_offroad_steps_predicted_rewarded():
-    from worldmodels.diagnostics import reward_delusion
-
-    pred = np.array([0.5, -0.1, 0.2, 3.0, 0.1])
-    real = np.array([-0.1, -0.1, -0.1, 3.0, -0.1])
-    off = np.array([True, True, True, True, False])
-    out = reward_delusion(pred, real, off)
-    # off-road with negative real reward: steps 0, 1, 2; predicted positive: 0 and 2
-    assert out["offroad_steps"] == 3 and np.isclose(out["reward_delusion"], 2 / 3)
-    assert np.isnan(reward_delusion(pred, real, np.zeros(5, bool))["reward_delusion"])
-
-
-def test_parse_recipe():
-    from worldmodels.config import parse_recipe
-
-    assert parse_recipe("brownian") == [("brownian", 1.0)]
-    assert parse_recipe("brownian:2, heuristic:0.5") == [("brownian", 2.0), ("heuristic", 0.5)]
-    for bad in ("", "a:0", "a:x", "a,a", ":3"):
-        with pytest.raises(ValueError):
-            parse_recipe(bad)

@@ -8,12 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 """Where the named presets live (``configs/NAME.json`` next to the scripts)."""
+
+
+def _check_ranges(cfg: Any, section: str, rules: dict[str, str]) -> None:
+    """Refuse a config value outside its range, with one line naming the field, the value and what is allowed.
+
+    ``rules`` maps a field name to one of ``">= N"``, ``"> N"``, ``"in [a, b]"``, ``"in [a, b)"``, ``"in (a, b]"``.
+
+    Raises:
+        ValueError: ``"SECTION.FIELD must be RULE, got VALUE"`` for the first field that breaks its rule.
+    """
+    for name, rule in rules.items():
+        value = getattr(cfg, name)
+        op, _, bound = rule.partition(" ")
+        if op == ">=":
+            ok = value >= float(bound)
+        elif op == ">":
+            ok = value > float(bound)
+        else:  # "in" with an interval
+            lo, hi = (float(x) for x in bound.strip("[]()").split(","))
+            ok = (lo <= value if bound[0] == "[" else lo < value) and (value <= hi if bound[-1] == "]" else value < hi)
+        if not (isinstance(value, int | float) and ok):
+            raise ValueError(f"{section}.{name} must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,23 @@ class CollectConfig:
     controller_noise: float = 0.2
     """``controller``: standard deviation of the smooth (Ornstein-Uhlenbeck) noise added to the agent's actions."""
 
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "collect",
+            {
+                "episodes": ">= 1",
+                "max_steps": ">= 1",
+                "workers": ">= 0",
+                "brownian_sigma": ">= 0",
+                "brownian_theta": "in [0, 1]",
+                "random_controller_scale": ">= 0",
+                "recovery_every": "> 0",
+                "recovery_steps": ">= 1",
+                "controller_noise": ">= 0",
+            },
+        )
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -82,6 +123,21 @@ class VAEConfig:
     """Write a metrics.jsonl line every this many updates."""
     seed: int = 0
     """Seed of initialisation, batch order and the reparameterisation noise."""
+
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "vae",
+            {
+                "z_size": ">= 1",
+                "kl_tolerance": ">= 0",
+                "learning_rate": "> 0",
+                "batch_size": ">= 1",
+                "steps": ">= 1",
+                "checkpoint_every": ">= 1",
+                "log_every": ">= 1",
+            },
+        )
 
     @property
     def loss_scales(self) -> dict[str, float]:
@@ -129,6 +185,27 @@ class RNNConfig:
     seed: int = 0
     """Seed of initialisation, batch order and the latent re-sampling."""
 
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "rnn",
+            {
+                "holdout": "in [0, 1)",
+                "hidden_size": ">= 1",
+                "num_mixtures": ">= 1",
+                "seq_len": ">= 1",
+                "batch_size": ">= 1",
+                "learning_rate": "> 0",
+                "grad_clip": "> 0",
+                "steps": ">= 1",
+                "reward_weight": ">= 0",
+                "reward_overpredict_weight": ">= 0",
+                "done_weight": ">= 0",
+                "checkpoint_every": ">= 1",
+                "log_every": ">= 1",
+            },
+        )
+
     @property
     def loss_scales(self) -> dict[str, float]:
         """Scale of each term of ``losses.rnn_step_loss`` in the total (``reward_weight``, ``done_weight``)."""
@@ -172,6 +249,13 @@ class DreamConfig:
     es_state.npz; a run continues with the rule it started with."""
 
     def __post_init__(self):
+        _check_ranges(
+            self,
+            "dream",
+            {"population": ">= 2", "rollouts": ">= 1", "dream_steps": ">= 1", "temperature": "> 0",
+             "generations": ">= 1", "sigma_init": "> 0", "done_threshold": "in (0, 1]", "eval_every": ">= 0",
+             "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1"},
+        )  # fmt: skip
         if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:
             raise ValueError(
                 f"dream.step_size_adaptation must be one of {', '.join(STEP_SIZE_ADAPTATIONS)}, "
@@ -202,6 +286,13 @@ class TestConfig:
     video_fps: int = 30
     """Frames per second of the videos."""
 
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "test",
+            {"episodes": ">= 1", "workers": ">= 0", "max_steps": ">= 1", "video_episodes": ">= 0", "video_fps": ">= 1"},
+        )
+
 
 @dataclass(frozen=True)
 class IterateConfig:
@@ -219,6 +310,20 @@ class IterateConfig:
     """CMA-ES generations per iteration, continuing from the previous controller."""
     test_episodes: int = 20
     """Real episodes scoring each iteration's controller."""
+
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "iterate",
+            {
+                "iterations": ">= 0",
+                "episodes": ">= 1",
+                "weight": "> 0",
+                "rnn_steps": ">= 0",
+                "generations": ">= 1",
+                "test_episodes": ">= 1",
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -397,14 +502,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def record_config(run_dir: Path, stage: str, cfg: Any) -> None:
-    """Merge the resolved config of ``stage`` into ``run_dir/config.json`` (the run's record)."""
+    """Merge the resolved config of ``stage`` into ``run_dir/config.json`` (the run's record), atomically.
+
+    A ``config.json`` that is not a JSON object is never overwritten: it is renamed to
+    ``config.json.unreadable-TIMESTAMP`` (the user is told on stderr) and a new record starts.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
     data: dict[str, Any] = {}
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            aside = path.with_name(f"config.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            print(f"warning: {path} was unreadable ({err}); kept it as {aside}, starting a new record", file=sys.stderr)
             data = {}
     data[stage] = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     tmp = path.with_suffix(".json.tmp")

@@ -105,6 +105,11 @@ def _open_or_create(path: Path, cfg: CollectConfig):
     from minari.dataset.minari_storage import MinariStorage
 
     if not (path / "metadata.json").exists():
+        if path.is_dir() and any(path.iterdir()):
+            raise DatasetError(
+                f"{path} holds files but no metadata.json, so it is not a readable dataset; nothing was deleted: "
+                f"move it aside (or restore its metadata.json) and collect again"
+            )
         # Build the empty dataset beside its final place and rename it in, so an interruption
         # never leaves a half-created dataset behind.
         tmp = path.with_name(path.name + ".creating")
@@ -127,7 +132,8 @@ def _open_or_create(path: Path, cfg: CollectConfig):
                 "minari_version": _minari_version(),
             }
         )
-        shutil.rmtree(path, ignore_errors=True)  # an empty leftover directory, if any
+        if path.is_dir():
+            path.rmdir()  # an empty leftover directory (checked above)
         tmp.rename(path)
     try:
         return MinariStorage.read(path)
@@ -158,7 +164,8 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
         The dataset directory.
 
     Raises:
-        DatasetError: if an existing dataset there cannot be read.
+        DatasetError: if an existing dataset there cannot be read, or the directory holds files but no
+            dataset (nothing is deleted).
     """
     from minari.data_collector import EpisodeBuffer
 
@@ -251,7 +258,10 @@ def open_dataset(path: Path):
 
 
 def load_episodes(path: Path, limit: int | None = None) -> list[Episode]:
-    """All episodes of a dataset (or the first ``limit``) as arrays, in storage order.
+    """All episodes of a dataset (or the first ``limit`` stored) as arrays, in order of their reset seeds.
+
+    Workers append episodes in the order they finish, which varies from run to run; sorting by seed makes
+    what training reads (batch order, the held-out last episodes) the same for two runs with the same seeds.
 
     Raises:
         DatasetError: if the dataset is missing, unreadable or empty.
@@ -276,4 +286,4 @@ def load_episodes(path: Path, limit: int | None = None) -> list[Episode]:
             )
     except Exception as err:
         raise DatasetError(f"dataset {path} is unreadable: {err}") from err
-    return episodes
+    return sorted(episodes, key=lambda ep: ep.seed)

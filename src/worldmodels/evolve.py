@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from worldmodels import checkpoint
 from worldmodels.config import DreamConfig
 from worldmodels.dream import DreamStart, sharded_generation_fitness
+from worldmodels.errors import TrainingDiverged
 from worldmodels.metrics_log import MetricsLog, trim_jsonl
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import Dynamics
@@ -85,6 +86,8 @@ def evolve(
     Raises:
         CheckpointError: for an unreadable state file, one of another dimension, or one evolved with the
             other step-size rule.
+        TrainingDiverged: when a generation's fitness is NaN or infinite; the state and controller saved
+            last are left as they were.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     n = LinearController.num_params(**hparams)
@@ -117,9 +120,8 @@ def evolve(
         return np.asarray(fitness(jnp.asarray(pop, jnp.float32), k))
 
     def save_state(gen: int) -> None:
-        tmp = out_dir / "es_state.tmp.npz"
-        np.savez(tmp, **_cma_state(es), generation=gen, best=best, best_score=best_score)
-        tmp.replace(state_path)
+        # The controller first, the state last: the state's generation is what marks the stage done, so a
+        # crash in between leaves an older state that resumes, never a newer state with an older controller.
         checkpoint.save(
             out_dir / "ckpt",
             gen,
@@ -128,6 +130,17 @@ def evolve(
             hparams=hparams,
             extra={"dream_score": best_score, "generation": gen},
         )
+        tmp = out_dir / "es_state.tmp.npz"
+        np.savez(tmp, **_cma_state(es), generation=gen, best=best, best_score=best_score)
+        tmp.replace(state_path)
+
+    def check_finite(values: np.ndarray, gen: int, what: str) -> None:
+        if not np.all(np.isfinite(values)):
+            last = int(np.load(state_path)["generation"]) if state_path.is_file() else 0
+            raise TrainingDiverged(
+                f"CMA-ES: non-finite {what} at generation {gen + 1} ({int(np.sum(~np.isfinite(values)))} of "
+                f"{values.size}); nothing of it was kept, the last good state is {state_path} at generation {last}"
+            )
 
     bar = tqdm(range(first_gen, cfg.generations), initial=first_gen, total=cfg.generations, desc="CMA-ES", unit="gen")
     with MetricsLog(out_dir, step_key="generation", start=first_gen) as log:
@@ -137,10 +150,12 @@ def evolve(
             normals.start_generation(gen)
             population = np.asarray(es.ask())
             scores = score(population, k_gen)
+            check_finite(scores, gen, "dream fitness")
             es.tell(list(population), list(-scores.astype(np.float64)))
             # Re-score the generation's best and the mean on fresh dreams (a (2, N) call, compiled once).
             check = np.stack([population[int(np.argmax(scores))], es.mean])
             rescored = score(check, k_check)
+            check_finite(rescored, gen, "re-scored fitness")
             cand = (float(rescored[0]), check[0]), (float(rescored[1]), check[1])
             for s, params in cand:
                 if s > best_score:

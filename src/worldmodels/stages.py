@@ -146,7 +146,9 @@ def latents(run_dir: Path, cfg: RNNConfig) -> LatentDataset:
     sources = recipe_paths(run_dir, cfg.dataset)
     for path, _ in sources:
         episodes = open_dataset(path).total_episodes
-        key = json.dumps({"vae_step": vae_step, "episodes": episodes, "mirror": cfg.mirror, "holdout": cfg.holdout})
+        key = json.dumps(
+            {"vae_step": vae_step, "episodes": episodes, "mirror": cfg.mirror, "holdout": cfg.holdout, "order": "seed"}
+        )
         cache = run_dir / "rnn" / "latents" / f"{path.name}.npz"
         data = None
         if cache.is_file():

@@ -1,0 +1,73 @@
+"""Configuration: dataset recipes are parsed, invalid settings are refused."""
+
+import pytest
+
+from worldmodels.config import (
+    CollectConfig,
+    DreamConfig,
+    IterateConfig,
+    RNNConfig,
+    VAEConfig,
+    available_presets,
+    load_preset,
+)
+from worldmodels.config import (
+    TestConfig as EvalConfig,  # a name pytest does not take for a test class
+)
+
+
+def test_parse_recipe():
+    from worldmodels.config import parse_recipe
+
+    assert parse_recipe("brownian") == [("brownian", 1.0)]
+    assert parse_recipe("brownian:2, heuristic:0.5") == [("brownian", 2.0), ("heuristic", 0.5)]
+    for bad in ("", "a:0", "a:x", "a,a", ":3"):
+        with pytest.raises(ValueError):
+            parse_recipe(bad)
+
+
+def test_unknown_step_size_rule_is_refused():
+    with pytest.raises(ValueError, match="dream.step_size_adaptation must be one of csa, tpa"):
+        DreamConfig(step_size_adaptation="median")
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "message"),
+    [
+        (DreamConfig, "dream_steps", 0, "dream.dream_steps must be >= 1, got 0"),
+        (DreamConfig, "temperature", -1.0, "dream.temperature must be > 0, got -1.0"),
+        (DreamConfig, "population", 1, "dream.population must be >= 2, got 1"),
+        (DreamConfig, "done_threshold", 0.0, r"dream.done_threshold must be in \(0, 1\], got 0.0"),
+        (DreamConfig, "sigma_init", 0.0, "dream.sigma_init must be > 0"),
+        (CollectConfig, "episodes", 0, "collect.episodes must be >= 1, got 0"),
+        (CollectConfig, "brownian_theta", 1.5, r"collect.brownian_theta must be in \[0, 1\]"),
+        (VAEConfig, "batch_size", 0, "vae.batch_size must be >= 1"),
+        (VAEConfig, "learning_rate", 0.0, "vae.learning_rate must be > 0"),
+        (RNNConfig, "holdout", 1.0, r"rnn.holdout must be in \[0, 1\), got 1.0"),
+        (RNNConfig, "seq_len", 0, "rnn.seq_len must be >= 1"),
+        (EvalConfig, "episodes", 0, "test.episodes must be >= 1"),
+        (IterateConfig, "iterations", -1, "iterate.iterations must be >= 0"),
+    ],
+)
+def test_out_of_range_values_are_refused_with_the_field_named(cls, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**{field: value})
+
+
+def test_every_preset_passes_validation():
+    for name in available_presets():
+        load_preset(name)  # raises on any out-of-range value
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]"])
+def test_an_unreadable_run_record_is_kept_aside_never_overwritten(tmp_path, text, capsys):
+    from worldmodels.config import record_config
+
+    (tmp_path / "config.json").write_text(text)
+    record_config(tmp_path, "dream", DreamConfig(generations=3))
+    kept = list(tmp_path.glob("config.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == text
+    assert "kept it as" in capsys.readouterr().err
+    import json
+
+    assert json.loads((tmp_path / "config.json").read_text())["dream"]["generations"] == 3

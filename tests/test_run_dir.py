@@ -1,0 +1,39 @@
+"""Run-directory access: the loaders rebuild V, M and C from their checkpoints' own kinds and sizes."""
+
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+from worldmodels import checkpoint, run_dir
+from worldmodels.agent import Agent
+from worldmodels.errors import CheckpointError, MissingInput
+from worldmodels.models import MDNRNN, ConvVAE
+from worldmodels.models.registry import build_controller, controller_hparams
+
+
+def save_run(path, z=8, hidden=16):
+    vae, dynamics = ConvVAE(z, key=jr.key(0)), MDNRNN(z, 3, hidden, 2, key=jr.key(1))
+    checkpoint.save(path / "vae" / "ckpt", 1, vae, kind="vae", hparams={"z_size": z})
+    hp = {"z_size": z, "action_size": 3, "hidden_size": hidden, "num_mixtures": 2}
+    checkpoint.save(path / "rnn" / "ckpt", 2, dynamics, kind="mdnrnn", hparams=hp)
+    ctrl = build_controller(**controller_hparams(dynamics))
+    checkpoint.save(path / "controller" / "ckpt", 3, ctrl, kind="controller", hparams=controller_hparams(dynamics))
+    return vae, dynamics
+
+
+def test_load_agent_rebuilds_every_part_from_its_checkpoint(tmp_path):
+    vae, dynamics = save_run(tmp_path)
+    agent = run_dir.load_agent(tmp_path)
+    assert isinstance(agent, Agent) and agent.vae.z_size == 8 and agent.dynamics.hidden_size == 16
+    assert jnp.array_equal(agent.dynamics.head.weight, dynamics.head.weight)
+    assert agent.controller.weight.shape == (3, 8 + 16)
+
+
+def test_missing_and_mismatched_parts_are_named(tmp_path):
+    with pytest.raises(MissingInput, match=r"vae/ckpt: run `uv run train_vae.py --run-dir"):
+        run_dir.load_vae(tmp_path)
+    save_run(tmp_path)
+    with pytest.raises(CheckpointError, match="z_size=8 in the checkpoint, 32 in the config"):
+        run_dir.load_dynamics(tmp_path, expected={"z_size": 32})
+    with pytest.raises(MissingInput, match="data/heuristic/metadata.json.*collect_data.py .* --policy heuristic"):
+        run_dir.recipe_paths(tmp_path, "heuristic:2")
