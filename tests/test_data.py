@@ -165,3 +165,26 @@ def test_a_directory_without_metadata_is_refused_and_nothing_is_deleted(tmp_path
         collect(tmp_path, CollectConfig(episodes=1, max_steps=5, workers=1))
     assert (path / "main_data.hdf5").read_bytes() == b"precious episodes"
     assert not path.with_name("brownian.creating").exists()
+
+
+def test_holdout_count_keeps_one_out_and_one_in():
+    from worldmodels.data import holdout_count
+
+    assert [holdout_count(n, 0.05) for n in (1, 2, 10, 40, 100)] == [0, 1, 1, 2, 5]
+    assert holdout_count(10, 0.0) == 0 and holdout_count(3, 0.99) == 2
+
+
+def test_episode_windows_stay_inside_their_episode():
+    from worldmodels.data import episode_windows
+
+    lengths = np.array([5, 30, 12])
+    obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    act_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rng = np.random.default_rng(0)
+    obs_idx, act_idx, obs_mask, act_mask = episode_windows(rng, lengths, np.full(3, 1 / 3), obs_start, act_start, 8, 64)
+    assert obs_idx.shape == (64, 9) and act_idx.shape == act_mask.shape == (64, 8)
+    episode = np.searchsorted(obs_start, obs_idx[:, 0], side="right") - 1
+    assert np.all(obs_idx <= (obs_start + lengths)[episode, None])  # never past the episode's last frame
+    assert np.all(act_idx < (act_start + lengths)[episode, None])
+    assert act_mask[episode == 0].sum(axis=1).max() == 5 and act_mask[episode == 1].min() == 1.0
+    assert np.all(obs_mask.sum(axis=1) == act_mask.sum(axis=1) + 1)

@@ -237,6 +237,52 @@ def mirror(frames: np.ndarray, actions: np.ndarray | None = None) -> tuple[np.nd
     return flipped, actions
 
 
+# One episode index for frame and sequence batches
+
+
+def holdout_count(episodes: int, fraction: float) -> int:
+    """How many of a dataset's ``episodes`` (its last ones) are held out of training for ``fraction``.
+
+    ``min(n - 1, max(1, round(fraction * n)))`` when ``fraction`` > 0 and n >= 2, else 0: at least one
+    episode is held out when any is asked for, and at least one always trains. The MDN-RNN's reward
+    delusion and gossip's drift are both measured on these episodes.
+    """
+    if fraction <= 0 or episodes < 2:
+        return 0
+    return min(episodes - 1, max(1, round(fraction * episodes)))
+
+
+def episode_windows(
+    rng: np.random.Generator,
+    lengths: np.ndarray,
+    episode_p: np.ndarray,
+    obs_start: np.ndarray,
+    act_start: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays of a batch of training windows into episodes stored end to end.
+
+    Episode e has ``lengths[e]`` = T_e actions and T_e + 1 observations, starting at ``act_start[e]`` and
+    ``obs_start[e]`` of the concatenated arrays. B = ``batch_size`` episodes are drawn with probabilities
+    ``episode_p``; each window is L = ``seq_len`` steps from a uniform offset in [0, T_e - L] (0 when the
+    episode is not longer than L: the tail then repeats the last observation and action, masked).
+
+    Returns:
+        (obs_idx int64 (B, L + 1), act_idx int64 (B, L), obs_mask float32 (B, L + 1), act_mask float32
+        (B, L)): the masks are 1 where the window is inside its episode.
+    """
+    eps = rng.choice(len(lengths), batch_size, p=episode_p)
+    lengths = lengths[eps]
+    offsets = (rng.random(batch_size) * np.maximum(lengths - seq_len + 1, 1)).astype(np.int64)
+    left = (lengths - offsets)[:, None]
+    t = np.arange(seq_len)
+    act_idx = act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], left - 1)
+    obs_idx = obs_start[eps, None] + offsets[:, None] + np.minimum(np.arange(seq_len + 1)[None, :], left)
+    obs_mask = (np.arange(seq_len + 1)[None, :] <= left).astype(np.float32)
+    return obs_idx, act_idx, obs_mask, (t[None, :] < left).astype(np.float32)
+
+
 # Load
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from worldmodels.config import RNNConfig, VAEConfig
-from worldmodels.data import Episode
+from worldmodels.data import Episode, episode_windows, holdout_count
 from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
 from worldmodels.losses import kl_diag_normal, rnn_step_loss, vae_loss, weighted_total
@@ -246,9 +246,7 @@ def encode_episodes(
     Returns:
         The dataset; training episodes are drawn uniformly.
     """
-    n_hold = 0
-    if holdout > 0 and len(episodes) >= 2:
-        n_hold = min(len(episodes) - 1, max(1, round(holdout * len(episodes))))
+    n_hold = holdout_count(len(episodes), holdout)
     train_eps = episodes[: len(episodes) - n_hold]
     copies = list(episodes)
     if mirror:
@@ -296,24 +294,16 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
         ``dones``, ``mask`` (B, L).
     """
     rng = np.random.default_rng([cfg.seed, step])
-    L = cfg.seq_len
-    eps = rng.choice(data.num_episodes, cfg.batch_size, p=data.episode_p)
-    lengths = data.lengths[eps]
-    offsets = (rng.random(cfg.batch_size) * np.maximum(lengths - L + 1, 1)).astype(np.int64)
-    t = np.arange(L)
-    valid = t[None, :] < (lengths - offsets)[:, None]
-    act_idx = (
-        data.act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], lengths[:, None] - offsets[:, None] - 1)
+    obs_idx, act_idx, _, valid = episode_windows(
+        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size
     )
-    obs_t = np.minimum(np.arange(L + 1)[None, :], (lengths - offsets)[:, None])
-    obs_idx = data.obs_start[eps, None] + offsets[:, None] + obs_t
     return {
         "mu": data.mu[obs_idx],
         "logvar": data.logvar[obs_idx],
         "actions": data.actions[act_idx],
         "rewards": data.rewards[act_idx],
         "dones": data.dones[act_idx],
-        "mask": valid.astype(np.float32),
+        "mask": valid,
     }
 
 

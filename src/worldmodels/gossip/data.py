@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels.config import GossipConfig
-from worldmodels.data import Episode, load_episodes
+from worldmodels.data import Episode, episode_windows, holdout_count, load_episodes
 from worldmodels.run_dir import recipe_paths
 
 
@@ -41,8 +41,8 @@ class FrameSequences:
     def of(cls, groups: list[tuple[list[Episode], float]], holdout: float) -> FrameSequences:
         """Build from ``[(episodes, weight), ...]``; each group holds out its last episodes.
 
-        Group g holds out ``min(n - 1, max(1, round(holdout * n)))`` of its n episodes when ``holdout`` > 0
-        and n >= 2; its training episodes share probability weight_g / sum(weights) of a batch.
+        Group g holds out ``data.holdout_count(n, holdout)`` of its n episodes (its last ones); its training
+        episodes share probability weight_g / sum(weights) of a batch.
 
         Raises:
             ValueError: if a group has no training episode.
@@ -50,7 +50,7 @@ class FrameSequences:
         episodes, probs, held = [], [], []
         total = float(sum(w for _, w in groups))
         for eps, weight in groups:
-            n_hold = min(len(eps) - 1, max(1, round(holdout * len(eps)))) if holdout > 0 and len(eps) >= 2 else 0
+            n_hold = holdout_count(len(eps), holdout)
             n_train = len(eps) - n_hold
             if n_train < 1:
                 raise ValueError("every dataset of a gossip recipe needs at least one training episode")
@@ -90,28 +90,23 @@ def load_sequences(run_dir: Path, cfg: GossipConfig) -> FrameSequences:
 def sequence_batch(data: FrameSequences, step: int, cfg: GossipConfig) -> dict[str, np.ndarray]:
     """A batch of training windows of frames, deterministic in (cfg.seed, step).
 
-    The windowing of ``train.sequence_batch``: episodes drawn with ``data.episode_p``; each window is L =
-    ``cfg.seq_len`` steps from a uniform offset in [0, T_e - L] (0 when the episode is not longer than L,
-    the tail then repeats the last frame and action and is masked).
+    The windowing of ``train.sequence_batch`` (both are ``data.episode_windows``): episodes drawn with
+    ``data.episode_p``; each window is L = ``cfg.seq_len`` steps from a uniform offset in [0, T_e - L] (0 when
+    the episode is not longer than L, the tail then repeats the last frame and action and is masked).
 
     Returns:
         dict of NumPy arrays: ``frames`` uint8 (B, L + 1, 64, 64, 3); ``frame_mask`` float32 (B, L + 1);
         ``actions`` float32 (B, L, 3); ``rewards``, ``dones``, ``mask`` float32 (B, L).
     """
     rng = np.random.default_rng([cfg.seed, step])
-    L, B = cfg.seq_len, cfg.batch_size
-    eps = rng.choice(len(data.lengths), B, p=data.episode_p)
-    lengths = data.lengths[eps]
-    offsets = (rng.random(B) * np.maximum(lengths - L + 1, 1)).astype(np.int64)
-    left = (lengths - offsets)[:, None]
-    t = np.arange(L)
-    act_idx = data.act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], left - 1)
-    obs_t = np.minimum(np.arange(L + 1)[None, :], left)
+    obs_idx, act_idx, obs_mask, act_mask = episode_windows(
+        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size
+    )
     return {
-        "frames": data.frames[data.obs_start[eps, None] + offsets[:, None] + obs_t],
-        "frame_mask": (np.arange(L + 1)[None, :] <= left).astype(np.float32),
+        "frames": data.frames[obs_idx],
+        "frame_mask": obs_mask,
         "actions": data.actions[act_idx],
         "rewards": data.rewards[act_idx],
         "dones": data.dones[act_idx],
-        "mask": (t[None, :] < left).astype(np.float32),
+        "mask": act_mask,
     }
