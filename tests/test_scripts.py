@@ -75,6 +75,8 @@ def test_every_script_end_to_end(tmp_path):
     assert "real_mean" in generations[1] and "real_mean" not in generations[0]  # checked every 2 generations
     for part in ("vae/recon.png", "vae/metrics.jsonl", "rnn/metrics.jsonl", "controller/metrics.jsonl"):
         assert (run_dir / part).is_file(), part
+    for stage in ("vae", "rnn", "controller"):  # TensorBoard event files next to every metrics.jsonl
+        assert any(f.name.startswith("events.out.tfevents") for f in (run_dir / stage / "tb").iterdir()), stage
 
     # Everything is done: the pipeline skips every stage and prints its table.
     out = run("pipeline.py", *common).stdout

@@ -326,6 +326,50 @@ class IterateConfig:
         )
 
 
+DYNAMICS_FLAVOURS = ("mdnrnn", "gru")
+"""The dynamics a gossip pool's world models can have (``models.joint.JointWorldModel``)."""
+GOSSIP_COMPARES = ("pixel", "latent", "dreams")
+GOSSIP_DISTANCES = ("l2", "l1", "kl")
+GOSSIP_STOP_GRADIENTS = ("readers", "partner", "none")
+GOSSIP_DREAMS = ("mean", "sample")
+
+
+def check_gossip(cfg: GossipConfig) -> None:
+    """Refuse a gossip config the pool trainer cannot run; every problem is named in one line.
+
+    Raises:
+        ValueError: ``"gossip config: FIELD=VALUE (known: ...); ..."``.
+    """
+    problems = []
+    if cfg.flavour not in DYNAMICS_FLAVOURS:
+        problems.append(f"flavour={cfg.flavour!r} (known: {', '.join(DYNAMICS_FLAVOURS)})")
+    for name, value, known in (
+        ("gossip_compare", cfg.gossip_compare, GOSSIP_COMPARES),
+        ("gossip_distance", cfg.gossip_distance, GOSSIP_DISTANCES),
+        ("gossip_stop_gradient", cfg.gossip_stop_gradient, GOSSIP_STOP_GRADIENTS),
+        ("gossip_dream", cfg.gossip_dream, GOSSIP_DREAMS),
+    ):
+        if value not in known:
+            problems.append(f"{name}={value!r} (known: {', '.join(known)})")
+    if cfg.gossip_distance == "kl" and cfg.gossip_compare == "pixel":
+        problems.append("gossip_distance='kl' needs gossip_compare 'latent' or 'dreams' (pixels have no variance)")
+    if cfg.models < 1:
+        problems.append(f"models={cfg.models} (need at least 1)")
+    if cfg.gossip_context < 1 or cfg.gossip_dream_steps < 1:
+        problems.append("gossip_context and gossip_dream_steps must be >= 1")
+    if cfg.gossip_context + cfg.gossip_dream_steps - 1 > cfg.seq_len:
+        problems.append(
+            f"gossip_context + gossip_dream_steps - 1 = {cfg.gossip_context + cfg.gossip_dream_steps - 1} "
+            f"exceeds seq_len={cfg.seq_len}"
+        )
+    if not 1 <= cfg.gossip_batch <= cfg.batch_size:
+        problems.append(f"gossip_batch={cfg.gossip_batch} must be in [1, batch_size={cfg.batch_size}]")
+    if not 0 <= cfg.export_model < cfg.models:
+        problems.append(f"export_model={cfg.export_model} is not a model of a pool of {cfg.models}")
+    if problems:
+        raise ValueError("gossip config: " + "; ".join(problems))
+
+
 @dataclass(frozen=True)
 class GossipConfig:
     """A pool of jointly trained world models that read each other's dreams (issue 5, ``worldmodels.gossip``)."""
@@ -424,6 +468,9 @@ class GossipConfig:
     convolution with per-model kernels becomes a slow grouped convolution."""
     seed: int = 0
     """Seed of initialisation (model m from fold_in(seed, m)), batch order, latent noise and pairing."""
+
+    def __post_init__(self):
+        check_gossip(self)
 
     @property
     def vae_loss_scales(self) -> dict[str, float]:

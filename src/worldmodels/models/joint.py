@@ -30,11 +30,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from worldmodels.config import DYNAMICS_FLAVOURS
 from worldmodels.models.mdnrnn import MDNRNN, MDNOutput, most_likely_z, sample_next_z
 from worldmodels.models.transition import GRUTransition
 from worldmodels.models.vae import ConvVAE
 
-FLAVOURS = ("mdnrnn", "gru")
+FLAVOURS = DYNAMICS_FLAVOURS
+"""The dynamics a joint world model can have (``config.DYNAMICS_FLAVOURS``)."""
 
 
 class WorldModel(Protocol):
