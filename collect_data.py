@@ -3,6 +3,8 @@ or, with --stats, print statistics of the datasets already there."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +25,28 @@ class Args:
     collect: tyro.conf.OmitArgPrefixes[CollectConfig] = field(default_factory=CollectConfig)
 
 
+def typed(argv: list[str], flag: str) -> bool:
+    """Whether the user typed ``flag`` (as ``--flag VALUE`` or ``--flag=VALUE``)."""
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def resolve_policy_flags(cfg: CollectConfig, argv: list[str]) -> CollectConfig:
+    """A typed ``--policy`` wins over the preset's ``mix`` (which would otherwise collect the whole mix and
+    ignore it); typing both ``--policy`` and ``--mix`` is refused with one line."""
+    if typed(argv, "--policy") and typed(argv, "--mix"):
+        raise SystemExit("error: --policy and --mix contradict each other: give one policy, or a mix")
+    if typed(argv, "--policy") and cfg.mix:
+        return dataclasses.replace(cfg, mix="")
+    return cfg
+
+
 def main() -> None:
     from worldmodels.cli import parse, run_main
     from worldmodels.diagnostics import print_stats
     from worldmodels.stages import run_collect
 
     args = parse(Args, __doc__)
+    args = dataclasses.replace(args, collect=resolve_policy_flags(args.collect, sys.argv[1:]))
     if args.stats:
         run_main(lambda: print_stats(args.run_dir))
     else:

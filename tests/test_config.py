@@ -71,3 +71,18 @@ def test_an_unreadable_run_record_is_kept_aside_never_overwritten(tmp_path, text
     import json
 
     assert json.loads((tmp_path / "config.json").read_text())["dream"]["generations"] == 3
+
+
+def test_a_typed_policy_wins_over_the_presets_mix():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("collect_data", Path(__file__).parents[1] / "collect_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    mix = load_preset("quick").collect
+    assert mix.mix  # the quick preset collects a mix
+    assert script.resolve_policy_flags(mix, ["--run-dir", "r", "--policy=heuristic"]).mix == ""
+    assert script.resolve_policy_flags(mix, ["--run-dir", "r"]) == mix
+    with pytest.raises(SystemExit, match="--policy and --mix contradict"):
+        script.resolve_policy_flags(mix, ["--policy", "heuristic", "--mix", "brownian:2"])
