@@ -75,10 +75,12 @@ def test_an_unreadable_run_record_is_kept_aside_never_overwritten(tmp_path, text
 
 def test_a_typed_policy_wins_over_the_presets_mix():
     import importlib.util
+    import sys
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("collect_data", Path(__file__).parents[1] / "collect_data.py")
     script = importlib.util.module_from_spec(spec)
+    sys.modules["collect_data"] = script  # dataclasses look their module up there
     spec.loader.exec_module(script)
     mix = load_preset("quick").collect
     assert mix.mix  # the quick preset collects a mix
