@@ -2,6 +2,7 @@
 metrics row per generation after a resume; its dream fitness runs on the MDN-RNN."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -198,3 +199,24 @@ def test_non_finite_fitness_stops_with_the_last_good_state_intact(tmp_path):
         evolve(out, broken, TINY, dataclasses.replace(cfg, generations=4))
     assert (out / "es_state.npz").read_bytes() == before
     assert [r["generation"] for r in rows(out)] == [1, 2]
+
+
+def test_step_size_experiment_script_smoke(tmp_path):
+    """experiments/cma_step_size.py at a tiny size: both rules run and the JSON holds a row per condition."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cma.json"
+    args = ["--dimension", "20", "--populations", "8", "--noise", "0", "1", "--generations", "3", "--seeds", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(root / "experiments" / "cma_step_size.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["noise"], r["adaptation"]) for r in rows] == [(0.0, "csa"), (0.0, "tpa"), (1.0, "csa"), (1.0, "tpa")]
+    assert all(len(r["final_f"]) == 2 and np.isfinite(r["mean"]) for r in rows)
