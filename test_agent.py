@@ -1,6 +1,7 @@
 """Score V + M + C on real CarRacing-v3 episodes (unseen seeds).
 
-Writes RUN_DIR/eval/results.json and, with --video, side-by-side mp4 files."""
+Writes RUN_DIR/eval/results.json and, with --video, side-by-side mp4 files; with --out, writes there instead and
+leaves the run directory untouched (a read-only or shared run can be evaluated)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ class Args:
     """Run directory (see docs/ARCHITECTURE.md, "The run directory": every stage reads and writes here)."""
     preset: str = "quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
+    out: Path | None = None
+    """Where to write results.json (videos and the test config go next to it); default RUN_DIR/eval/results.json.
+    With --out the run directory is only read."""
     test: tyro.conf.OmitArgPrefixes[TestConfig] = field(default_factory=TestConfig)
 
 
@@ -26,7 +30,7 @@ def main() -> None:
     from worldmodels.stages import run_test
 
     args = parse(Args, __doc__)
-    run_main(lambda: run_test(args.run_dir, args.test))
+    run_main(lambda: run_test(args.run_dir, args.test, args.out))
 
 
 if __name__ == "__main__":

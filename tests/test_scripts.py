@@ -78,6 +78,17 @@ def test_every_script_end_to_end(tmp_path):
     for stage in ("vae", "rnn", "controller"):  # TensorBoard event files next to every metrics.jsonl
         assert any(f.name.startswith("events.out.tfevents") for f in (run_dir / stage / "tb").iterdir()), stage
 
+    # --out evaluates without writing anything into the run directory (a read-only or shared run).
+    def snapshot():
+        return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in run_dir.rglob("*") if f.is_file()}
+
+    before = snapshot()
+    elsewhere = tmp_path / "elsewhere" / "results.json"
+    run("test_agent.py", *common, "--out", str(elsewhere), "--episodes", "1", "--no-video")
+    assert snapshot() == before
+    assert json.loads(elsewhere.read_text())["n"] == 1
+    assert json.loads((elsewhere.parent / "config.json").read_text())["test"]["episodes"] == 1
+
     # Everything is done: the pipeline skips every stage and prints its table.
     out = run("pipeline.py", *common).stdout
     assert out.count("skipped") == 5 and "real CarRacing-v3 score" in out

@@ -306,11 +306,14 @@ def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
 
 def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
     """Score V + M + C in the real environment; writes ``out`` (default ``RUN_DIR/eval/results.json``) and
-    videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``)."""
+    videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``).
+
+    The test config is recorded in ``RUN_DIR/config.json``, or, when ``out`` is given, in a ``config.json``
+    next to ``out``: with ``out`` outside the run directory, the run directory is only read."""
     run_dir = Path(run_dir)
     agent = load_agent(run_dir)
-    record_config(run_dir, "test", cfg)
-    out = out or run_dir / "eval" / "results.json"
+    record_config(run_dir if out is None else Path(out).parent, "test", cfg)
+    out = Path(out) if out is not None else run_dir / "eval" / "results.json"
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
     results = run_episodes(
         agent,
