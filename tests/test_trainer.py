@@ -17,6 +17,33 @@ from worldmodels.models import MDNRNN
 from worldmodels.train import rnn_loss, sequence_batch
 from worldmodels.trainer import fit
 
+SMALL = {"z_size": 4, "action_size": 3, "hidden_size": 8, "num_mixtures": 2}
+
+
+def bias_loss(model, batch, key):
+    """A loss of the MDN head's bias, scaled by the batch (a NaN batch makes it NaN)."""
+    loss = jnp.sum(model.head.bias**2) * batch
+    return loss, {"total": loss}
+
+
+def fit_small(out_dir, make_batch, steps, *, log_every, checkpoint_every, lr=1e-2, desc="test"):
+    """``fit`` of a small MDN-RNN with ``bias_loss`` and plain SGD."""
+    return fit(
+        model=MDNRNN(**SMALL, key=jr.key(0)),
+        optimizer=optax.sgd(lr),
+        loss_fn=bias_loss,
+        make_batch=make_batch,
+        steps=steps,
+        out_dir=out_dir,
+        kind="mdnrnn",
+        hparams=SMALL,
+        seed=0,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        items_per_step=1,
+        desc=desc,
+    )
+
 
 def test_rnn_training_reduces_loss_and_resumes(tmp_path):
     data = toy_latents()
@@ -52,58 +79,20 @@ def test_rnn_training_reduces_loss_and_resumes(tmp_path):
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
-    hp = {"z_size": 4, "action_size": 3, "hidden_size": 8, "num_mixtures": 2}
-
-    def loss_fn(model, batch, key):
-        loss = jnp.sum(model.head.bias**2) * batch  # batch becomes NaN at step 7
-        return loss, {"total": loss}
-
     with pytest.raises(TrainingDiverged, match=r"step 7.*last good checkpoint: .*ckpt/5"):
-        fit(
-            model=MDNRNN(**hp, key=jr.key(0)),
-            optimizer=optax.sgd(1e-3),
-            loss_fn=loss_fn,
-            make_batch=lambda s: jnp.float32(np.nan if s == 6 else 1.0),
-            steps=10,
-            out_dir=tmp_path / "x",
-            kind="mdnrnn",
-            hparams=hp,
-            seed=0,
-            log_every=1,
-            checkpoint_every=5,
-            items_per_step=1,
-            desc="nan",
-        )
+        nan_at_7 = lambda s: jnp.float32(np.nan if s == 6 else 1.0)  # noqa: E731
+        fit_small(tmp_path / "x", nan_at_7, 10, log_every=1, checkpoint_every=5, lr=1e-3, desc="nan")
     assert checkpoint.latest_step(tmp_path / "x" / "ckpt") == 5
-    model, _, meta = checkpoint.load(tmp_path / "x" / "ckpt", MDNRNN(**hp, key=jr.key(1)), kind="mdnrnn")
+    model, _, meta = checkpoint.load(tmp_path / "x" / "ckpt", MDNRNN(**SMALL, key=jr.key(1)), kind="mdnrnn")
     assert np.isfinite(np.asarray(model.head.bias)).all() and meta["step"] == 5
 
 
 def test_resumed_fit_leaves_one_row_per_logged_step(tmp_path):
     """A crash at update 18 (checkpoint at 10, rows 5, 10, 15 written) then a resume to 30: steps
     5, 10, ..., 30 once each in metrics.jsonl and in TensorBoard."""
-    hp = {"z_size": 4, "action_size": 3, "hidden_size": 8, "num_mixtures": 2}
-
-    def loss_fn(model, batch, key):
-        loss = jnp.sum(model.head.bias**2) * batch
-        return loss, {"total": loss}
 
     def run(make_batch):
-        return fit(
-            model=MDNRNN(**hp, key=jr.key(0)),
-            optimizer=optax.sgd(1e-2),
-            loss_fn=loss_fn,
-            make_batch=make_batch,
-            steps=30,
-            out_dir=tmp_path / "rnn",
-            kind="mdnrnn",
-            hparams=hp,
-            seed=0,
-            log_every=5,
-            checkpoint_every=10,
-            items_per_step=1,
-            desc="resume",
-        )
+        return fit_small(tmp_path / "rnn", make_batch, 30, log_every=5, checkpoint_every=10, desc="resume")
 
     def crashing(step):
         if step == 17:
@@ -132,21 +121,6 @@ def test_fit_without_a_checkpoint_starts_its_rows_afresh(tmp_path):
     out = tmp_path / "rnn"
     out.mkdir()
     append_jsonl(out / "metrics.jsonl", {"step": 5, "total": 9.0})
-    hp = {"z_size": 4, "action_size": 3, "hidden_size": 8, "num_mixtures": 2}
-    fit(
-        model=MDNRNN(**hp, key=jr.key(0)),
-        optimizer=optax.sgd(1e-2),
-        loss_fn=lambda m, b, k: (jnp.sum(m.head.bias**2), {"total": jnp.sum(m.head.bias**2)}),
-        make_batch=lambda s: None,
-        steps=5,
-        out_dir=out,
-        kind="mdnrnn",
-        hparams=hp,
-        seed=0,
-        log_every=5,
-        checkpoint_every=5,
-        items_per_step=1,
-        desc="fresh",
-    )
+    fit_small(out, lambda s: jnp.float32(1.0), 5, log_every=5, checkpoint_every=5, desc="fresh")
     got = rows(out)
     assert [r["step"] for r in got] == [5] and got[0]["total"] != 9.0
