@@ -7,7 +7,6 @@ the pool (either --flavour) is also written as RUN_DIR/vae and RUN_DIR/rnn for t
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +26,9 @@ class Args:
 
 def main() -> None:
     from worldmodels.cli import parse, run_main
-    from worldmodels.gossip import check_config, run_gossip
+    from worldmodels.gossip import run_gossip
 
-    args = parse(Args, __doc__)
-    try:
-        check_config(args.gossip)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    args = parse(Args, __doc__)  # GossipConfig checks itself when built (config.check_gossip)
     run_main(lambda: run_gossip(args.run_dir, args.gossip))
 
 

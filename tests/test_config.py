@@ -88,3 +88,9 @@ def test_a_typed_policy_wins_over_the_presets_mix():
     assert script.resolve_policy_flags(mix, ["--run-dir", "r"]) == mix
     with pytest.raises(SystemExit, match="--policy and --mix contradict"):
         script.resolve_policy_flags(mix, ["--policy", "heuristic", "--mix", "brownian:2"])
+
+
+def test_a_value_of_the_wrong_type_is_refused_with_the_field_named():
+    """A preset file can hold a string where a number belongs; it is refused, not compared."""
+    with pytest.raises(ValueError, match="vae.batch_size must be a number >= 1, got '5'"):
+        VAEConfig(batch_size="5")

@@ -28,6 +28,8 @@ def _check_ranges(cfg: Any, section: str, rules: dict[str, str]) -> None:
     """
     for name, rule in rules.items():
         value = getattr(cfg, name)
+        if not isinstance(value, int | float):  # e.g. a string from a preset file: compared below, it would raise
+            raise ValueError(f"{section}.{name} must be a number {rule}, got {value!r}")
         op, _, bound = rule.partition(" ")
         if op == ">=":
             ok = value >= float(bound)
@@ -36,7 +38,7 @@ def _check_ranges(cfg: Any, section: str, rules: dict[str, str]) -> None:
         else:  # "in" with an interval
             lo, hi = (float(x) for x in bound.strip("[]()").split(","))
             ok = (lo <= value if bound[0] == "[" else lo < value) and (value <= hi if bound[-1] == "]" else value < hi)
-        if not (isinstance(value, int | float) and ok):
+        if not ok:
             raise ValueError(f"{section}.{name} must be {rule}, got {value!r}")
 
 

@@ -99,11 +99,8 @@ def fit(
         ValueError: unless exactly one of (``optimizer`` and ``loss_fn``) or (``step_fn`` and ``opt_state``)
             is given.
     """
-    if (
-        (step_fn is None) == (loss_fn is None)
-        or (step_fn is None) != (opt_state is None)
-        or ((loss_fn is None) != (optimizer is None))
-    ):
+    given = tuple(x is not None for x in (optimizer, loss_fn, step_fn, opt_state))
+    if given not in ((True, True, False, False), (False, False, True, True)):
         raise ValueError("fit needs either optimizer and loss_fn, or step_fn and opt_state")
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "ckpt"

@@ -7,7 +7,6 @@ from pathlib import Path
 from worldmodels import checkpoint
 from worldmodels.config import GossipConfig
 from worldmodels.gossip.data import FrameSequences, sequence_batch
-from worldmodels.gossip.options import check_config
 from worldmodels.gossip.pool import init_pool, pool_hparams
 from worldmodels.gossip.step import init_opt_state, make_optimizer, make_pool_step
 from worldmodels.models.joint import JointWorldModel
@@ -30,7 +29,6 @@ def train_pool(out_dir: Path, data: FrameSequences, cfg: GossipConfig) -> JointW
         TrainingDiverged: at a non-finite loss, naming the step and the last good checkpoint (left intact).
         CheckpointError: when a checkpoint there was made with different sizes.
     """
-    check_config(cfg)
     pool = init_pool(cfg)
     return fit(
         model=pool,
