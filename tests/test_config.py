@@ -39,6 +39,8 @@ def test_unknown_step_size_rule_is_refused():
         (DreamConfig, "population", 1, "dream.population must be >= 2, got 1"),
         (DreamConfig, "done_threshold", 0.0, r"dream.done_threshold must be in \(0, 1\], got 0.0"),
         (DreamConfig, "sigma_init", 0.0, "dream.sigma_init must be > 0"),
+        (DreamConfig, "mid_episode_starts", 1.5, r"dream.mid_episode_starts must be in \[0, 1\], got 1.5"),
+        (DreamConfig, "start_pool", 0, "dream.start_pool must be >= 1, got 0"),
         (CollectConfig, "episodes", 0, "collect.episodes must be >= 1, got 0"),
         (CollectConfig, "brownian_theta", 1.5, r"collect.brownian_theta must be in \[0, 1\]"),
         (VAEConfig, "batch_size", 0, "vae.batch_size must be >= 1"),

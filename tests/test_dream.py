@@ -1,9 +1,11 @@
 """The fused dream equals a Python loop of the same step and per-candidate rollouts, and traces once per shape."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 from helpers import small_world
 
 from worldmodels import dream
@@ -88,3 +90,90 @@ def test_three_generations_trace_once(monkeypatch):
         fitness = sharded_generation_fitness(population, rnn, start, jr.key(gen), jnp.float32(1.0 + gen), 2, 6, 0.5)
         assert fitness.shape == (4,) and bool(jnp.all(jnp.isfinite(fitness)))
     assert eqx.debug.get_num_traces(counted) == 1
+
+
+def _episodes(rnn, lengths, seed=0):
+    """Concatenated random episodes in the ``LatentDataset`` layout: (mu, logvar, actions, obs_start, act_start)."""
+    rng = np.random.default_rng(seed)
+    frames = sum(n + 1 for n in lengths)
+    mu = rng.normal(size=(frames, rnn.z_size)).astype(np.float32)
+    logvar = np.full_like(mu, -3.0)
+    actions = rng.uniform(-1, 1, size=(sum(lengths), 3)).astype(np.float32)
+    obs_start = np.cumsum([0] + [n + 1 for n in lengths[:-1]])
+    act_start = np.cumsum([0] + list(lengths[:-1]))
+    return mu, logvar, actions, obs_start, act_start
+
+
+def test_warm_up_equals_python_loop():
+    rnn, _, _ = small_world()
+    mu, _, actions, _, _ = _episodes(rnn, [12])
+    states = dream.warm_up(rnn, jnp.asarray(mu[:12]), jnp.asarray(actions))
+    state = rnn.initial_state()
+    np.testing.assert_array_equal(states.h[0], state.h)
+    for t in range(12):
+        state, _ = rnn(jnp.asarray(mu[t]), jnp.asarray(actions[t]), state)
+        np.testing.assert_allclose(states.h[t + 1], state.h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(states.c[t + 1], state.c, rtol=1e-5, atol=1e-6)
+
+
+def test_mid_episode_dream_equals_reference_loop():
+    """A dream started at frame t of an episode: the chunked, padded warm-up gives the state of a plain loop
+    over that episode's first t frames, and the scanned dream from there equals a stepped one."""
+    rnn, _, n = small_world()
+    lengths = [9, 14, 6]
+    mu, logvar, actions, obs_start, act_start = _episodes(rnn, lengths)
+    episodes, times = np.array([1, 0, 2, 1, 1]), np.array([13, 0, 5, 3, 7])
+    start = dream.mid_episode_starts(rnn, mu, logvar, actions, obs_start, act_start, episodes, times, chunk=2)
+    for i, (e, t) in enumerate(zip(episodes, times, strict=True)):
+        state = rnn.initial_state()
+        for k in range(t):
+            state, _ = rnn(jnp.asarray(mu[obs_start[e] + k]), jnp.asarray(actions[act_start[e] + k]), state)
+        np.testing.assert_allclose(start.state.h[i], state.h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(start.mu[i], mu[obs_start[e] + t])
+
+    # One start only: the dream is that frame's and that state's.
+    one = dream.DreamStart(start.mu[:1], start.logvar[:1], jax.tree.map(lambda s: s[:1], start.state))
+    params = jr.normal(jr.key(2), (n,)) * 0.5
+    key, steps = jr.key(3), 20
+    scanned = single_rollout(params, rnn, one, key, steps=steps, temperature=1.0, done_threshold=0.5)
+    controller = LinearController.from_flat(params, 8, 16)
+    k_start, k_steps = jr.split(key)
+    carry = initial_carry(rnn, one, k_start)
+    np.testing.assert_allclose(carry.state.h, start.state.h[0])
+    for k in jr.split(k_steps, steps):
+        carry, _ = dream_step(controller, rnn, carry, mixture_noise(k, 3, 8), 1.0, 0.5)
+    np.testing.assert_allclose(scanned, carry.total, rtol=1e-4, atol=1e-4)
+
+
+def test_mid_episode_starts_refuse_mismatched_indices():
+    rnn, _, _ = small_world()
+    mu, logvar, actions, obs_start, act_start = _episodes(rnn, [5])
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        dream.mid_episode_starts(rnn, mu, logvar, actions, obs_start, act_start, np.array([0, 0]), np.array([1]))
+
+
+def test_dream_starts_pool_mixes_first_frames_and_mid_episode_frames():
+    from worldmodels.config import DreamConfig
+    from worldmodels.stages import dream_starts
+    from worldmodels.train import LatentDataset
+
+    rnn, _, _ = small_world()
+    lengths = [30, 50, 40]
+    mu, logvar, actions, obs_start, act_start = _episodes(rnn, lengths)
+    steps = sum(lengths)
+    data = LatentDataset(
+        mu, logvar, actions, np.zeros(steps, np.float32), np.zeros(steps, np.float32), np.zeros(steps, bool),
+        obs_start, act_start, np.array(lengths), np.full(3, 1 / 3), np.zeros(3, bool),
+    )  # fmt: skip
+    paper = dream_starts(rnn, data, DreamConfig())
+    assert paper.state is None and paper.mu.shape == (3, 8)
+    np.testing.assert_array_equal(paper.mu, mu[obs_start])
+
+    start = dream_starts(rnn, data, DreamConfig(mid_episode_starts=0.25, start_pool=40))
+    assert start.mu.shape == (40, 8) and start.state.h.shape == (40, 16)
+    first = np.isin(np.asarray(start.mu), mu[obs_start]).all(axis=1)
+    initial = np.all(np.asarray(start.state.h) == 0, axis=1)
+    assert first[10:].all() and initial[10:].all()  # 30 first frames from the initial state
+    assert not initial[:10].any()  # 10 frames inside episodes, with warmed-up states (time 0 is unlikely here)
+    again = dream_starts(rnn, data, DreamConfig(mid_episode_starts=0.25, start_pool=40))
+    np.testing.assert_array_equal(start.mu, again.mu)  # drawn from the seed

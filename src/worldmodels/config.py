@@ -242,6 +242,14 @@ class DreamConfig:
     """Save the CMA-ES mean, step size and best controller every this many generations."""
     seed: int = 0
     """Seed of CMA-ES and the dream keys."""
+    mid_episode_starts: float = 0.0
+    """Fraction of dreams that start at a real frame inside an episode, with M's recurrent state warmed up on
+    the real frames and actions before it (``dream.mid_episode_starts``), instead of at an episode's first
+    frame. 0 (the paper): every dream starts on the start line."""
+    start_pool: int = 1024
+    """With ``mid_episode_starts`` > 0: the number of start frames drawn once, from ``seed``, before CMA-ES
+    (that fraction of them uniformly over every frame of the training episodes, the rest first frames);
+    each dream starts at one of them, drawn uniformly."""
     step_size_adaptation: Literal["csa", "tpa"] = "tpa"
     """CMA-ES step-size rule: ``tpa`` (two-point adaptation, Hansen et al. 2014: the two first samples of a
     generation mirror the last mean shift, and their ranks grow or shrink sigma) or ``csa`` (cumulative
@@ -256,7 +264,8 @@ class DreamConfig:
             "dream",
             {"population": ">= 2", "rollouts": ">= 1", "dream_steps": ">= 1", "temperature": "> 0",
              "generations": ">= 1", "sigma_init": "> 0", "done_threshold": "in (0, 1]", "eval_every": ">= 0",
-             "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1"},
+             "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1",
+             "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1"},
         )  # fmt: skip
         if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:
             raise ValueError(

@@ -27,6 +27,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
@@ -37,15 +38,20 @@ from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
 
 
 class DreamStart(NamedTuple):
-    """Where dreams begin: the VAE posterior of real first frames.
+    """Where dreams begin: E real frames, each a VAE posterior and the recurrent state M had there.
 
     Attributes:
-        mu: float32 (E, Z).
-        logvar: float32 (E, Z).
+        mu: float32 (E, Z) VAE posterior means of the start frames.
+        logvar: float32 (E, Z) their log-variances.
+        state: the dynamics' recurrent state at each start frame, a pytree of arrays with leading axis E
+            (``LSTMState`` of float32 (E, H) each for an MDN-RNN), or ``None``: every start is an episode's
+            first frame and begins from ``dynamics.initial_state()``. ``mid_episode_starts`` builds the
+            states of frames inside episodes.
     """
 
     mu: Float[Array, "E Z"]
     logvar: Float[Array, "E Z"]
+    state: Any = None
 
 
 class DreamCarry(NamedTuple):
@@ -83,11 +89,104 @@ def dream_step(
 
 
 def initial_carry(dynamics: Dynamics, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
-    """Pick a real first frame uniformly and sample its latent z_0 ~ N(mu, sigma)."""
+    """Pick one of the E start frames uniformly, sample its latent z_0 ~ N(mu, sigma) and take its
+    recurrent state (the dynamics' initial state when ``start.state`` is ``None``)."""
     k_ep, k_z = jr.split(key)
     e = jr.randint(k_ep, (), 0, start.mu.shape[0])
     z0 = start.mu[e] + jnp.exp(0.5 * start.logvar[e]) * jr.normal(k_z, start.mu.shape[1:])
-    return DreamCarry(z0, dynamics.initial_state(), jnp.float32(1.0), jnp.float32(0.0))
+    state = dynamics.initial_state() if start.state is None else jax.tree.map(lambda s: s[e], start.state)
+    return DreamCarry(z0, state, jnp.float32(1.0), jnp.float32(0.0))
+
+
+def warm_up(dynamics: Dynamics, z: Float[Array, "L Z"], actions: Float[Array, "L A"]) -> Any:
+    """The recurrent states of M along a real episode, teacher-forced on its frames and actions.
+
+    State t is M's state when frame t is seen, after consuming (z_0, a_0) ... (z_{t-1}, a_{t-1}): the
+    state the agent (``agent.agent_step``) carries into frame t in the real environment, and the state
+    a dream that starts at frame t begins from (Ha & Schmidhuber 2018, Sec. 3: h_t summarises the past).
+
+    Args:
+        dynamics: any ``Dynamics``.
+        z: float32 (L, Z) latents of frames 0 .. L-1 (the VAE posterior means).
+        actions: float32 (L, A) the action taken at each of those frames.
+
+    Returns:
+        The states of frames 0 .. L, a pytree with leading axis L + 1 (state 0 is ``initial_state()``).
+    """
+
+    def step(state, inputs):
+        state, _ = dynamics(inputs[0], inputs[1], state)
+        return state, state
+
+    init = dynamics.initial_state()
+    _, states = jax.lax.scan(step, init, (z, actions))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), init, states)
+
+
+@eqx.filter_jit
+def _warm_up_batch(dynamics, z, actions, times):
+    """``warm_up`` of B padded episodes (B, L, .), each state gathered at its ``times`` (B,) -> leading B."""
+
+    def one(z_e, a_e, t):
+        return jax.tree.map(lambda s: s[t], warm_up(dynamics, z_e, a_e))
+
+    return jax.vmap(one)(z, actions, times)
+
+
+def mid_episode_starts(
+    dynamics: Dynamics,
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    actions: np.ndarray,
+    obs_start: np.ndarray,
+    act_start: np.ndarray,
+    episodes: np.ndarray,
+    times: np.ndarray,
+    chunk: int = 64,
+) -> DreamStart:
+    """Dream starts at real frames inside episodes, with M's recurrent state warmed up on the frames before.
+
+    Start i is frame ``times[i]`` of episode ``episodes[i]``: its VAE posterior, and the state ``warm_up``
+    gives there (teacher-forced on the posterior means and the actions taken). Dreams that begin mid-episode
+    see the states the controller meets in the real environment (corners, the car off the road,
+    recoveries), not only the start line (issue "A dream-trained driver that beats the paper").
+
+    Args:
+        dynamics: any ``Dynamics``.
+        mu, logvar: float32 (F, Z) posteriors of every frame of every episode, concatenated
+            (``train.LatentDataset`` layout).
+        actions: float32 (S, A) every action, concatenated.
+        obs_start, act_start: int (E,) each episode's offset into the frame and action arrays.
+        episodes: int (N,) the episode of each start.
+        times: int (N,) the frame of each start within its episode (0 is the first frame; at most the
+            episode's number of actions).
+        chunk: starts warmed up per jitted call (episodes are padded to the longest in the call).
+
+    Returns:
+        ``DreamStart`` of N starts whose ``state`` holds the warmed-up states (leading axis N).
+
+    Raises:
+        ValueError: if ``episodes`` and ``times`` differ in length or are empty.
+    """
+    episodes, times = np.asarray(episodes), np.asarray(times)
+    if episodes.shape != times.shape or episodes.ndim != 1 or len(episodes) == 0:
+        raise ValueError(f"episodes {episodes.shape} and times {times.shape} must be equal, non-empty 1-D arrays")
+    longest = int(times.max())
+    parts = []
+    for i in range(0, len(episodes), chunk):
+        ep, t = episodes[i : i + chunk], times[i : i + chunk]
+        pad = chunk - len(ep)  # the last chunk is padded too, so one shape compiles
+        ep, t = np.concatenate([ep, np.repeat(ep[:1], pad)]), np.concatenate([t, np.repeat(t[:1], pad)])
+        frames = obs_start[ep][:, None] + np.arange(max(longest, 1))[None]
+        steps = act_start[ep][:, None] + np.arange(max(longest, 1))[None]
+        # Frames past each start are never consumed by the state at t; clip their indices into range.
+        z = np.asarray(mu)[np.minimum(frames, len(mu) - 1)]
+        a = np.asarray(actions)[np.minimum(steps, len(actions) - 1)]
+        states = _warm_up_batch(dynamics, jnp.asarray(z), jnp.asarray(a), jnp.asarray(t))
+        parts.append(jax.tree.map(lambda s, n=chunk - pad: np.asarray(s[:n]), states))
+    state = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *parts)
+    idx = obs_start[episodes] + times
+    return DreamStart(jnp.asarray(mu[idx]), jnp.asarray(logvar[idx]), state)
 
 
 def single_rollout(

@@ -30,7 +30,7 @@ from worldmodels.config import (
     record_config,
 )
 from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
-from worldmodels.dream import DreamStart
+from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
@@ -279,6 +279,38 @@ def recorded_rnn_config(run_dir: Path) -> RNNConfig:
     return merge_config(RNNConfig, rec, str(path)) if rec else RNNConfig()
 
 
+def dream_starts(dynamics, data: LatentDataset, cfg: DreamConfig) -> DreamStart:
+    """Where the dreams of ``run_dream`` begin.
+
+    With ``cfg.mid_episode_starts`` 0: every episode's first frame, from the initial state (the paper).
+    Otherwise a pool of ``cfg.start_pool`` frames drawn from ``cfg.seed``: ``round(fraction * pool)`` of
+    them uniformly over every frame that has an action after it (time 0 included), with M's state warmed
+    up on the episode before (``dream.mid_episode_starts``), the rest first frames drawn uniformly.
+
+    Args:
+        dynamics: the dynamics M the dreams run in.
+        data: the latent episodes M was trained on.
+        cfg: the dream config.
+
+    Returns:
+        ``DreamStart`` (its ``state`` is ``None`` in the first case).
+    """
+    mu, logvar = data.initial()
+    if cfg.mid_episode_starts == 0:
+        return DreamStart(jnp.asarray(mu), jnp.asarray(logvar))
+    rng = np.random.default_rng([cfg.seed, 7])
+    n_mid = round(cfg.mid_episode_starts * cfg.start_pool)
+    lengths = data.lengths.astype(np.int64)
+    # Uniform over frames: an episode with probability proportional to its length, then a time in it.
+    episodes = rng.choice(len(lengths), size=cfg.start_pool, p=lengths / lengths.sum())
+    times = np.floor(rng.random(cfg.start_pool) * lengths[episodes]).astype(np.int64)
+    episodes[n_mid:] = rng.integers(0, len(lengths), size=cfg.start_pool - n_mid)  # the rest: first frames
+    times[n_mid:] = 0
+    return mid_episode_starts(
+        dynamics, data.mu, data.logvar, data.actions, data.obs_start, data.act_start, episodes, times
+    )
+
+
 def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     """Evolve C with CMA-ES in M's dream; writes ``RUN_DIR/controller/``.
 
@@ -292,9 +324,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     if dream_done(run_dir, cfg):
         print(f"controller already evolved ({run_dir / 'controller'})")
         return
-    data = latents(run_dir, recorded_rnn_config(run_dir))
-    mu, logvar = data.initial()
-    start = DreamStart(jnp.asarray(mu), jnp.asarray(logvar))
+    start = dream_starts(dynamics, latents(run_dir, recorded_rnn_config(run_dir)), cfg)
     check = None
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
