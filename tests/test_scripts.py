@@ -111,6 +111,19 @@ def test_every_script_end_to_end(tmp_path):
     generations = [json.loads(x) for x in (run_dir / "controller" / "metrics.jsonl").read_text().splitlines()]
     assert [g["generation"] for g in generations] == list(range(1, 8))
 
+    # The dream-levers experiment: fresh controllers in this world model, one per arm, the source untouched.
+    before = snapshot()
+    levers = tmp_path / "levers"
+    arms = ["--arms", "baseline", "mid_1.0_T300"]
+    experiment = ["experiments/dream_levers.py", "--source", rd, "--out", str(levers), "--preset", "smoke"]
+    run(*experiment, "--generations", "2", "--episodes", "1", *arms)
+    assert snapshot() == before
+    table = json.loads((levers / "levers.json").read_text())
+    assert list(table) == ["baseline", "mid_1.0_T300"] and all(r["n"] == 1 for r in table.values())
+    dream = json.loads((levers / "mid_1.0_T300" / "config.json").read_text())["dream"]
+    assert dream["mid_episode_starts"] == 1.0 and dream["dream_steps"] == 300 and dream["generations"] == 2
+    assert "done before" in run(*experiment, *arms).stdout  # resumes: nothing is run again
+
     # A config whose sizes differ from the checkpoint is refused with both sizes named.
     proc = run("train_vae.py", *common, "--z-size", "64", "--steps", "40", ok=False)
     assert proc.returncode == 1

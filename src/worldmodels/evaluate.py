@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from scipy import stats
 from tqdm.auto import tqdm
 
 from worldmodels.agent import Agent, episode_step
@@ -264,10 +265,13 @@ def run_episodes(
 
 
 def summarize(results: list[EpisodeResult]) -> dict:
-    """Per-episode seeds, returns and lengths plus mean, std, min and max of the returns, and the
+    """Per-episode seeds, returns and lengths plus mean (with ``ci95``, the half-width of its 95 % Student-t
+    interval), std, min and max of the returns, and the
     MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none)."""
     rets = np.array([r.ret for r in results])
     offroad = sum(r.offroad_steps for r in results)
+    # Half-width of the 95 % t-interval of the mean return (0 for a single episode).
+    half = float(stats.t.ppf(0.975, len(rets) - 1) * rets.std(ddof=1) / np.sqrt(len(rets))) if len(rets) > 1 else 0.0
     return {
         "reward_delusion": sum(r.deluded_steps for r in results) / offroad if offroad else None,
         "offroad_steps": offroad,
@@ -275,6 +279,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
             {"seed": r.seed, "return": r.ret, "steps": r.steps, "offroad_steps": r.offroad_steps} for r in results
         ],
         "mean": float(rets.mean()),
+        "ci95": half,
         "std": float(rets.std()),
         "min": float(rets.min()),
         "max": float(rets.max()),

@@ -360,8 +360,8 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
     out.write_text(json.dumps(summary, indent=2))
     delusion = summary["reward_delusion"]
     print(
-        f"{summary['n']} real episodes: {summary['mean']:.1f} +- {summary['std']:.1f} "
-        f"(min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
+        f"{summary['n']} real episodes: {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the mean "
+        f"+- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
         f"{'n/a' if delusion is None else f'{delusion:.3f}'} over {summary['offroad_steps']} off-road steps -> {out}"
     )
     return summary

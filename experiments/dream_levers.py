@@ -1,0 +1,124 @@
+"""Dream-side levers against one baseline: each arm evolves a fresh controller in the same trained world model.
+
+The VAE, the MDN-RNN and the data of ``--source`` are shared by every arm; only the dream changes
+(temperature, dreams that start mid-episode, dream length, ...). Each arm is a run directory
+``OUT/ARM`` holding copies of the source's ``vae/`` and ``rnn/`` and its ``config.json``, with a link to
+its ``data/``; CMA-ES runs there (``stages.run_dream``, resumable) and the controller is scored on
+``--episodes`` real episodes from seed 1,000,000 on (``stages.run_test``). Real episodes never select
+a controller: they only score the one CMA-ES kept. An arm whose results exist is not run again, so
+the experiment resumes where it stopped. The table (mean, 95 % interval, dream fitness, wall time)
+is printed and written to ``OUT/levers.json``.
+
+    uv run python experiments/dream_levers.py --source runs/quick --out runs/levers \
+        --arms baseline temperature_1.25 mid_0.5 mid_1.0_T300
+
+Arms are ``NAME`` from ``ARMS`` below; ``--generations`` sets every arm's CMA-ES budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ARMS: dict[str, dict] = {
+    "baseline": {},
+    "temperature_1.25": {"temperature": 1.25},
+    "mid_0.5": {"mid_episode_starts": 0.5},
+    "mid_1.0": {"mid_episode_starts": 1.0},
+    "mid_1.0_T300": {"mid_episode_starts": 1.0, "dream_steps": 300},
+    "mid_0.5_temperature_1.25": {"mid_episode_starts": 0.5, "temperature": 1.25},
+}
+"""Each arm's changes to the source preset's dream config."""
+
+
+@dataclass(frozen=True)
+class Args:
+    source: Path
+    """Run directory with a trained vae/ and rnn/ (and the data/ they were trained on)."""
+    out: Path
+    """Directory that receives one run directory per arm and levers.json."""
+    arms: tuple[str, ...] = ("baseline", "temperature_1.25", "mid_0.5", "mid_1.0_T300")
+    """Arms to run, in order (names from ARMS)."""
+    preset: str = "quick"
+    """Preset whose dream config is the baseline."""
+    generations: int = 150
+    """CMA-ES generations of every arm."""
+    episodes: int = 20
+    """Real test episodes per arm (seeds 1,000,000 on)."""
+    seed: int = 0
+    """CMA-ES and dream seed of every arm."""
+
+
+def prepare(source: Path, arm_dir: Path) -> None:
+    """Make ``arm_dir`` a run directory on the source's world model (copies of vae/ and rnn/, a link to data/)."""
+    for name in ("vae", "rnn"):
+        if not (arm_dir / name).exists():
+            shutil.copytree(source / name, arm_dir / name, ignore=shutil.ignore_patterns("metrics.jsonl", "tb"))
+    if not (arm_dir / "data").exists():
+        os.symlink((source / "data").resolve(), arm_dir / "data")
+    if not (arm_dir / "config.json").exists():
+        shutil.copy(source / "config.json", arm_dir / "config.json")
+
+
+def main() -> None:
+    import tyro
+
+    args = tyro.cli(Args, description=__doc__)
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
+    for name in ("vae", "rnn", "data", "config.json"):
+        if not (args.source / name).exists():
+            raise SystemExit(f"--source {args.source}: no {name}; train the world model there first (pipeline.py)")
+
+    from worldmodels.config import TestConfig, load_preset
+    from worldmodels.stages import run_dream, run_test
+
+    base = load_preset(args.preset).dream
+    args.out.mkdir(parents=True, exist_ok=True)
+    table_path = args.out / "levers.json"
+    table = json.loads(table_path.read_text()) if table_path.is_file() else {}
+    for arm in args.arms:
+        if arm in table:
+            print(f"{arm}: done before ({table[arm]['mean']:.1f} +- {table[arm]['ci95']:.1f})")
+            continue
+        arm_dir = args.out / arm
+        prepare(args.source, arm_dir)
+        cfg = dataclasses.replace(base, generations=args.generations, seed=args.seed, **ARMS[arm])
+        t0 = time.perf_counter()
+        run_dream(arm_dir, cfg)
+        t_dream = time.perf_counter() - t0
+        rows = [json.loads(line) for line in (arm_dir / "controller" / "metrics.jsonl").read_text().splitlines()]
+        test = TestConfig(episodes=args.episodes, seed=1_000_000)
+        summary = run_test(arm_dir, test, out=arm_dir / "eval" / "results.json")
+        table[arm] = {
+            "changes": ARMS[arm],
+            "mean": summary["mean"],
+            "ci95": summary["ci95"],
+            "std": summary["std"],
+            "n": summary["n"],
+            "reward_delusion": summary["reward_delusion"],
+            "dream_kept_score": rows[-1].get("kept_score"),
+            "dream_best": rows[-1].get("best"),
+            "generations": args.generations,
+            "dream_seconds": t_dream,
+            "total_seconds": time.perf_counter() - t0,
+        }
+        tmp = table_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=2))
+        tmp.replace(table_path)
+    print(f"\n| arm | real score (n, 95 % CI) | dream fitness kept | wall |\n|---|---:|---:|---:|")
+    for arm, r in table.items():
+        print(
+            f"| {arm} | {r['mean']:.1f} +- {r['ci95']:.1f} ({r['n']}) | {r['dream_kept_score']:.1f} "
+            f"| {r['total_seconds'] / 60:.1f} min |"
+        )
+
+
+if __name__ == "__main__":
+    main()
