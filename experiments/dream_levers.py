@@ -112,7 +112,7 @@ def main() -> None:
         tmp = table_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(table, indent=2))
         tmp.replace(table_path)
-    print(f"\n| arm | real score (n, 95 % CI) | dream fitness kept | wall |\n|---|---:|---:|---:|")
+    print("\n| arm | real score (n, 95 % CI) | dream fitness kept | wall |\n|---|---:|---:|---:|")
     for arm, r in table.items():
         print(
             f"| {arm} | {r['mean']:.1f} +- {r['ci95']:.1f} ({r['n']}) | {r['dream_kept_score']:.1f} "
