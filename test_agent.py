@@ -1,7 +1,9 @@
 """Score V + M + C on real CarRacing-v3 episodes (unseen seeds).
 
 Writes RUN_DIR/eval/results.json and, with --video, side-by-side mp4 files; with --out, writes there instead and
-leaves the run directory untouched (a read-only or shared run can be evaluated)."""
+leaves the run directory untouched (a read-only or shared run can be evaluated). A shipped agent (a run directory
+with pretrained.json, such as pretrained/carracing) or a read-only one is never written: without --out its
+results go to a fresh runs/NAME-eval-TIME/eval/."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ class Args:
     preset: str = "quick"
     """Preset in configs/ whose values are the defaults of the flags below."""
     out: Path | None = None
-    """Where to write results.json (videos and the test config go next to it); default RUN_DIR/eval/results.json.
-    With --out the run directory is only read."""
+    """Where to write results.json (videos and the test config go next to it); default RUN_DIR/eval/results.json,
+    or runs/NAME-eval-TIME/eval/results.json for a shipped or read-only run. With --out the run directory is only
+    read."""
     test: tyro.conf.OmitArgPrefixes[TestConfig] = field(default_factory=TestConfig)
 
 

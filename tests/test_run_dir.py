@@ -1,5 +1,6 @@
 """Run-directory access: the loaders rebuild V, M and C from their checkpoints' own kinds and sizes."""
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
@@ -37,3 +38,32 @@ def test_missing_and_mismatched_parts_are_named(tmp_path):
         run_dir.load_dynamics(tmp_path, expected={"z_size": 32})
     with pytest.raises(MissingInput, match="data/heuristic/metadata.json.*collect_data.py .* --policy heuristic"):
         run_dir.recipe_paths(tmp_path, "heuristic:2")
+
+
+def test_exported_agent_is_the_same_agent_and_frozen(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    src = tmp_path / "run"
+    save_run(src)
+    (src / "config.json").write_text(json.dumps({"dream": {"population": 4}}))
+    out = tmp_path / "shipped"
+    record = run_dir.export_agent(src, out, {"score": "n/a"})
+    assert record["parts"]["rnn"]["kind"] == "mdnrnn" and record["score"] == "n/a"
+    a, b = run_dir.load_agent(src), run_dir.load_agent(out)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert json.loads((out / "config.json").read_text()) == {"dream": {"population": 4}}
+    assert not list(out.rglob("opt"))  # no optimiser state travels
+
+    # A shipped agent is only read: its results default to a fresh runs/ directory.
+    assert run_dir.frozen(out) and not run_dir.frozen(src)
+    assert run_dir.results_path(src) == src / "eval" / "results.json"
+    monkeypatch.chdir(tmp_path)
+    fresh = run_dir.results_path(out)
+    assert fresh.parts[0] == "runs" and fresh.parent.parent.name.startswith("shipped-eval-")
+    assert run_dir.results_path(out, tmp_path / "x.json") == tmp_path / "x.json"
+
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        run_dir.export_agent(src, out, {})

@@ -16,6 +16,10 @@ trainers and experiments can load a run without importing the stage orchestrator
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,14 @@ __all__ = [
     "collect_cmd",
     "dataset_dir",
     "dynamics_meta",
+    "export_agent",
     "fixed_export",
+    "frozen",
     "load_agent",
     "load_controller",
     "load_dynamics",
     "load_vae",
+    "results_path",
     "recipe_paths",
     "require",
     "require_ckpt",
@@ -161,3 +168,68 @@ def load_agent(run_dir: Path) -> Agent:
     expected = {"z_size": dynamics.z_size, "hidden_size": dynamics.hidden_size}
     controller, _ = load_controller(run_dir, expected=expected)
     return Agent(vae, dynamics, controller)
+
+
+FROZEN = "pretrained.json"
+"""A run directory holding this file is a shipped agent: evaluating it never writes into it."""
+
+
+def frozen(run_dir: Path) -> bool:
+    """True when ``run_dir`` must only be read: a shipped agent (it holds ``pretrained.json``) or a directory
+    this process cannot write."""
+    run_dir = Path(run_dir)
+    return (run_dir / FROZEN).is_file() or (run_dir.is_dir() and not os.access(run_dir, os.W_OK))
+
+
+def results_path(run_dir: Path, out: Path | None = None, runs: Path = Path("runs")) -> Path:
+    """Where an evaluation of ``run_dir`` writes its ``results.json``.
+
+    ``out`` when given; else ``RUN_DIR/eval/results.json``, except for a ``frozen`` run directory, whose
+    results go to a fresh ``runs/NAME-eval-YYYYmmdd-HHMMSS/eval/results.json`` (``runs`` relative to the
+    working directory), so a committed or read-only agent is never modified.
+    """
+    if out is not None:
+        return Path(out)
+    run_dir = Path(run_dir)
+    if not frozen(run_dir):
+        return run_dir / "eval" / "results.json"
+    return runs / f"{run_dir.resolve().name}-eval-{time.strftime('%Y%m%d-%H%M%S')}" / "eval" / "results.json"
+
+
+def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """Copy the agent of ``run_dir`` (V, M, C at their latest steps, without optimiser states, metrics or
+    data) and its ``config.json`` into the new run directory ``out``, marked ``frozen`` by a
+    ``pretrained.json`` that records ``provenance`` and each part's kind, step and hparams.
+
+    The parts are written through ``checkpoint.save`` (float32, one step each), so ``load_agent(out)``
+    rebuilds exactly the agent of ``run_dir``.
+
+    Args:
+        run_dir: a run directory with trained ``vae/``, ``rnn/`` and ``controller/`` checkpoints.
+        out: the directory to create.
+        provenance: JSON-able facts to record (the source, the score and the command that measured it).
+
+    Returns:
+        The contents of ``out/pretrained.json``.
+
+    Raises:
+        FileExistsError: when ``out`` exists (nothing is overwritten).
+        MissingInput, CheckpointError: as ``load_agent``.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new --out (an existing agent is never overwritten)")
+    load_agent(run_dir)  # every part loads and the sizes agree before anything is written
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # our own unfinished export, never a user's directory
+    parts = {}
+    for name, load in (("vae", load_vae), ("rnn", load_dynamics), ("controller", load_controller)):
+        module, meta = load(run_dir)
+        checkpoint.save(tmp / name / "ckpt", meta["step"], module, kind=meta["kind"], hparams=meta["hparams"], keep=1)
+        parts[name] = {"kind": meta["kind"], "step": meta["step"], "hparams": meta["hparams"]}
+    shutil.copy(run_dir / "config.json", tmp / "config.json")
+    record = {"parts": parts, **provenance}
+    (tmp / FROZEN).write_text(json.dumps(record, indent=2))
+    tmp.rename(out)
+    return record

@@ -39,11 +39,13 @@ from worldmodels.run_dir import (
     dataset_dir,
     dynamics_meta,
     fixed_export,
+    frozen,
     load_agent,
     load_dynamics,
     load_vae,
     recipe_paths,
     require_ckpt,
+    results_path,
 )
 from worldmodels.train import (
     FrameMix,
@@ -339,11 +341,14 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
     videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``).
 
     The test config is recorded in ``RUN_DIR/config.json``, or, when ``out`` is given, in a ``config.json``
-    next to ``out``: with ``out`` outside the run directory, the run directory is only read."""
+    next to ``out``: with ``out`` outside the run directory, the run directory is only read. A frozen run
+    directory (a shipped agent, ``run_dir.frozen``) is always only read: without ``out`` its results go to a
+    fresh ``runs/NAME-eval-TIME/eval/`` (``run_dir.results_path``)."""
     run_dir = Path(run_dir)
     agent = load_agent(run_dir)
-    record_config(run_dir if out is None else Path(out).parent, "test", cfg)
-    out = Path(out) if out is not None else run_dir / "eval" / "results.json"
+    in_run = out is None and not frozen(run_dir)
+    out = results_path(run_dir, out)
+    record_config(run_dir if in_run else out.parent, "test", cfg)
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
     results = run_episodes(
         agent,
