@@ -65,3 +65,47 @@ def test_keeps_only_the_latest_steps(tmp_path):
         checkpoint.save(tmp_path / "ck", step, vae, kind="vae", hparams={"z_size": 8}, keep=2)
     assert checkpoint.latest_step(tmp_path / "ck") == 3
     assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
+def _damage(step_dir):
+    """Overwrite every array data file of a saved step with garbage, as a disk fault would."""
+    files = [f for f in (step_dir / "model").rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert files
+    for f in files:
+        f.write_bytes(b"\0garbage" * 16)
+
+
+def test_damaged_newest_step_falls_back_to_the_one_before(tmp_path, capsys):
+    old, new = ConvVAE(8, key=jr.key(0)), ConvVAE(8, key=jr.key(1))
+    checkpoint.save(tmp_path / "ck", 1, old, kind="vae", hparams={"z_size": 8})
+    checkpoint.save(tmp_path / "ck", 2, new, kind="vae", hparams={"z_size": 8})
+    _damage(tmp_path / "ck" / "2")
+    loaded, meta = checkpoint.load_module(tmp_path / "ck", build_vae, kind="vae")
+    assert meta["step"] == 1
+    np.testing.assert_array_equal(loaded.fc_mu.weight, old.fc_mu.weight)
+    err = capsys.readouterr().err
+    assert "ck/2: cannot read arrays" in err and "loading step 1 instead" in err
+    assert (tmp_path / "ck" / "2").is_dir()  # a reader keeps the damaged step where it is
+
+    # Unreadable metadata falls back too; with nothing older, the damage is named.
+    shutil.rmtree(tmp_path / "ck" / "2" / "meta")
+    assert checkpoint.load_module(tmp_path / "ck", build_vae, kind="vae")[1]["step"] == 1
+    with pytest.raises(checkpoint.CheckpointError, match="ck/2"):
+        checkpoint.load_module(tmp_path / "ck", build_vae, kind="vae", step=2)
+
+
+def test_trainer_resume_sets_a_damaged_step_aside_and_saves_again(tmp_path, capsys):
+    vae = ConvVAE(8, key=jr.key(0))
+    opt = optax.adam(1e-3)
+    state = opt.init(eqx.filter(vae, eqx.is_array))
+    for step in (1, 2):
+        checkpoint.save(tmp_path / "ck", step, vae, kind="vae", hparams={"z_size": 8}, opt_state=state)
+    _damage(tmp_path / "ck" / "2")
+    _, _, meta = checkpoint.load(tmp_path / "ck", vae, kind="vae", opt_like=state, set_aside_damaged=True)
+    assert meta["step"] == 1
+    err = capsys.readouterr().err
+    assert "ck/2: cannot read arrays" in err and "loading step 1 instead" in err and "damaged/2-" in err
+    assert [p.name.split("-")[0] for p in (tmp_path / "ck" / "damaged").iterdir()] == ["2"]  # kept, not deleted
+    assert checkpoint.latest_step(tmp_path / "ck") == 1
+    checkpoint.save(tmp_path / "ck", 2, vae, kind="vae", hparams={"z_size": 8}, opt_state=state)
+    assert checkpoint.load(tmp_path / "ck", vae, kind="vae")[2]["step"] == 2

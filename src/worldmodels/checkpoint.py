@@ -11,24 +11,30 @@ A checkpoint directory holds numbered steps (``ckpt/<step>/``) written by an orb
 Loading never needs the training config: ``load_module`` rebuilds the module from ``hparams`` and
 fills it in. A mismatch between a config and a checkpoint is a ``CheckpointError`` that names both
 values (``z_size=64 in the checkpoint, 32 in the config``) or both shapes. Saves are atomic (orbax
-writes a temporary directory and renames it), so an interrupted save leaves the previous step intact.
+writes a temporary directory and renames it), so an interrupted save leaves the previous step intact. A
+step damaged later (unreadable metadata or arrays) is skipped with a warning and the step before it loads
+(``newest_loadable``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from worldmodels.errors import CheckpointError
+from worldmodels.errors import CheckpointDamaged, CheckpointError
 
 logging.getLogger("absl").setLevel(logging.ERROR)
+
+T = TypeVar("T")
 
 
 def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -127,7 +133,39 @@ def read_meta(directory: Path, step: int | None = None) -> dict[str, Any]:
         with _manager(directory) as mngr:
             return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
     except Exception as err:  # orbax raises several types for a damaged directory
-        raise CheckpointError(f"{directory}/{step}: cannot read checkpoint metadata ({err})") from err
+        raise CheckpointDamaged(f"{directory}/{step}: cannot read checkpoint metadata ({err})") from err
+
+
+def newest_loadable(directory: Path, load_step: Callable[[int], T], *, set_aside: bool = False) -> T:
+    """``load_step(step)`` of the newest step of ``directory`` that is not damaged.
+
+    A step whose metadata or arrays cannot be read (``CheckpointDamaged``) is skipped with a warning on
+    stderr naming it, and the step before it is tried; every other error (a wrong kind, differing sizes)
+    propagates at once. With ``set_aside`` (a trainer about to save again) a damaged step is moved to
+    ``directory/damaged/STEP-TIME`` (kept, never deleted), so that later saves do not collide with it.
+
+    Raises:
+        CheckpointError: when there is no step; ``CheckpointDamaged`` when every step is damaged.
+    """
+    directory = Path(directory)
+    with _manager(directory) as mngr:
+        steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    for i, step in enumerate(steps):
+        try:
+            return load_step(step)
+        except CheckpointDamaged as err:
+            if i + 1 == len(steps):
+                raise
+            note = f"warning: {err}; loading step {steps[i + 1]} instead"
+            if set_aside:
+                aside = directory / "damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(exist_ok=True)
+                (directory / str(step)).rename(aside)
+                note += f" (the damaged step is kept in {aside})"
+            print(note, file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def _resolve_step(directory: Path, step: int | None) -> int:
@@ -156,6 +194,7 @@ def load(
     step: int | None = None,
     opt_like: Any = None,
     expected: dict[str, Any] | None = None,
+    set_aside_damaged: bool = False,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Restore a module (and optionally an optimiser state) into the structure of ``like``.
 
@@ -163,9 +202,10 @@ def load(
         directory: checkpoint directory.
         like: a module of the right architecture (its values are ignored).
         kind: the expected ``kind``.
-        step: which step (default: the latest).
+        step: which step (default: the newest that is not damaged, ``newest_loadable``).
         opt_like: an optimiser state of the right structure, to restore ``opt`` too.
         expected: hparams that must match (e.g. ``{"z_size": 32}``), for an error naming both values.
+        set_aside_damaged: with ``step`` None, move damaged newer steps aside (``newest_loadable``).
 
     Returns:
         (model, opt_state, meta); ``opt_state`` is ``opt_like`` unchanged when the checkpoint stores
@@ -175,6 +215,12 @@ def load(
         CheckpointError: missing or corrupt checkpoint, wrong kind, differing hparams, or a shape that
             differs (both named).
     """
+    if step is None:
+        return newest_loadable(
+            directory,
+            lambda s: load(directory, like, kind=kind, step=s, opt_like=opt_like, expected=expected),
+            set_aside=set_aside_damaged,
+        )
     step, meta = _checked_meta(directory, step, kind, expected)
     return (*_restore(directory, step, meta, like, opt_like), meta)
 
@@ -204,7 +250,7 @@ def _restore(directory: Path, step: int, meta: dict[str, Any], like: Any, opt_li
         with _manager(directory) as mngr:
             restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as err:
-        raise CheckpointError(f"{where}: cannot read arrays ({err})") from err
+        raise CheckpointDamaged(f"{where}: cannot read arrays ({err})") from err
     model = _fill(like, restored["model"], meta["paths"], meta["shapes"], where)
     opt_state = opt_like
     if restore_opt:
@@ -232,6 +278,8 @@ def load_module(
     Returns:
         (module, meta).
     """
+    if step is None:
+        return newest_loadable(directory, lambda s: load_module(directory, build, kind=kind, expected=expected, step=s))
     step, meta = _checked_meta(directory, step, kind, expected)
     model, _ = _restore(directory, step, meta, build(**meta["hparams"]), None)
     return model, meta

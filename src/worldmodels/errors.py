@@ -19,5 +19,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match what the caller expects."""
 
 
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint step exists but its metadata or arrays cannot be read (a disk fault, a killed copy); loaders
+    fall back to the step before it (``checkpoint.newest_loadable``)."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the message names the step and the last good checkpoint."""

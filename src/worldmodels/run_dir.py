@@ -101,9 +101,12 @@ def fixed_export(run_dir: Path) -> dict | None:
 
 def _load(path: Path, role: str, command: str, expected: dict | None) -> tuple[Any, dict]:
     require_ckpt(path, command)
-    meta = checkpoint.read_meta(path)
-    kind = kind_of(meta.get("kind"), role, f"{path}/{meta.get('step')}")
-    return checkpoint.load_module(path, kind.build, kind=kind.name, expected=expected, step=meta["step"])
+
+    def load_step(step: int) -> tuple[Any, dict]:
+        kind = kind_of(checkpoint.read_meta(path, step).get("kind"), role, f"{path}/{step}")
+        return checkpoint.load_module(path, kind.build, kind=kind.name, expected=expected, step=step)
+
+    return checkpoint.newest_loadable(path, load_step)  # a damaged newest step falls back to the one before
 
 
 def load_vae(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:

@@ -110,7 +110,9 @@ def fit(
         step_fn = make_step(loss_fn, optimizer)
     start = 0
     if checkpoint.latest_step(ckpt_dir) is not None:
-        model, opt_state, meta = checkpoint.load(ckpt_dir, model, kind=kind, opt_like=opt_state, expected=hparams)
+        model, opt_state, meta = checkpoint.load(
+            ckpt_dir, model, kind=kind, opt_like=opt_state, expected=hparams, set_aside_damaged=True
+        )
         start = int(meta["step"])
     trim_jsonl(metrics_path, start, "step")
     if start >= steps:
