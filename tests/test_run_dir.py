@@ -7,7 +7,7 @@ import pytest
 
 from worldmodels import checkpoint, run_dir
 from worldmodels.agent import Agent
-from worldmodels.errors import CheckpointError, MissingInput
+from worldmodels.errors import CheckpointError, DatasetError, MissingInput
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.registry import build_controller, controller_hparams
 
@@ -37,6 +37,10 @@ def test_missing_and_mismatched_parts_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="z_size=8 in the checkpoint, 32 in the config"):
         run_dir.load_dynamics(tmp_path, expected={"z_size": 32})
     with pytest.raises(MissingInput, match="data/heuristic/metadata.json.*collect_data.py .* --policy heuristic"):
+        run_dir.recipe_paths(tmp_path, "heuristic:2")
+    (tmp_path / "data" / "heuristic").mkdir(parents=True)
+    (tmp_path / "data" / "heuristic" / "episode_0.h5").write_bytes(b"x")  # files without metadata.json
+    with pytest.raises(DatasetError, match="holds files but no metadata.json.*move it aside"):
         run_dir.recipe_paths(tmp_path, "heuristic:2")
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from worldmodels import checkpoint
 from worldmodels.agent import Agent
 from worldmodels.config import parse_recipe
-from worldmodels.errors import MissingInput
+from worldmodels.errors import DatasetError, MissingInput
 from worldmodels.models.registry import kind_of
 
 __all__ = [
@@ -75,11 +75,17 @@ def recipe_paths(run_dir: Path, recipe: str) -> list[tuple[Path, float]]:
 
     Raises:
         MissingInput: naming the first dataset of the recipe that was not collected, and the command.
+        DatasetError: for a dataset directory that holds files but no ``metadata.json``.
         ValueError: for a malformed recipe (``config.parse_recipe``).
     """
     out = []
     for name, weight in parse_recipe(recipe):
         path = dataset_dir(run_dir, name)
+        if not (path / "metadata.json").exists() and path.is_dir() and any(path.iterdir()):
+            raise DatasetError(
+                f"{path} holds files but no metadata.json, so it is not a readable dataset: move it aside (or "
+                f"restore its metadata.json), then run `{collect_cmd(run_dir)} --policy {name}`"
+            )
         require(path / "metadata.json", f"{collect_cmd(run_dir)} --policy {name}")
         out.append((path, weight))
     return out
