@@ -68,6 +68,31 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
                 writer.append_data(frame)
 
 
+def video_to_gif(video: Path, gif: Path, every: int = 3, scale: float = 0.5, fps: int = 30) -> int:
+    """An animated GIF of an mp4 (for a README): every ``every``-th frame, resized by ``scale`` (INTER_AREA),
+    played at ``fps / every`` frames per second so it runs at the video's speed; loops forever.
+
+    Returns:
+        The number of frames written.
+
+    Raises:
+        ValueError: for ``every`` < 1 or ``scale`` outside (0, 1].
+    """
+    import imageio.v3 as iio
+
+    if every < 1 or not 0 < scale <= 1:
+        raise ValueError(f"every must be >= 1 and scale in (0, 1], got {every} and {scale}")
+    frames = []
+    for i, frame in enumerate(iio.imiter(video)):
+        if i % every == 0:
+            h, w = frame.shape[:2]
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame)
+    gif.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(gif, np.stack(frames), duration=1000 * every / fps, loop=0)
+    return len(frames)
+
+
 def plot_metrics(metrics_path: Path, out_path: Path, keys: list[str], title: str) -> None:
     """Line plots of the given ``metrics.jsonl`` columns against ``step`` (or ``generation``)."""
     import matplotlib
