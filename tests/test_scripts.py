@@ -161,3 +161,35 @@ def test_dream_benchmark_small(tmp_path):
     assert figures["flops_per_step"] == 765_120  # Z 32, LSTM 256, 5 mixtures, 3 actions
     assert 0 < figures["roofline_fraction"]
     assert "fraction of the matmul roofline" in proc.stdout
+
+
+def test_ctrl_c_stops_a_parallel_collection_at_once_and_it_resumes(tmp_path):
+    """The first SIGINT ends a collection with worker processes within seconds, exit 130, every stored episode
+    kept; the same command then finishes. The signal goes to the main process only (``kill -INT``, an IDE's stop
+    button): the workers, mid-episode, must be stopped by it rather than waited for."""
+    import os
+    import signal
+    import time
+
+    rd = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "collect_data.py"), "--preset", "smoke", "--run-dir", str(rd)]
+    cmd += ["--policy", "brownian", "--episodes", "4", "--max-steps", "1000", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    meta = rd / "data" / "brownian" / "metadata.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if meta.is_file() and json.loads(meta.read_text()).get("total_episodes", 0) >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the collection ended before it could be interrupted"
+    t0 = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - t0 < 4, "SIGINT did not stop the collection promptly"
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    kept = json.loads(meta.read_text())["total_episodes"]
+    assert 1 <= kept < 4
+    run(*cmd[1:])
+    assert json.loads(meta.read_text())["total_episodes"] == 4

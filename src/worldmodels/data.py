@@ -7,8 +7,8 @@ interrupted collection keeps what finished and a re-run continues with the seeds
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
+import functools
 import multiprocessing as mp
 import shutil
 import signal
@@ -180,30 +180,37 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
         return path
     bar = tqdm(total=cfg.episodes, initial=cfg.episodes - len(todo), desc=f"collect {name or cfg.policy}", unit="ep")
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_collect_episode, seed, cfg, Path(run_dir).resolve()) for seed in todo]
-        try:
-            for fut in cf.as_completed(futures):
-                ep = fut.result()
-                buffer = EpisodeBuffer(
-                    seed=ep.seed,
-                    observations=ep.observations,
-                    actions=ep.actions,
-                    rewards=ep.rewards,
-                    terminations=ep.terminations,
-                    truncations=ep.truncations,
-                )
-                with _defer_sigint():
-                    storage.update_episodes([buffer])
-                bar.update(1)
-                bar.set_postfix(ret=f"{float(ep.rewards.sum()):.0f}", steps=ep.length)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-        finally:
-            bar.close()
+    # Workers ignore Ctrl-C; the main process stops them at once (terminate), so the first Ctrl-C ends the
+    # collection within a moment, keeping every episode already written.
+    pool = ctx.Pool(min(workers, len(todo)), initializer=_ignore_sigint)
+    job = functools.partial(_collect_episode, cfg=cfg, run_dir=Path(run_dir).resolve())
+    try:
+        for ep in pool.imap_unordered(job, todo):
+            buffer = EpisodeBuffer(
+                seed=ep.seed,
+                observations=ep.observations,
+                actions=ep.actions,
+                rewards=ep.rewards,
+                terminations=ep.terminations,
+                truncations=ep.truncations,
+            )
+            with _defer_sigint():
+                storage.update_episodes([buffer])
+            bar.update(1)
+            bar.set_postfix(ret=f"{float(ep.rewards.sum()):.0f}", steps=ep.length)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # Ctrl-C or a worker's error: the episodes in flight are dropped, the stored ones kept
+        raise
+    finally:
+        pool.join()
+        bar.close()
     return path
+
+
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group; only the main process acts on it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collection_plan(cfg: CollectConfig) -> list[CollectConfig]:
