@@ -124,10 +124,18 @@ def test_every_script_end_to_end(tmp_path):
     assert dream["mid_episode_starts"] == 1.0 and dream["dream_steps"] == 300 and dream["generations"] == 2
     assert "done before" in run(*experiment, *arms).stdout  # resumes: nothing is run again
 
-    # A config whose sizes differ from the checkpoint is refused with both sizes named.
+    # A config whose sizes differ from the checkpoint is refused with both sizes named, also where the stage
+    # would otherwise count itself done, and the run's config record is left as it was.
+    record = (run_dir / "config.json").read_text()
+    for script, flag, value, message in (
+        ("train_vae.py", "--z-size", "64", "z_size=32 in the checkpoint, 64 in the config"),
+        ("train_rnn.py", "--hidden-size", "128", "hidden_size=96 in the checkpoint, 128 in the config"),
+    ):
+        proc = run(script, *common, flag, value, ok=False)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
     proc = run("train_vae.py", *common, "--z-size", "64", "--steps", "40", ok=False)
-    assert proc.returncode == 1
-    assert "z_size=32 in the checkpoint, 64 in the config" in proc.stderr
+    assert proc.returncode == 1 and "z_size=32 in the checkpoint, 64 in the config" in proc.stderr
+    assert (run_dir / "config.json").read_text() == record
 
 
 def checkpoint_step(path):

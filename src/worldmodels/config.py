@@ -42,6 +42,17 @@ def _check_ranges(cfg: Any, section: str, rules: dict[str, str]) -> None:
             raise ValueError(f"{section}.{name} must be {rule}, got {value!r}")
 
 
+COLLECTION_POLICIES = ("brownian", "random_controller", "heuristic", "recovery", "aggressive", "controller")
+"""Collection policies by name (``worldmodels.policies`` implements them); the index also sets each policy's
+block of reset seeds (``policies.seed_offset``)."""
+
+
+def _check_policy(name: str, where: str) -> None:
+    """Refuse an unknown collection policy name in one line naming ``where`` and the known names."""
+    if name not in COLLECTION_POLICIES:
+        raise ValueError(f"{where}: unknown collection policy {name!r}; available: {', '.join(COLLECTION_POLICIES)}")
+
+
 @dataclass(frozen=True)
 class CollectConfig:
     """Rollout collection (Sec. 3.1 of the paper: 10,000 random rollouts) with a choice of driving policies."""
@@ -98,6 +109,12 @@ class CollectConfig:
                 "controller_noise": ">= 0",
             },
         )
+        _check_policy(self.policy, "collect.policy")
+        if self.mix:
+            for name, count in parse_recipe(self.mix, "episode count"):
+                _check_policy(name, f"collect.mix {self.mix!r}")
+                if count != int(count):
+                    raise ValueError(f"collect.mix {self.mix!r}: the episode count of {name!r} must be a whole number")
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,10 @@ class VAEConfig:
                 "log_every": ">= 1",
             },
         )
+        try:  # a malformed recipe is refused here, not mid-stage
+            parse_recipe(self.dataset)
+        except ValueError as err:
+            raise ValueError(f"vae.dataset: {err}") from None
 
     @property
     def loss_scales(self) -> dict[str, float]:
@@ -207,6 +228,10 @@ class RNNConfig:
                 "log_every": ">= 1",
             },
         )
+        try:  # a malformed recipe is refused here, not mid-stage
+            parse_recipe(self.dataset)
+        except ValueError as err:
+            raise ValueError(f"rnn.dataset: {err}") from None
 
     @property
     def loss_scales(self) -> dict[str, float]:

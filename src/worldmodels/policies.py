@@ -14,11 +14,12 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from worldmodels.config import CollectConfig
+from worldmodels.config import COLLECTION_POLICIES, CollectConfig
 from worldmodels.env import ACTION_HIGH, ACTION_LOW
 
-POLICIES = ("brownian", "random_controller", "heuristic", "recovery", "aggressive", "controller")
-"""Collection policies by name; the index also sets each policy's block of reset seeds (``seed_offset``)."""
+POLICIES = COLLECTION_POLICIES
+"""Collection policies by name (``config.COLLECTION_POLICIES``, where configs check names); the index also sets each
+policy's block of reset seeds (``seed_offset``)."""
 
 SEED_BLOCK = 20_000
 """Reset seeds of policy number p start at ``seed + p * SEED_BLOCK``."""

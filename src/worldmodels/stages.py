@@ -72,6 +72,15 @@ def _ckpt_done(path: Path, steps: int) -> bool:
     return step is not None and step >= steps
 
 
+def _check_sizes(ckpt_dir: Path, expected: dict) -> None:
+    """Refuse a config whose sizes differ from the checkpoint already in ``ckpt_dir`` (both values named), before
+    the stage records its config or counts itself done. Nothing to check without a checkpoint."""
+    if checkpoint.latest_step(ckpt_dir) is None:
+        return
+    meta = checkpoint.newest_loadable(ckpt_dir, lambda s: checkpoint.read_meta(ckpt_dir, s))
+    checkpoint.check_hparams(meta, expected, f"checkpoint {ckpt_dir}/{meta['step']}")
+
+
 def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
     return fixed_export(run_dir) is not None or _ckpt_done(Path(run_dir) / "vae" / "ckpt", cfg.steps)
 
@@ -98,9 +107,10 @@ def test_done(run_dir: Path, cfg: TestConfig) -> bool:
 
 def run_collect(run_dir: Path, cfg: CollectConfig) -> list[Path]:
     """Collect rollouts into ``RUN_DIR/data/POLICY`` (one dataset per policy of ``cfg.mix``)."""
+    plan = collection_plan(cfg)
     record_config(run_dir, "collect", cfg)
     paths = []
-    for part in collection_plan(cfg):
+    for part in plan:
         path = collect(run_dir, part)
         ds = open_dataset(path)
         print(f"dataset {path}: {ds.total_episodes} episodes, {ds.total_steps} steps")
@@ -122,6 +132,7 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
         )
         return
     sources = recipe_paths(run_dir, cfg.dataset)
+    _check_sizes(run_dir / "vae" / "ckpt", {"z_size": cfg.z_size})
     record_config(run_dir, "vae", cfg)
     if vae_done(run_dir, cfg):
         print(f"VAE already trained ({run_dir / 'vae'})")
@@ -209,8 +220,10 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     """
     run_dir = Path(run_dir)
     meta = _check_trainable_rnn(run_dir)
-    record_config(run_dir, "rnn", cfg)
     require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
+    recipe_paths(run_dir, cfg.dataset)  # every dataset of the recipe exists
+    _check_sizes(run_dir / "rnn" / "ckpt", {"hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures})
+    record_config(run_dir, "rnn", cfg)
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
         print(f"MDN-RNN already trained ({run_dir / 'rnn'}{origin})")
@@ -321,8 +334,9 @@ def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     frames of the episodes M was trained on (the recipe of the ``rnn`` section of ``RUN_DIR/config.json``).
     """
     run_dir = Path(run_dir)
-    record_config(run_dir, "dream", cfg)
     dynamics, _ = load_dynamics(run_dir)
+    recipe_paths(run_dir, recorded_rnn_config(run_dir).dataset)  # the episodes dreams start from exist
+    record_config(run_dir, "dream", cfg)
     if dream_done(run_dir, cfg):
         print(f"controller already evolved ({run_dir / 'controller'})")
         return
