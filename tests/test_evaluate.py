@@ -70,3 +70,13 @@ def test_results_do_not_depend_on_workers(agent, tmp_path):
     assert video.name == f"episode_{seeds[0]}.mp4"
     frames = iio.imread(video)
     assert frames.shape[0] == 30 and frames.shape[2] == 3 * frames.shape[1]  # real | VAE | MDN-RNN
+
+
+def test_ci95_is_the_student_t_half_width():
+    import numpy as np
+
+    from worldmodels.evaluate import ci95
+
+    # mean 2.5, sample std 1.291, t_{0.975, 3} = 3.1824: 3.1824 * 1.291 / 2 = 2.054
+    assert abs(ci95(np.array([1.0, 2.0, 3.0, 4.0])) - 2.0543) < 1e-3
+    assert ci95(np.array([7.0])) == 0.0

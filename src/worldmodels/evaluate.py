@@ -264,14 +264,20 @@ def run_episodes(
     return results
 
 
+def ci95(returns: np.ndarray) -> float:
+    """Half-width of the 95 % Student-t interval of the mean of ``returns`` (N,); 0 for N < 2."""
+    returns = np.asarray(returns, np.float64)
+    n = len(returns)
+    return float(stats.t.ppf(0.975, n - 1) * returns.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
     """Per-episode seeds, returns and lengths plus mean (with ``ci95``, the half-width of its 95 % Student-t
     interval), std, min and max of the returns, and the
     MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none)."""
     rets = np.array([r.ret for r in results])
     offroad = sum(r.offroad_steps for r in results)
-    # Half-width of the 95 % t-interval of the mean return (0 for a single episode).
-    half = float(stats.t.ppf(0.975, len(rets) - 1) * rets.std(ddof=1) / np.sqrt(len(rets))) if len(rets) > 1 else 0.0
+    half = ci95(rets)
     return {
         "reward_delusion": sum(r.deluded_steps for r in results) / offroad if offroad else None,
         "offroad_steps": offroad,

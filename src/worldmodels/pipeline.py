@@ -16,6 +16,7 @@ from rich.table import Table
 
 from worldmodels import stages
 from worldmodels.config import Preset, record_config
+from worldmodels.evaluate import ci95
 
 
 def _duration(seconds: float) -> str:
@@ -59,7 +60,7 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         run()
         report["stages"][name] = {"status": "ran", "seconds": time.perf_counter() - t0}
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    report["score"] = {k: results.get(k) for k in ("mean", "std", "min", "max", "n", "reward_delusion")}
+    report["score"] = {k: results.get(k) for k in ("mean", "ci95", "std", "min", "max", "n", "reward_delusion")}
     if iterations:
         t0 = time.perf_counter()
         report["iterations"] = _iterate(run_dir, preset, iterations, results)
@@ -78,7 +79,7 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
     Console().print(table)
     print(
         f"real CarRacing-v3 score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
-        f"(min {s['min']:.1f}, max {s['max']:.1f})"
+        f"(std; 95 % CI of the mean +- {s.get('ci95') or 0:.1f}; min {s['min']:.1f}, max {s['max']:.1f})"
     )
     if iterations:
         table = Table(title="Sim2Real2Sim iterations (same first test seeds)")
@@ -108,6 +109,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
             "iteration": 0,
             "n": len(rets),
             "mean": float(rets.mean()),
+            "ci95": ci95(rets),
             "std": float(rets.std()),
             "reward_delusion": first.get("reward_delusion"),
             "onpolicy_episodes": 0,
@@ -120,6 +122,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
                 "iteration": k,
                 "n": res["n"],
                 "mean": res["mean"],
+                "ci95": res.get("ci95"),
                 "std": res["std"],
                 "reward_delusion": res.get("reward_delusion"),
                 "onpolicy_episodes": k * preset.iterate.episodes,
