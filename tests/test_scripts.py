@@ -194,7 +194,9 @@ def test_ctrl_c_stops_a_parallel_collection_at_once_and_it_resumes(tmp_path):
     t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert time.monotonic() - t0 < 4, "SIGINT did not stop the collection promptly"
+    # Quiet, it stops in about 1 s; 10 s leaves room for a loaded machine (once measured 15 s with five heavy
+    # processes on two cores). Before the fix it waited for the episodes in flight (41 s here, loaded).
+    assert time.monotonic() - t0 < 10, "SIGINT did not stop the collection promptly"
     assert proc.returncode == 130 and "run the same command again to resume" in err
     assert "Traceback" not in err
     kept = json.loads(meta.read_text())["total_episodes"]
