@@ -57,21 +57,15 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     b.mkdir()
     os.symlink(a / "data", b / "data")
 
-    # V: 40 updates, a checkpoint every 10; killed after the first.
-    vae = ("--steps", "40", "--checkpoint-every", "10")
-    ok(script("train_vae.py", a, *vae))
-    killed_when(script("train_vae.py", b, *vae), lambda: (b / "vae" / "ckpt" / "10").is_dir())
-    ok(script("train_vae.py", b, *vae))
-    same_arrays(run_dir.load_vae, a, b, 40)
-    assert rows(b / "vae" / "metrics.jsonl", "step") == rows(a / "vae" / "metrics.jsonl", "step")
-
-    # M on the same V (b's V is a's, byte for byte): 40 updates, killed after the first checkpoint.
-    rnn = ("--steps", "40", "--checkpoint-every", "5")
-    ok(script("train_rnn.py", a, *rnn))
-    killed_when(script("train_rnn.py", b, *rnn), lambda: (b / "rnn" / "ckpt" / "5").is_dir())
-    ok(script("train_rnn.py", b, *rnn))
-    same_arrays(run_dir.load_dynamics, a, b, 40)
-    assert rows(b / "rnn" / "metrics.jsonl", "step") == rows(a / "rnn" / "metrics.jsonl", "step")
+    # V (40 updates, a checkpoint every 10), then M on it (40 updates, every 5; b's V is a's to the bit): each
+    # killed after its first checkpoint, resumed, and compared with the uninterrupted run.
+    for name, every, load in (("vae", 10, run_dir.load_vae), ("rnn", 5, run_dir.load_dynamics)):
+        stage = (f"train_{name}.py", "--steps", "40", "--checkpoint-every", str(every))
+        ok(script(stage[0], a, *stage[1:]))
+        killed_when(script(stage[0], b, *stage[1:]), lambda n=name, e=every: (b / n / "ckpt" / str(e)).is_dir())
+        ok(script(stage[0], b, *stage[1:]))
+        same_arrays(load, a, b, 40)
+        assert rows(b / name / "metrics.jsonl", "step") == rows(a / name / "metrics.jsonl", "step")
 
     # CMA-ES: 10 generations, state saved every generation; killed after the second.
     def generation(run_dir):
