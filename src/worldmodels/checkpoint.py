@@ -168,6 +168,14 @@ def newest_loadable(directory: Path, load_step: Callable[[int], T], *, set_aside
     raise AssertionError("unreachable")
 
 
+def newest_meta(directory: Path) -> dict[str, Any] | None:
+    """The metadata of the newest step of ``directory`` whose metadata reads (``newest_loadable``); None when
+    there is no step."""
+    if latest_step(directory) is None:
+        return None
+    return newest_loadable(directory, lambda s: read_meta(directory, s))
+
+
 def _resolve_step(directory: Path, step: int | None) -> int:
     if step is None:
         step = latest_step(directory)

@@ -215,19 +215,13 @@ def _ignore_sigint() -> None:
 
 def collection_plan(cfg: CollectConfig) -> list[CollectConfig]:
     """One config per dataset to collect: the entries of ``cfg.mix`` (``policy:episodes,...``), or ``cfg`` itself.
-
-    Raises:
-        ValueError: for a malformed mix, an unknown policy, or a fractional episode count.
-    """
+    ``CollectConfig`` has already refused a malformed mix, an unknown policy or a fractional episode count."""
     if not cfg.mix:
         return [cfg]
-    plan = []
-    for name, count in parse_recipe(cfg.mix, "episode count"):
-        seed_offset(name)  # validates the name
-        if count != int(count):
-            raise ValueError(f"mix {cfg.mix!r}: the episode count of {name!r} must be a whole number")
-        plan.append(dataclasses.replace(cfg, policy=name, episodes=int(count), mix=""))
-    return plan
+    return [
+        dataclasses.replace(cfg, policy=name, episodes=int(count), mix="")
+        for name, count in parse_recipe(cfg.mix, "episode count")
+    ]
 
 
 def mirror(frames: np.ndarray, actions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:

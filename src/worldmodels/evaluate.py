@@ -277,7 +277,6 @@ def summarize(results: list[EpisodeResult]) -> dict:
     MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none)."""
     rets = np.array([r.ret for r in results])
     offroad = sum(r.offroad_steps for r in results)
-    half = ci95(rets)
     return {
         "reward_delusion": sum(r.deluded_steps for r in results) / offroad if offroad else None,
         "offroad_steps": offroad,
@@ -285,7 +284,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
             {"seed": r.seed, "return": r.ret, "steps": r.steps, "offroad_steps": r.offroad_steps} for r in results
         ],
         "mean": float(rets.mean()),
-        "ci95": half,
+        "ci95": ci95(rets),
         "std": float(rets.std()),
         "min": float(rets.min()),
         "max": float(rets.max()),

@@ -92,9 +92,8 @@ def recipe_paths(run_dir: Path, recipe: str) -> list[tuple[Path, float]]:
 
 
 def dynamics_meta(run_dir: Path) -> dict | None:
-    """The metadata of ``RUN_DIR/rnn/ckpt``'s latest step; None when it holds no checkpoint."""
-    path = Path(run_dir) / "rnn" / "ckpt"
-    return None if checkpoint.latest_step(path) is None else checkpoint.read_meta(path)
+    """The metadata of ``RUN_DIR/rnn/ckpt``'s newest readable step; None when it holds no checkpoint."""
+    return checkpoint.newest_meta(Path(run_dir) / "rnn" / "ckpt")
 
 
 def fixed_export(run_dir: Path) -> dict | None:
@@ -166,17 +165,23 @@ def load_controller(run_dir: Path, expected: dict | None = None) -> tuple[Any, d
     return _load(path, "controller", f"uv run train_dream.py --run-dir {run_dir}", expected)
 
 
+def _agent_parts(run_dir: Path) -> dict[str, tuple[Any, dict]]:
+    """``{"vae", "rnn", "controller"}`` -> (module, checkpoint metadata), each part checked against the sizes
+    of the part it feeds."""
+    vae = load_vae(run_dir)
+    dynamics = load_dynamics(run_dir, expected={"z_size": vae[0].z_size})
+    expected = {"z_size": dynamics[0].z_size, "hidden_size": dynamics[0].hidden_size}
+    return {"vae": vae, "rnn": dynamics, "controller": load_controller(run_dir, expected=expected)}
+
+
 def load_agent(run_dir: Path) -> Agent:
     """V + M + C of a run, each checked against the sizes of the part it feeds.
 
     Raises:
         MissingInput, CheckpointError: as the three loaders.
     """
-    vae, _ = load_vae(run_dir)
-    dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
-    expected = {"z_size": dynamics.z_size, "hidden_size": dynamics.hidden_size}
-    controller, _ = load_controller(run_dir, expected=expected)
-    return Agent(vae, dynamics, controller)
+    parts = _agent_parts(run_dir)
+    return Agent(parts["vae"][0], parts["rnn"][0], parts["controller"][0])
 
 
 FROZEN = "pretrained.json"
@@ -228,13 +233,12 @@ def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any]) -> dict[s
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new --out (an existing agent is never overwritten)")
-    load_agent(run_dir)  # every part loads and the sizes agree before anything is written
+    loaded = _agent_parts(run_dir)  # every part loads and the sizes agree before anything is written
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)  # our own unfinished export, never a user's directory
     parts = {}
-    for name, load in (("vae", load_vae), ("rnn", load_dynamics), ("controller", load_controller)):
-        module, meta = load(run_dir)
+    for name, (module, meta) in loaded.items():
         checkpoint.save(tmp / name / "ckpt", meta["step"], module, kind=meta["kind"], hparams=meta["hparams"], keep=1)
         parts[name] = {"kind": meta["kind"], "step": meta["step"], "hparams": meta["hparams"]}
     shutil.copy(run_dir / "config.json", tmp / "config.json")

@@ -75,10 +75,9 @@ def _ckpt_done(path: Path, steps: int) -> bool:
 def _check_sizes(ckpt_dir: Path, expected: dict) -> None:
     """Refuse a config whose sizes differ from the checkpoint already in ``ckpt_dir`` (both values named), before
     the stage records its config or counts itself done. Nothing to check without a checkpoint."""
-    if checkpoint.latest_step(ckpt_dir) is None:
-        return
-    meta = checkpoint.newest_loadable(ckpt_dir, lambda s: checkpoint.read_meta(ckpt_dir, s))
-    checkpoint.check_hparams(meta, expected, f"checkpoint {ckpt_dir}/{meta['step']}")
+    meta = checkpoint.newest_meta(ckpt_dir)
+    if meta is not None:
+        checkpoint.check_hparams(meta, expected, f"checkpoint {ckpt_dir}/{meta['step']}")
 
 
 def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
@@ -335,12 +334,13 @@ def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
     """
     run_dir = Path(run_dir)
     dynamics, _ = load_dynamics(run_dir)
-    recipe_paths(run_dir, recorded_rnn_config(run_dir).dataset)  # the episodes dreams start from exist
+    rnn_cfg = recorded_rnn_config(run_dir)
+    recipe_paths(run_dir, rnn_cfg.dataset)  # the episodes dreams start from exist
     record_config(run_dir, "dream", cfg)
     if dream_done(run_dir, cfg):
         print(f"controller already evolved ({run_dir / 'controller'})")
         return
-    start = dream_starts(dynamics, latents(run_dir, recorded_rnn_config(run_dir)), cfg)
+    start = dream_starts(dynamics, latents(run_dir, rnn_cfg), cfg)
     check = None
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
