@@ -170,8 +170,13 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class RNNConfig:
-    """Memory model M: the paper's MDN-RNN (Appendix A.2) with reward and done heads."""
+    """Memory model M on the VAE's latent sequences: the paper's MDN-RNN (Appendix A.2) with reward and done heads,
+    or an RSSM (``kind rssm``; Hafner et al. 2019, 2023)."""
 
+    kind: Literal["mdnrnn", "rssm"] = "mdnrnn"
+    """Dynamics kind this stage trains into RUN_DIR/rnn/ckpt: ``mdnrnn`` (LSTM + mixture of Gaussians, the paper)
+    or ``rssm`` (GRU deterministic state + stochastic latent with prior and posterior, ``models.rssm``). Every
+    later stage runs either."""
     dataset: str = "brownian"
     """Datasets under RUN_DIR/data/ whose episodes are encoded into latent sequences, as a recipe
     ``name[:weight],...``: a batch draws each sequence from dataset d with probability weight_d / sum."""
@@ -185,6 +190,21 @@ class RNNConfig:
     """LSTM units."""
     num_mixtures: int = 5
     """Gaussian components K of the mixture over z_{t+1}."""
+    latent: Literal["gaussian", "categorical"] = "gaussian"
+    """RSSM only: the stochastic latent s_t, a diagonal Gaussian (PlaNet, DreamerV1) or ``stoch`` categoricals of
+    ``classes`` classes with straight-through gradients (DreamerV2/V3)."""
+    stoch: int = 32
+    """RSSM only: size of the Gaussian latent, or number of categorical groups."""
+    classes: int = 32
+    """RSSM only: classes per categorical group."""
+    units: int = 256
+    """RSSM only: hidden units of its prior, posterior, decoder and head MLPs."""
+    free_nats: float = 1.0
+    """RSSM only: free bits, the KL terms are not pushed below this many nats (DreamerV3: 1)."""
+    kl_dyn_weight: float = 1.0
+    """RSSM only: scale of the dynamics KL, max(free, KL(sg(q) || p)) (DreamerV3 Eq. 5)."""
+    kl_rep_weight: float = 0.1
+    """RSSM only: scale of the representation KL, max(free, KL(q || sg(p))) (DreamerV3 Eq. 5)."""
     seq_len: int = 1000
     """Length of the training windows in steps (episodes are cut into windows from their start)."""
     batch_size: int = 32
@@ -226,8 +246,18 @@ class RNNConfig:
                 "done_weight": ">= 0",
                 "checkpoint_every": ">= 1",
                 "log_every": ">= 1",
+                "stoch": ">= 1",
+                "classes": ">= 2",
+                "units": ">= 1",
+                "free_nats": ">= 0",
+                "kl_dyn_weight": ">= 0",
+                "kl_rep_weight": ">= 0",
             },
         )
+        if self.kind not in DYNAMICS_KINDS:
+            raise ValueError(f"rnn.kind must be one of {', '.join(DYNAMICS_KINDS)}, got {self.kind!r}")
+        if self.latent not in ("gaussian", "categorical"):
+            raise ValueError(f"rnn.latent must be 'gaussian' or 'categorical', got {self.latent!r}")
         try:  # a malformed recipe is refused here, not mid-stage
             parse_recipe(self.dataset)
         except ValueError as err:
@@ -235,8 +265,16 @@ class RNNConfig:
 
     @property
     def loss_scales(self) -> dict[str, float]:
-        """Scale of each term of ``losses.rnn_step_loss`` in the total (``reward_weight``, ``done_weight``)."""
+        """Scale of each loss term in the total: ``losses.rnn_step_loss``'s for the MDN-RNN, or
+        ``losses.rssm_sequence_loss``'s for the RSSM (``reward_weight``, ``done_weight`` and the two KL weights)."""
+        if self.kind == "rssm":
+            return {"obs": 1.0, "reward": self.reward_weight, "cont": self.done_weight,
+                    "kl_dyn": self.kl_dyn_weight, "kl_rep": self.kl_rep_weight}  # fmt: skip
         return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
+
+
+DYNAMICS_KINDS = ("mdnrnn", "rssm")
+"""The dynamics kinds ``train_rnn.py --kind`` trains."""
 
 
 @dataclass(frozen=True)
@@ -301,6 +339,66 @@ class DreamConfig:
 
 STEP_SIZE_ADAPTATIONS = ("csa", "tpa")
 """The CMA-ES step-size rules ``DreamConfig.step_size_adaptation`` accepts."""
+
+
+LEARNERS = ("cmaes", "actor-critic")
+"""What ``train_dream.py --learner`` trains in the dream: the paper's linear controller with CMA-ES, or a
+Dreamer actor and critic on imagined lambda-returns (``ActorCriticConfig``)."""
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    """Actor and critic trained on trajectories imagined in M (Hafner et al. 2020 DreamerV1, 2023 DreamerV3)."""
+
+    steps: int = 2000
+    """Updates of the actor and critic (each imagines from a fresh batch of start states)."""
+    batch_size: int = 16
+    """Real latent sequences per update; M is teacher-forced along each, and imagination starts from every
+    one of its states (batch_size x seq_len starts)."""
+    seq_len: int = 64
+    """Length of those sequences in steps."""
+    horizon: int = 15
+    """Imagination horizon H in steps (DreamerV3: 15)."""
+    discount: float = 0.997
+    """Discount gamma per step (DreamerV3: 0.997)."""
+    lambda_: float = 0.95
+    """lambda of the lambda-returns (DreamerV3: 0.95)."""
+    entropy_scale: float = 3e-4
+    """Weight eta of the actor's entropy bonus (DreamerV3: 3e-4 on normalised returns)."""
+    gradient: Literal["dynamics", "reinforce"] = "dynamics"
+    """Actor gradient: ``dynamics`` backpropagates the returns through M's differentiable dream (DreamerV1/V2 for
+    continuous actions); ``reinforce`` uses the score function with the critic as baseline (DreamerV3)."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 1e-4
+    """Adam learning rate of the critic."""
+    grad_clip: float = 100.0
+    """Global gradient-norm clip of each (DreamerV3: 100)."""
+    units: int = 256
+    """Units of each hidden layer of the actor and the critic MLPs."""
+    layers: int = 2
+    """Hidden layers of the actor and the critic MLPs."""
+    slow_critic_decay: float = 0.98
+    """EMA decay of the slow critic, whose values the lambda-returns bootstrap from and which regularises the
+    critic (DreamerV3: 0.98)."""
+    return_norm_decay: float = 0.99
+    """EMA decay of the 5th-95th percentile range that normalises returns (DreamerV3 Eq. 7: 0.99)."""
+    checkpoint_every: int = 200
+    """Save the actor (and critic) every this many updates."""
+    log_every: int = 50
+    """Write a metrics.jsonl line every this many updates."""
+
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "actor_critic",
+            {"steps": ">= 1", "batch_size": ">= 1", "seq_len": ">= 1", "horizon": ">= 1", "discount": "in (0, 1]",
+             "lambda_": "in [0, 1]", "entropy_scale": ">= 0", "actor_lr": "> 0", "critic_lr": "> 0",
+             "grad_clip": "> 0", "units": ">= 1", "layers": ">= 1", "slow_critic_decay": "in [0, 1)",
+             "return_norm_decay": "in [0, 1)", "checkpoint_every": ">= 1", "log_every": ">= 1"},
+        )  # fmt: skip
+        if self.gradient not in ("dynamics", "reinforce"):
+            raise ValueError(f"actor_critic.gradient must be 'dynamics' or 'reinforce', got {self.gradient!r}")
 
 
 @dataclass(frozen=True)

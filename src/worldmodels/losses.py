@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from worldmodels.models import twohot
 from worldmodels.models.mdnrnn import MDNOutput
+from worldmodels.models.rssm import RSSM, Stats, observe
 
 LOG_2PI = float(jnp.log(2.0 * jnp.pi))
 
@@ -106,3 +108,63 @@ def weighted_total(terms: Mapping[str, Array], scales: Mapping[str, float]) -> A
             f"no scale for {sorted(set(terms) - set(scales))}, no term for {sorted(set(scales) - set(terms))}"
         )
     return sum(scales[k] * terms[k] for k in terms)
+
+
+def gaussian_nll(x: Float[Array, " Z"], mu: Float[Array, " Z"], log_sigma: Float[Array, " Z"]) -> Float[Array, ""]:
+    """-log N(x; mu, diag(exp(log_sigma)^2)) in nats, summed over the Z dimensions (an ELBO's reconstruction term)."""
+    return jnp.sum(0.5 * ((x - mu) / jnp.exp(log_sigma)) ** 2 + log_sigma + 0.5 * LOG_2PI)
+
+
+def kl_balance(model: RSSM, post: Stats, prior: Stats, free_nats: float) -> dict[str, Array]:
+    """DreamerV3's KL balancing with free bits (Hafner et al. 2023, Sec. 3, Eqs. 3 and 5).
+
+    L_dyn = max(free, KL(sg(q) || p)) trains the prior towards the posterior; L_rep = max(free, KL(q || sg(p)))
+    trains the posterior (the representation) towards the prior. sg is ``jax.lax.stop_gradient``, so L_dyn
+    sends gradients only into the prior's parameters and L_rep only into the posterior's. Their scales
+    (DreamerV3: 1.0 and 0.1) are ``RNNConfig.loss_scales``. Below ``free_nats`` a term is constant (no gradient).
+
+    Returns:
+        dict with ``kl_dyn``, ``kl_rep`` (loss terms) and ``kl`` (the KL itself, a diagnostic), float32 scalars.
+    """
+    sg = jax.lax.stop_gradient
+    kl = model.kl(post, prior)
+    return {
+        "kl_dyn": jnp.maximum(free_nats, model.kl(jax.tree.map(sg, post), prior)),
+        "kl_rep": jnp.maximum(free_nats, model.kl(post, jax.tree.map(sg, prior))),
+        "kl": kl,
+    }
+
+
+def rssm_sequence_loss(
+    model: RSSM,
+    z: Float[Array, "L1 Z"],
+    actions: Float[Array, "L A"],
+    rewards: Float[Array, " L"],
+    dones: Float[Array, " L"],
+    key: Array,
+    free_nats: float,
+) -> dict[str, Array]:
+    """Per-step RSSM loss terms of one window of L transitions (L + 1 frames; Hafner et al. 2023, Eqs. 3-5).
+
+    The window is filtered with ``rssm.observe``; on every model state (h_t, s_t), s_t sampled from the
+    posterior:
+
+    * ``obs`` (L + 1,): Gaussian NLL of the VAE latent z_t under the observation decoder, nats per frame;
+    * ``kl_dyn``, ``kl_rep``, ``kl`` (L + 1,): ``kl_balance`` of q(s_t | h_t, z_t) against p(s_t | h_t);
+    * ``reward`` (L,): symlog two-hot cross-entropy of r_t (the reward of a_t) from the state after it,
+      (h_{t+1}, s_{t+1}) (``twohot.loss``);
+    * ``cont`` (L,): BCE of the continue flag 1 - done_t from the same state.
+
+    Returns:
+        dict of float32 arrays; the trainer masks and averages them (``train.rssm_loss``).
+    """
+    actions = jnp.concatenate([actions, jnp.zeros_like(actions[:1])])
+    seq = observe(model, z, actions, key)
+    obs_mu, obs_log_sigma, reward_logits, cont_logit = jax.vmap(model.heads)(seq.h, seq.s)
+    kls = jax.vmap(lambda post, prior: kl_balance(model, post, prior, free_nats))(seq.post, seq.prior)
+    return {
+        "obs": jax.vmap(gaussian_nll)(z, obs_mu, obs_log_sigma),
+        **kls,
+        "reward": jax.vmap(twohot.loss)(reward_logits[1:], rewards),
+        "cont": binary_cross_entropy(cont_logit[1:], 1.0 - dones),
+    }

@@ -48,6 +48,7 @@ from worldmodels.run_dir import (
     results_path,
 )
 from worldmodels.train import (
+    DYNAMICS_NAMES,
     FrameMix,
     LatentDataset,
     encode_episodes,
@@ -188,23 +189,32 @@ def _rnn_origin(meta: dict) -> str:
     return "written by another stage"
 
 
-def _check_trainable_rnn(run_dir: Path) -> dict | None:
-    """The metadata of ``RUN_DIR/rnn/ckpt`` (None when empty), refusing a checkpoint the MDN-RNN trainer cannot
-    continue: a ``gru`` dynamics (a gossip export of a GRU pool) is neither resumed, retrained over, nor read
-    as an MDN-RNN.
+def _check_trainable_rnn(run_dir: Path, kind: str) -> dict | None:
+    """The metadata of ``RUN_DIR/rnn/ckpt`` (None when empty), refusing a checkpoint the M stage cannot continue
+    as ``kind``: another dynamics kind (an RSSM when the config asks for an MDN-RNN, or a ``gru`` gossip export of a
+    GRU pool) is neither resumed, retrained over, nor read as the asked kind.
 
     Raises:
-        checkpoint.CheckpointError: naming the checkpoint, its kind and where it came from.
+        checkpoint.CheckpointError: naming the checkpoint, its kind, where it came from and what to do.
     """
     meta = dynamics_meta(run_dir)
-    if meta is not None and meta.get("kind") != "mdnrnn":
+    if meta is not None and meta.get("kind") != kind:
+        other = meta.get("kind")
+        hint = f" (or run with --kind {other} to go on training it)" if other in DYNAMICS_NAMES else ""
         raise checkpoint.CheckpointError(
-            f"{run_dir / 'rnn' / 'ckpt'} holds a {meta.get('kind')!r} dynamics {_rnn_origin(meta)}, not an "
-            f"MDN-RNN that train_rnn.py can train; train_dream.py and test_agent.py use it as it is. "
-            f"To train an MDN-RNN, use another run directory (or remove {run_dir / 'rnn'} and "
-            f"{run_dir / 'vae'}, the pool's exported VAE)"
+            f"{run_dir / 'rnn' / 'ckpt'} holds a {other!r} dynamics {_rnn_origin(meta)}, not the "
+            f"{DYNAMICS_NAMES[kind]} that train_rnn.py --kind {kind} would train; train_dream.py and test_agent.py use "
+            f"it as it is. To train a {DYNAMICS_NAMES[kind]}, use another run directory{hint}"
         )
     return meta
+
+
+def rnn_size_hparams(cfg: RNNConfig) -> dict:
+    """The hparams of the M stage's checkpoint that the config fixes (checked before resuming or skipping)."""
+    if cfg.kind == "rssm":
+        return {"hidden_size": cfg.hidden_size, "latent": cfg.latent, "stoch": cfg.stoch, "classes": cfg.classes,
+                "units": cfg.units}  # fmt: skip
+    return {"hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
 
 
 def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
@@ -218,27 +228,29 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
             before anything is recorded or trained) or an MDN-RNN of other sizes.
     """
     run_dir = Path(run_dir)
-    meta = _check_trainable_rnn(run_dir)
+    name = DYNAMICS_NAMES[cfg.kind]
+    meta = _check_trainable_rnn(run_dir, cfg.kind)
     require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     recipe_paths(run_dir, cfg.dataset)  # every dataset of the recipe exists
-    _check_sizes(run_dir / "rnn" / "ckpt", {"hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures})
+    _check_sizes(run_dir / "rnn" / "ckpt", rnn_size_hparams(cfg))
     record_config(run_dir, "rnn", cfg)
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
-        print(f"MDN-RNN already trained ({run_dir / 'rnn'}{origin})")
+        print(f"{name} already trained ({run_dir / 'rnn'}{origin})")
         return
     data = latents(run_dir, cfg)
     print(
-        f"training the MDN-RNN on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "
+        f"training the {name} on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "
         f"{len(data.actions)} steps"
     )
     model = train_rnn(run_dir / "rnn", data, cfg)
-    _finish(run_dir / "rnn", ["total", "mdn_nll", "reward", "done"], "MDN-RNN training")
+    keys = ["total", "obs", "kl", "reward", "cont"] if cfg.kind == "rssm" else ["total", "mdn_nll", "reward", "done"]
+    _finish(run_dir / "rnn", keys, f"{name} training")
     record_delusion(run_dir, model, data, cfg.steps)
 
 
 def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dict:
-    """Measure the MDN-RNN's reward delusion on the held-out episodes; append it to ``rnn/metrics.jsonl``
+    """Measure M's reward delusion on the held-out episodes; append it to ``rnn/metrics.jsonl``
     and write ``rnn/delusion.json``."""
     from worldmodels.metrics_log import append_jsonl
     from worldmodels.train import heldout_delusion

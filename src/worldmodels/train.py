@@ -1,5 +1,5 @@
-"""Supervised training of V and M: the VAE and MDN-RNN stages, their data (frame mixes, latent sequences,
-training windows) and losses.
+"""Supervised training of V and M: the VAE and the M stage (an MDN-RNN or an RSSM), their data (frame mixes,
+latent sequences, training windows) and losses.
 
 Both train through the project's one training loop (``worldmodels.trainer.fit``) and resume from their
 latest checkpoint, so an interrupted run continues where it stopped and a finished one is a no-op.
@@ -22,9 +22,10 @@ from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode, episode_windows, holdout_count
 from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
-from worldmodels.losses import kl_diag_normal, rnn_step_loss, vae_loss, weighted_total
+from worldmodels.losses import kl_diag_normal, rnn_step_loss, rssm_sequence_loss, vae_loss, weighted_total
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import rollout_sequence
+from worldmodels.models.rssm import RSSM
 from worldmodels.models.vae import to_float
 from worldmodels.trainer import fit
 
@@ -278,7 +279,10 @@ def encode_episodes(
 
 
 def rnn_hparams(cfg: RNNConfig, z_size: int) -> dict[str, Any]:
-    """Keyword arguments that rebuild the MDN-RNN."""
+    """Keyword arguments that rebuild the stage's dynamics (an ``MDNRNN``, or an ``RSSM`` for ``kind rssm``)."""
+    if cfg.kind == "rssm":
+        return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "latent": cfg.latent,
+                "stoch": cfg.stoch, "classes": cfg.classes, "units": cfg.units}  # fmt: skip
     return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
 
 
@@ -325,38 +329,80 @@ def rnn_loss(model: MDNRNN, batch: dict[str, jax.Array], key: jax.Array, cfg: RN
     return metrics["total"], metrics
 
 
-def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN:
-    """Train the MDN-RNN on latent sequences of the frozen VAE (Ha & Schmidhuber 2018, Sec. 2.2)."""
+def rssm_loss(model: RSSM, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig):
+    """Masked mean RSSM loss over a batch of windows (``losses.rssm_sequence_loss``; Hafner et al. 2023, Eq. 5).
+
+    z is re-sampled from the VAE posterior (mu, sigma) each call, as for the MDN-RNN. Frame terms (obs, KL) are
+    averaged over the valid frames of each window (frame t + 1 is valid when transition t is), transition
+    terms (reward, cont) over the valid transitions. ``kl`` (before free bits) is logged, not summed.
+    """
+    k_z, k_seq = jr.split(key)
+    z = batch["mu"] + jnp.exp(0.5 * batch["logvar"]) * jr.normal(k_z, batch["mu"].shape)
+    keys = jr.split(k_seq, z.shape[0])
+    terms = jax.vmap(lambda *a: rssm_sequence_loss(model, *a, free_nats=cfg.free_nats))(
+        z, batch["actions"], batch["rewards"], batch["dones"], keys
+    )
+    mask = batch["mask"]
+    frames = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+
+    def masked_mean(v):
+        m = frames if v.shape == frames.shape else mask
+        return jnp.sum(v * m) / jnp.maximum(m.sum(), 1.0)
+
+    metrics = {k: masked_mean(v) for k, v in terms.items()}
+    diagnostics = {"kl": metrics.pop("kl")}
+    metrics["total"] = weighted_total(metrics, cfg.loss_scales)
+    return metrics["total"], {**metrics, **diagnostics}
+
+
+DYNAMICS_NAMES = {"mdnrnn": "MDN-RNN", "rssm": "RSSM"}
+"""How messages and progress bars name each dynamics kind of the M stage."""
+
+
+def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RSSM:
+    """Train M on latent sequences of the frozen VAE: the MDN-RNN (Ha & Schmidhuber 2018, Sec. 2.2) or, with
+    ``cfg.kind == "rssm"``, the RSSM (Hafner et al. 2019; losses of Hafner et al. 2023, Eq. 5)."""
     hparams = rnn_hparams(cfg, data.mu.shape[-1])
-    model = MDNRNN(**hparams, key=jr.key(cfg.seed))
+    if cfg.kind == "rssm":
+        model, loss = RSSM(**hparams, key=jr.key(cfg.seed)), rssm_loss
+    else:
+        model, loss = MDNRNN(**hparams, key=jr.key(cfg.seed)), rnn_loss
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
     return fit(
         model=model,
         optimizer=optimizer,
-        loss_fn=lambda m, b, k: rnn_loss(m, b, k, cfg),
+        loss_fn=lambda m, b, k: loss(m, b, k, cfg),
         make_batch=lambda step: sequence_batch(data, step, cfg),
         steps=cfg.steps,
         out_dir=out_dir,
-        kind="mdnrnn",
+        kind=cfg.kind,
         hparams=hparams,
         seed=cfg.seed,
         log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every,
         items_per_step=cfg.batch_size * cfg.seq_len,
-        desc="train MDN-RNN",
+        desc=f"train {DYNAMICS_NAMES[cfg.kind]}",
     )
 
 
 @eqx.filter_jit
-def _teacher_forced_rewards(model: MDNRNN, z: jax.Array, actions: jax.Array) -> jax.Array:
-    """Reward predictions (B, L) of the MDN-RNN fed real latents z (B, L, Z) and actions (B, L, 3)."""
-    return jax.vmap(lambda z, a: rollout_sequence(model, z, a)[1].reward)(z, actions)
+def _teacher_forced_rewards(model, z: jax.Array, actions: jax.Array) -> jax.Array:
+    """Reward predictions (B, L) of any ``Dynamics`` fed real latents z (B, L, Z) and actions (B, L, 3)."""
+
+    def one(z, actions):
+        def step(state, inputs):
+            state, out = model(inputs[0], inputs[1], state)
+            return state, out.reward
+
+        return jax.lax.scan(step, model.initial_state(), (z, actions))[1]
+
+    return jax.vmap(one)(z, actions)
 
 
-def heldout_delusion(model: MDNRNN, data: LatentDataset) -> dict[str, float]:
-    """Reward delusion (``diagnostics.reward_delusion``) of the MDN-RNN on the held-out episodes.
+def heldout_delusion(model, data: LatentDataset) -> dict[str, float]:
+    """Reward delusion (``diagnostics.reward_delusion``) of M (any ``Dynamics``) on the held-out episodes.
 
-    The MDN-RNN reads the real latent means and actions of each held-out episode (teacher forcing,
+    M reads the real latent means and actions of each held-out episode (teacher forcing,
     episodes padded to one length so it compiles once) and predicts each step's reward.
 
     Returns:

@@ -19,6 +19,7 @@ import jax.random as jr
 from worldmodels.errors import CheckpointError
 from worldmodels.models.controller import LinearController
 from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.models.rssm import RSSM
 from worldmodels.models.transition import GRUTransition
 from worldmodels.models.vae import ConvVAE
 
@@ -112,6 +113,12 @@ def build_gru(**hparams: Any) -> GRUTransition:
     return GRUTransition(**hparams, key=jr.key(0))
 
 
+def build_rssm(**hparams: Any) -> RSSM:
+    """RSSM skeleton for loading (kind ``rssm``): ``z_size``, ``action_size``, ``hidden_size``, ``latent``,
+    ``stoch``, ``classes``, ``units`` (``train.rnn_hparams``)."""
+    return RSSM(**hparams, key=jr.key(0))
+
+
 # C
 
 
@@ -128,5 +135,8 @@ def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> Lin
 
 register("vae", "vision", build_vae, "convolutional VAE on 64x64x3 frames (train_vae.py)")
 register("mdnrnn", "dynamics", build_mdnrnn, "MDN-RNN: LSTM + mixture of Gaussians (train_rnn.py, gossip export)")
+register(
+    "rssm", "dynamics", build_rssm, "RSSM: GRU + stochastic latent, prior and posterior (train_rnn.py --kind rssm)"
+)
 register("gru", "dynamics", build_gru, "GRU transition with one Gaussian (train_gossip.py --flavour gru export)")
 register("controller", "controller", build_controller, "linear controller on [z, h] (train_dream.py)")
