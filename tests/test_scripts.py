@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["collect_data.py", "train_vae.py", "train_rnn.py", "train_dream.py", "test_agent.py", "pipeline.py"]
+SCRIPTS = [
+    "collect_data.py",
+    "train_vae.py",
+    "train_rnn.py",
+    "train_rssm.py",
+    "train_dream.py",
+    "test_agent.py",
+    "pipeline.py",
+]
 
 
 def run(script, *args, ok=True, timeout=600):
@@ -49,6 +57,29 @@ def test_missing_inputs_name_path_and_command(tmp_path):
 def test_unknown_preset_is_refused(tmp_path):
     proc = run("train_vae.py", "--preset", "nope", "--run-dir", str(tmp_path), ok=False)
     assert proc.returncode != 0 and "unknown preset 'nope'" in proc.stderr
+
+
+def test_dreamer_smoke_end_to_end(tmp_path):
+    """RSSM + actor-critic: the whole chain and one Sim2Real2Sim iteration leave results and a video; a stage asked
+    to train another kind over the run's RSSM or actor refuses in one line."""
+    rd = tmp_path / "run"
+    out = run("pipeline.py", "--preset", "dreamer_smoke", "--run-dir", str(rd), "--iterations", "1").stdout
+    assert "RSSM training" in out and "actor-critic in the dream" in out and "iteration 1" in out
+    results = json.loads((rd / "eval" / "results.json").read_text())
+    assert results["n"] == 2 and np.isfinite(results["mean"])
+    assert list((rd / "eval").glob("*.mp4")) and (rd / "iterations" / "1" / "results.json").is_file()
+    from worldmodels import checkpoint
+
+    assert checkpoint.read_meta(rd / "rnn" / "ckpt", 15)["kind"] == "rssm"  # fine-tuned in iteration 1
+    assert checkpoint.read_meta(rd / "controller" / "ckpt", 15)["kind"] == "actor"
+    assert "already trained" in run("train_rssm.py", "--preset", "dreamer_smoke", "--run-dir", str(rd)).stdout
+    for script, args, words in [
+        ("train_rnn.py", ["--preset", "smoke"], ("holds a 'rssm'", "--kind rssm")),
+        ("train_dream.py", ["--preset", "dreamer_smoke", "--learner", "cmaes"], ("holds a 'actor'", "actor-critic")),
+    ]:
+        proc = run(script, *args, "--run-dir", str(rd), ok=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
 
 
 def test_every_script_end_to_end(tmp_path):

@@ -281,6 +281,10 @@ DYNAMICS_KINDS = ("mdnrnn", "rssm")
 class DreamConfig:
     """Controller C evolved with CMA-ES inside the dream of M (an MDN-RNN, or a gossip-exported GRU transition)."""
 
+    learner: Literal["cmaes", "actor-critic"] = "cmaes"
+    """What learns in the dream: ``cmaes`` evolves the paper's linear controller (the fields below); ``actor-critic``
+    trains a Dreamer actor and critic on imagined lambda-returns (the ``actor_critic`` section; it reads
+    ``temperature`` and ``seed`` from here)."""
     population: int = 64
     """CMA-ES population size P (candidates per generation)."""
     rollouts: int = 16
@@ -330,6 +334,8 @@ class DreamConfig:
              "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1",
              "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1"},
         )  # fmt: skip
+        if self.learner not in LEARNERS:
+            raise ValueError(f"dream.learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:
             raise ValueError(
                 f"dream.step_size_adaptation must be one of {', '.join(STEP_SIZE_ADAPTATIONS)}, "
@@ -442,6 +448,8 @@ class IterateConfig:
     """MDN-RNN fine-tuning updates per iteration (on the preset's recipe plus the on-policy data)."""
     generations: int = 50
     """CMA-ES generations per iteration, continuing from the previous controller."""
+    ac_steps: int = 500
+    """With ``dream.learner actor-critic``: actor-critic updates per iteration, continuing from the previous ones."""
     test_episodes: int = 20
     """Real episodes scoring each iteration's controller."""
 
@@ -455,6 +463,7 @@ class IterateConfig:
                 "weight": "> 0",
                 "rnn_steps": ">= 0",
                 "generations": ">= 1",
+                "ac_steps": ">= 0",
                 "test_episodes": ">= 1",
             },
         )
@@ -631,11 +640,13 @@ class Preset:
     test: TestConfig = field(default_factory=TestConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
 
 
 _SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig, IterateConfig)}
 """The stage configs a preset nests, by the type name its fields carry (annotations are strings here)."""
 _SECTIONS[GossipConfig.__name__] = GossipConfig
+_SECTIONS[ActorCriticConfig.__name__] = ActorCriticConfig
 
 
 def merge_config(cls: type, overrides: dict[str, Any], where: str) -> Any:

@@ -45,8 +45,8 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         ("rnn", lambda: stages.rnn_done(run_dir, preset.rnn), lambda: stages.run_rnn(run_dir, preset.rnn)),
         (
             "dream",
-            lambda: stages.dream_done(run_dir, preset.dream),
-            lambda: stages.run_dream(run_dir, preset.dream),
+            lambda: stages.dream_done(run_dir, preset.dream, preset.actor_critic),
+            lambda: stages.run_dream(run_dir, preset.dream, preset.actor_critic),
         ),
         ("test", lambda: stages.test_done(run_dir, preset.test), lambda: stages.run_test(run_dir, preset.test)),
     ]

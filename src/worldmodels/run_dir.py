@@ -25,7 +25,7 @@ from typing import Any
 
 from worldmodels import checkpoint
 from worldmodels.agent import Agent
-from worldmodels.config import parse_recipe
+from worldmodels.config import DYNAMICS_KINDS, parse_recipe
 from worldmodels.errors import DatasetError, MissingInput
 from worldmodels.models.registry import kind_of
 
@@ -98,10 +98,11 @@ def dynamics_meta(run_dir: Path) -> dict | None:
 
 def fixed_export(run_dir: Path) -> dict | None:
     """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages cannot train on (a
-    ``gru`` gossip export), else None. Such a run's ``vae/`` and ``rnn/`` are one exported pair: the VAE and
-    MDN-RNN stages count both as done, so training the VAE on cannot move the latents the GRU was trained on."""
+    ``gru`` gossip export; the M stage trains the kinds in ``config.DYNAMICS_KINDS``), else None. Such a run's
+    ``vae/`` and ``rnn/`` are one exported pair: the VAE and M stages count both as done, so training the VAE on
+    cannot move the latents the GRU was trained on."""
     meta = dynamics_meta(run_dir)
-    return meta if meta is not None and meta.get("kind") != "mdnrnn" else None
+    return meta if meta is not None and meta.get("kind") not in DYNAMICS_KINDS else None
 
 
 def _load(path: Path, role: str, command: str, expected: dict | None) -> tuple[Any, dict]:

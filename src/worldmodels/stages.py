@@ -19,6 +19,7 @@ import numpy as np
 from worldmodels import checkpoint
 from worldmodels.agent import Agent
 from worldmodels.config import (
+    ActorCriticConfig,
     CollectConfig,
     DreamConfig,
     Preset,
@@ -89,7 +90,9 @@ def rnn_done(run_dir: Path, cfg: RNNConfig) -> bool:
     return fixed_export(run_dir) is not None or _ckpt_done(Path(run_dir) / "rnn" / "ckpt", cfg.steps)
 
 
-def dream_done(run_dir: Path, cfg: DreamConfig) -> bool:
+def dream_done(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = None) -> bool:
+    if cfg.learner == "actor-critic":
+        return _ckpt_done(Path(run_dir) / "controller" / "ckpt", (ac or ActorCriticConfig()).steps)
     path = Path(run_dir) / "controller" / "es_state.npz"
     if not path.is_file():
         return False
@@ -337,20 +340,46 @@ def dream_starts(dynamics, data: LatentDataset, cfg: DreamConfig) -> DreamStart:
     )
 
 
-def run_dream(run_dir: Path, cfg: DreamConfig) -> None:
-    """Evolve C with CMA-ES in M's dream; writes ``RUN_DIR/controller/``.
+def _check_learner(run_dir: Path, cfg: DreamConfig) -> None:
+    """Refuse to train one learner over the other's controller in ``RUN_DIR/controller/ckpt``, before anything is
+    recorded (``checkpoint.CheckpointError`` naming both and what to do)."""
+    meta = checkpoint.newest_meta(run_dir / "controller" / "ckpt")
+    want = "actor" if cfg.learner == "actor-critic" else "controller"
+    if meta is not None and meta.get("kind") != want:
+        other = "actor-critic" if meta.get("kind") == "actor" else "cmaes"
+        raise checkpoint.CheckpointError(
+            f"{run_dir / 'controller' / 'ckpt'} holds a {meta.get('kind')!r} trained by --learner {other}, not what "
+            f"--learner {cfg.learner} trains; run with --learner {other} or use another run directory"
+        )
 
-    M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``: an MDN-RNN, or a GRU transition
-    exported by train_gossip.py, whose one Gaussian is sampled at the same temperature). Dreams start from the first
-    frames of the episodes M was trained on (the recipe of the ``rnn`` section of ``RUN_DIR/config.json``).
+
+def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = None) -> None:
+    """Learn C in M's dream; writes ``RUN_DIR/controller/``: CMA-ES evolves the linear controller (``cfg.learner``
+    ``cmaes``, the paper), or an actor and a critic learn on imagined lambda-returns (``actor-critic``, with ``ac``;
+    ``dreamer.train_actor_critic``).
+
+    M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``: an MDN-RNN, an RSSM, or a GRU
+    transition exported by train_gossip.py, whose one Gaussian is sampled at the same temperature). Dreams start from
+    the episodes M was trained on (the recipe of the ``rnn`` section of ``RUN_DIR/config.json``).
     """
     run_dir = Path(run_dir)
+    ac = ac or ActorCriticConfig()
     dynamics, _ = load_dynamics(run_dir)
     rnn_cfg = recorded_rnn_config(run_dir)
     recipe_paths(run_dir, rnn_cfg.dataset)  # the episodes dreams start from exist
+    _check_learner(run_dir, cfg)
     record_config(run_dir, "dream", cfg)
-    if dream_done(run_dir, cfg):
-        print(f"controller already evolved ({run_dir / 'controller'})")
+    if cfg.learner == "actor-critic":
+        record_config(run_dir, "actor_critic", ac)
+    if dream_done(run_dir, cfg, ac):
+        print(f"controller already trained in the dream ({run_dir / 'controller'})")
+        return
+    if cfg.learner == "actor-critic":
+        from worldmodels.dreamer import train_actor_critic
+
+        train_actor_critic(run_dir / "controller", dynamics, latents(run_dir, rnn_cfg), ac, cfg)
+        _finish(run_dir / "controller", ["imagined_return", "value", "entropy", "actor_loss", "critic_loss"],
+                "actor-critic in the dream")  # fmt: skip
         return
     start = dream_starts(dynamics, latents(run_dir, rnn_cfg), cfg)
     check = None
@@ -446,11 +475,16 @@ def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
     print(f"== iteration {k}: on-policy collection ({collect_cfg.episodes} episodes in data/controller) ==")
     collect(run_dir, collect_cfg)
     if not rnn_done(run_dir, rnn_cfg):
-        print(f"== iteration {k}: MDN-RNN fine-tuning to {rnn_cfg.steps} updates on {rnn_cfg.dataset} ==")
+        name = DYNAMICS_NAMES[rnn_cfg.kind]
+        print(f"== iteration {k}: {name} fine-tuning to {rnn_cfg.steps} updates on {rnn_cfg.dataset} ==")
         run_rnn(run_dir, rnn_cfg)
-    if not dream_done(run_dir, dream_cfg):
-        print(f"== iteration {k}: CMA-ES to generation {dream_cfg.generations} in the new dream ==")
-        _restart_kept_best(run_dir, dream_cfg.generations - preset.iterate.generations)
-        run_dream(run_dir, dream_cfg)
+    ac_cfg = dataclasses.replace(preset.actor_critic, steps=preset.actor_critic.steps + k * preset.iterate.ac_steps)
+    if not dream_done(run_dir, dream_cfg, ac_cfg):
+        if dream_cfg.learner == "actor-critic":
+            print(f"== iteration {k}: actor-critic to update {ac_cfg.steps} in the new dream ==")
+        else:
+            print(f"== iteration {k}: CMA-ES to generation {dream_cfg.generations} in the new dream ==")
+            _restart_kept_best(run_dir, dream_cfg.generations - preset.iterate.generations)
+        run_dream(run_dir, dream_cfg, ac_cfg)
     print(f"== iteration {k}: real test ({test_cfg.episodes} episodes) ==")
     return run_test(run_dir, test_cfg, out)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from worldmodels.errors import CheckpointError
+from worldmodels.models.actor import build_actor_critic
 from worldmodels.models.controller import LinearController
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.rssm import RSSM
@@ -140,3 +141,4 @@ register(
 )
 register("gru", "dynamics", build_gru, "GRU transition with one Gaussian (train_gossip.py --flavour gru export)")
 register("controller", "controller", build_controller, "linear controller on [z, h] (train_dream.py)")
+register("actor", "controller", build_actor_critic, "actor-critic on [z, h] (train_dream.py --learner actor-critic)")
