@@ -54,6 +54,7 @@ from worldmodels.train import (
     LatentDataset,
     encode_episodes,
     frames_of,
+    rnn_hparams,
     train_rnn,
     train_vae,
 )
@@ -213,11 +214,9 @@ def _check_trainable_rnn(run_dir: Path, kind: str) -> dict | None:
 
 
 def rnn_size_hparams(cfg: RNNConfig) -> dict:
-    """The hparams of the M stage's checkpoint that the config fixes (checked before resuming or skipping)."""
-    if cfg.kind == "rssm":
-        return {"hidden_size": cfg.hidden_size, "latent": cfg.latent, "stoch": cfg.stoch, "classes": cfg.classes,
-                "units": cfg.units}  # fmt: skip
-    return {"hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
+    """The hparams of the M stage's checkpoint that the config fixes (checked before resuming or skipping): those of
+    ``train.rnn_hparams`` except the sizes the VAE and the environment fix (z_size, action_size)."""
+    return {k: v for k, v in rnn_hparams(cfg, z_size=0).items() if k not in ("z_size", "action_size")}
 
 
 def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
@@ -430,13 +429,16 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
 # The Sim2Real2Sim loop
 
 
-def iteration_configs(preset: Preset, k: int) -> tuple[CollectConfig, RNNConfig, DreamConfig, TestConfig]:
+def iteration_configs(
+    preset: Preset, k: int
+) -> tuple[CollectConfig, RNNConfig, DreamConfig, ActorCriticConfig, TestConfig]:
     """The stage configs of loop iteration ``k`` >= 1 of ``preset``.
 
     Iteration k grows the on-policy ``controller`` dataset to k * ``iterate.episodes`` episodes (collected
-    with the current controller), fine-tunes the MDN-RNN to ``rnn.steps + k * iterate.rnn_steps`` updates on
+    with the current controller), fine-tunes M to ``rnn.steps + k * iterate.rnn_steps`` updates on
     the preset's recipe plus ``controller:iterate.weight``, continues CMA-ES to ``dream.generations + k *
-    iterate.generations`` generations, and scores the result on ``iterate.test_episodes`` real episodes.
+    iterate.generations`` generations (or the actor-critic to ``actor_critic.steps + k * iterate.ac_steps``
+    updates), and scores the result on ``iterate.test_episodes`` real episodes.
     """
     it = preset.iterate
     collect = dataclasses.replace(preset.collect, policy="controller", mix="", episodes=k * it.episodes)
@@ -445,8 +447,9 @@ def iteration_configs(preset: Preset, k: int) -> tuple[CollectConfig, RNNConfig,
         preset.rnn, dataset=f"{recipe},controller:{it.weight:g}", steps=preset.rnn.steps + k * it.rnn_steps
     )
     dream = dataclasses.replace(preset.dream, generations=preset.dream.generations + k * it.generations)
+    ac = dataclasses.replace(preset.actor_critic, steps=preset.actor_critic.steps + k * it.ac_steps)
     test = dataclasses.replace(preset.test, episodes=it.test_episodes, video=False)
-    return collect, rnn, dream, test
+    return collect, rnn, dream, ac, test
 
 
 def _restart_kept_best(run_dir: Path, generation: int) -> None:
@@ -471,14 +474,13 @@ def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
     out = run_dir / "iterations" / str(k) / "results.json"
     if out.is_file():
         return json.loads(out.read_text())
-    collect_cfg, rnn_cfg, dream_cfg, test_cfg = iteration_configs(preset, k)
+    collect_cfg, rnn_cfg, dream_cfg, ac_cfg, test_cfg = iteration_configs(preset, k)
     print(f"== iteration {k}: on-policy collection ({collect_cfg.episodes} episodes in data/controller) ==")
     collect(run_dir, collect_cfg)
     if not rnn_done(run_dir, rnn_cfg):
         name = DYNAMICS_NAMES[rnn_cfg.kind]
         print(f"== iteration {k}: {name} fine-tuning to {rnn_cfg.steps} updates on {rnn_cfg.dataset} ==")
         run_rnn(run_dir, rnn_cfg)
-    ac_cfg = dataclasses.replace(preset.actor_critic, steps=preset.actor_critic.steps + k * preset.iterate.ac_steps)
     if not dream_done(run_dir, dream_cfg, ac_cfg):
         if dream_cfg.learner == "actor-critic":
             print(f"== iteration {k}: actor-critic to update {ac_cfg.steps} in the new dream ==")
