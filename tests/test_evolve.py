@@ -117,14 +117,26 @@ def test_other_step_size_rule_is_refused_and_nothing_is_written(tmp_path):
     assert ((out / "es_state.npz").read_bytes(), (out / "metrics.jsonl").read_text()) == before
 
 
-def test_corrupt_cma_es_state_names_the_file(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_cma_es_state_names_the_file(tmp_path, damage):
+    """A garbage or truncated (a disk fault, a killed copy: zipfile.BadZipFile) state file is one error naming it,
+    from evolve and from the stage's done check alike."""
+    from worldmodels.stages import dream_done
+
     hparams = {"z_size": 2, "hidden_size": 3, "action_size": 3}
     out = tmp_path / "controller"
     out.mkdir()
-    (out / "es_state.npz").write_bytes(b"not an npz file")
+    path = out / "es_state.npz"
+    if damage == "garbage":
+        path.write_bytes(b"not an npz file")
+    else:
+        np.savez(path, mean=np.zeros(18), generation=3)
+        path.write_bytes(path.read_bytes()[:200])
     cfg = DreamConfig(population=4, generations=2)
     with pytest.raises(CheckpointError, match="es_state.npz"):
         evolve(out, lambda p, k: -jnp.sum(p**2, axis=1), hparams, cfg)
+    with pytest.raises(CheckpointError, match="es_state.npz"):
+        dream_done(tmp_path, cfg)
 
 
 def test_dream_fitness_plumbing_runs_on_the_mdnrnn(tmp_path):

@@ -64,3 +64,20 @@ def test_heldout_episodes_never_train():
     held_mu = data.mu[data.obs_start[3] : data.obs_start[3] + data.lengths[3] + 1]
     first = batch["mu"][:, 0]
     assert not any((first == m).all(axis=1).any() for m in held_mu)
+
+
+def test_latent_cache_round_trip_and_damage_named(tmp_path):
+    """The latent cache reads back what was saved; a truncated one (a killed write elsewhere, a disk fault) is a
+    CheckpointError naming the file, which the M stage takes as "encode again" instead of a traceback."""
+    import pytest
+
+    from worldmodels.checkpoint import CheckpointError
+
+    data, path = toy_latents(), tmp_path / "brownian.npz"
+    data.save(path, key=np.str_("k"))
+    back, extra = LatentDataset.load(path)
+    np.testing.assert_array_equal(back.mu, data.mu)
+    assert str(extra["key"]) == "k"
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="brownian.npz"):
+        LatentDataset.load(path)

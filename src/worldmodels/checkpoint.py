@@ -114,6 +114,34 @@ def save(
         mngr.wait_until_finished()
 
 
+def read_npz(path: Path, what: str, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of a NumPy ``.npz`` file (never with pickle), or one error naming the file.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the message (e.g. ``"CMA-ES state"``).
+        required: array names the file must hold.
+
+    Returns:
+        dict of name -> array.
+
+    Raises:
+        CheckpointError: when the file cannot be read (missing, truncated, not a zip, pickled objects) or lacks
+            one of ``required``; the message names the file.
+    """
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise CheckpointError(f"{path}: not a readable {what} (no {', '.join(missing)})")
+    return data
+
+
 def latest_step(directory: Path) -> int | None:
     """The newest complete step under ``directory``, or ``None`` when there is none."""
     if not directory.is_dir():

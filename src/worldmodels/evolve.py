@@ -136,7 +136,7 @@ def evolve(
 
     def check_finite(values: np.ndarray, gen: int, what: str) -> None:
         if not np.all(np.isfinite(values)):
-            last = int(np.load(state_path)["generation"]) if state_path.is_file() else 0
+            last = int(checkpoint.read_npz(state_path, "CMA-ES state")["generation"]) if state_path.is_file() else 0
             raise TrainingDiverged(
                 f"CMA-ES: non-finite {what} at generation {gen + 1} ({int(np.sum(~np.isfinite(values)))} of "
                 f"{values.size}); nothing of it was kept, the last good state is {state_path} at generation {last}"
@@ -214,14 +214,7 @@ def load_es_state(path: Path, n: int, adaptation: str) -> dict[str, np.ndarray]:
     """
     if not path.is_file():
         return {}
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            saved = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"{path}: not a readable CMA-ES state ({e})") from e
-    missing = [k for k in ("mean", "sigma", "generation", "best", "best_score") if k not in saved]
-    if missing:
-        raise checkpoint.CheckpointError(f"{path}: not a readable CMA-ES state (no {', '.join(missing)})")
+    saved = checkpoint.read_npz(path, "CMA-ES state", ("mean", "sigma", "generation", "best", "best_score"))
     if saved["mean"].shape != (n,):
         raise checkpoint.CheckpointError(
             f"{path}: CMA-ES mean has shape {saved['mean'].shape}, the MDN-RNN's controller needs ({n},)"

@@ -97,8 +97,7 @@ def dream_done(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = N
     path = Path(run_dir) / "controller" / "es_state.npz"
     if not path.is_file():
         return False
-    with np.load(path, allow_pickle=False) as f:
-        return int(f["generation"]) >= cfg.generations
+    return int(checkpoint.read_npz(path, "CMA-ES state", ("generation",))["generation"]) >= cfg.generations
 
 
 def test_done(run_dir: Path, cfg: TestConfig) -> bool:
@@ -172,7 +171,7 @@ def latents(run_dir: Path, cfg: RNNConfig) -> LatentDataset:
             try:
                 data, extra = LatentDataset.load(cache)
                 data = data if str(extra["key"]) == key else None
-            except (KeyError, ValueError, OSError):
+            except (KeyError, checkpoint.CheckpointError):
                 data = None  # an older or damaged cache: encode again
         if data is None:
             if vae is None:
@@ -456,8 +455,7 @@ def _restart_kept_best(run_dir: Path, generation: int) -> None:
     """Forget the kept best controller's dream score before CMA-ES continues in a new MDN-RNN's dream
     (a score from the old dream is not comparable); only when no generation of the new round ran yet."""
     path = Path(run_dir) / "controller" / "es_state.npz"
-    with np.load(path, allow_pickle=False) as f:
-        state = {k: f[k] for k in f.files}
+    state = checkpoint.read_npz(path, "CMA-ES state", ("generation", "best_score"))
     if int(state["generation"]) == generation and np.isfinite(state["best_score"]):
         state["best_score"] = np.float64(-np.inf)
         tmp = path.with_name("es_state.tmp.npz")

@@ -18,6 +18,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from worldmodels import checkpoint
 from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode, episode_windows, holdout_count
 from worldmodels.data import mirror as mirror_episode
@@ -196,11 +197,11 @@ class LatentDataset(eqx.Module):
         """Read an ``.npz`` written by ``save``; returns the dataset and the extra arrays.
 
         Raises:
-            KeyError: if the file lacks one of the fields (written by an older version).
+            CheckpointError: if the file is unreadable (truncated, not a zip) or lacks one of the fields (written
+                by an older version); the message names it.
         """
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
         fields = list(cls.__dataclass_fields__)
+        data = checkpoint.read_npz(path, "latent cache", tuple(fields))
         return cls(**{k: data.pop(k) for k in fields}), data
 
     @classmethod
@@ -210,12 +211,7 @@ class LatentDataset(eqx.Module):
         Raises:
             ValueError: if a part with positive weight has no training episode.
         """
-        total = float(sum(weights))
-        probs = []
-        for part, w in zip(parts, weights, strict=True):
-            if part.episode_p.sum() <= 0:
-                raise ValueError("every dataset of a recipe needs at least one training episode")
-            probs.append(part.episode_p / part.episode_p.sum() * (w / total))
+        episode_p = recipe_probs([p.episode_p for p in parts], weights)
         obs_len = np.cumsum([0] + [len(p.mu) for p in parts])
         act_len = np.cumsum([0] + [len(p.actions) for p in parts])
         cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("mu", "logvar", "actions", "rewards")}
@@ -226,9 +222,57 @@ class LatentDataset(eqx.Module):
             obs_start=np.concatenate([p.obs_start + o for p, o in zip(parts, obs_len, strict=False)]),
             act_start=np.concatenate([p.act_start + o for p, o in zip(parts, act_len, strict=False)]),
             lengths=np.concatenate([p.lengths for p in parts]),
-            episode_p=np.concatenate(probs),
+            episode_p=episode_p,
             heldout=np.concatenate([p.heldout for p in parts]),
         )
+
+
+def training_copies(
+    episodes: list[Episode], *, holdout: float = 0.0, mirror: bool = False
+) -> tuple[list[Episode], np.ndarray]:
+    """One dataset's episodes as M trains on them, and which are held out (``encode_episodes``' order).
+
+    The last ``data.holdout_count(n, holdout)`` of the n episodes are held out; with ``mirror`` the
+    left-right mirror image (``data.mirror``, steer negated) of every training episode follows the
+    originals, in order.
+
+    Returns:
+        (the n originals then the mirrored copies, bool (E,) held out).
+    """
+    n_hold = holdout_count(len(episodes), holdout)
+    train_eps = episodes[: len(episodes) - n_hold]
+    copies = list(episodes)
+    if mirror:
+        for ep in train_eps:
+            obs, act = mirror_episode(ep.observations, ep.actions)
+            copies.append(dataclasses.replace(ep, observations=obs, actions=act))
+    held = np.zeros(len(copies), bool)
+    held[len(train_eps) : len(episodes)] = True
+    return copies, held
+
+
+def episode_starts(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each episode of T_e = ``lengths[e]`` actions begins when episodes are stored end to end:
+    (obs_start, act_start), int64 (E,) offsets into the frames (T_e + 1 each) and the actions (T_e each)."""
+    obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    act_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return obs_start, act_start
+
+
+def recipe_probs(episode_ps: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Sampling probability of every episode of a recipe, float64 (sum_i E_i,): dataset i's episodes share
+    weights[i] / sum(weights) in proportion to ``episode_ps[i]`` (0 for held-out episodes).
+
+    Raises:
+        ValueError: if a dataset has no training episode (its ``episode_ps`` sum to 0).
+    """
+    total = float(sum(weights))
+    probs = []
+    for p, w in zip(episode_ps, weights, strict=True):
+        if p.sum() <= 0:
+            raise ValueError("every dataset of a recipe needs at least one training episode")
+        probs.append(p / p.sum() * (w / total))
+    return np.concatenate(probs)
 
 
 def encode_episodes(
@@ -247,20 +291,11 @@ def encode_episodes(
     Returns:
         The dataset; training episodes are drawn uniformly.
     """
-    n_hold = holdout_count(len(episodes), holdout)
-    train_eps = episodes[: len(episodes) - n_hold]
-    copies = list(episodes)
-    if mirror:
-        for ep in train_eps:
-            obs, act = mirror_episode(ep.observations, ep.actions)
-            copies.append(dataclasses.replace(ep, observations=obs, actions=act))
-    held = np.zeros(len(copies), bool)
-    held[len(train_eps) : len(episodes)] = True
+    copies, held = training_copies(episodes, holdout=holdout, mirror=mirror)
     frames = frames_of(copies)
     mu, logvar = encode_frames(model, frames)
     lengths = np.array([ep.length for ep in copies])
-    obs_start = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
-    act_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    obs_start, act_start = episode_starts(lengths)
     offroad = np.concatenate([off_road(ep.observations[1:]) for ep in copies])
     p = (~held).astype(np.float64)
     return LatentDataset(
@@ -286,6 +321,24 @@ def rnn_hparams(cfg: RNNConfig, z_size: int) -> dict[str, Any]:
     return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
 
 
+def window_indices(data: Any, step: int, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The windows of step ``step``: ``data.episode_windows`` drawn with the generator seeded by (cfg.seed, step).
+
+    Args:
+        data: episodes stored end to end with ``lengths``, ``episode_p``, ``obs_start``, ``act_start``
+            (a ``LatentDataset`` or a ``pixels.FrameSequences``).
+        step: the update's index.
+        cfg: anything with ``seed``, ``seq_len`` L and ``batch_size`` B (an ``RNNConfig``).
+
+    Returns:
+        ``episode_windows``' (obs_idx (B, L + 1), act_idx (B, L), obs_mask (B, L + 1), act_mask (B, L)).
+    """
+    rng = np.random.default_rng([cfg.seed, step])
+    return episode_windows(
+        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size
+    )
+
+
 def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, np.ndarray]:
     """A batch of training windows, deterministic in (cfg.seed, step).
 
@@ -297,10 +350,7 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
         dict of numpy arrays: ``mu``, ``logvar`` (B, L + 1, Z); ``actions`` (B, L, 3); ``rewards``,
         ``dones``, ``mask`` (B, L).
     """
-    rng = np.random.default_rng([cfg.seed, step])
-    obs_idx, act_idx, _, valid = episode_windows(
-        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size
-    )
+    obs_idx, act_idx, _, valid = window_indices(data, step, cfg)
     return {
         "mu": data.mu[obs_idx],
         "logvar": data.logvar[obs_idx],
@@ -329,6 +379,21 @@ def rnn_loss(model: MDNRNN, batch: dict[str, jax.Array], key: jax.Array, cfg: RN
     return metrics["total"], metrics
 
 
+def window_means(terms: dict[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
+    """Masked means over a batch of windows of per-step terms, float32 scalars.
+
+    A term of shape (B, L + 1) is a frame term, averaged over the valid frames (frame 0 always, frame t + 1
+    when transition t is valid); a term of shape (B, L) a transition term, averaged where ``mask`` (B, L) is 1.
+    """
+    frames = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+
+    def masked_mean(v):
+        m = frames if v.shape == frames.shape else mask
+        return jnp.sum(v * m) / jnp.maximum(m.sum(), 1.0)
+
+    return {k: masked_mean(v) for k, v in terms.items()}
+
+
 def rssm_loss(model: RSSM, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig):
     """Masked mean RSSM loss over a batch of windows (``losses.rssm_sequence_loss``; Hafner et al. 2023, Eq. 5).
 
@@ -342,14 +407,7 @@ def rssm_loss(model: RSSM, batch: dict[str, jax.Array], key: jax.Array, cfg: RNN
     terms = jax.vmap(lambda *a: rssm_sequence_loss(model, *a, free_nats=cfg.free_nats))(
         z, batch["actions"], batch["rewards"], batch["dones"], keys
     )
-    mask = batch["mask"]
-    frames = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
-
-    def masked_mean(v):
-        m = frames if v.shape == frames.shape else mask
-        return jnp.sum(v * m) / jnp.maximum(m.sum(), 1.0)
-
-    metrics = {k: masked_mean(v) for k, v in terms.items()}
+    metrics = window_means(terms, batch["mask"])
     diagnostics = {"kl": metrics.pop("kl")}
     metrics["total"] = weighted_total(metrics, cfg.loss_scales)
     return metrics["total"], {**metrics, **diagnostics}
