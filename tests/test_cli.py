@@ -1,4 +1,5 @@
-"""``worldmodels.cli``: the persistent JAX compilation cache, its location, and its reuse across script runs."""
+"""``worldmodels.cli``: the persistent JAX compilation cache, its location, and its reuse across script runs; the
+error boundary of the scripts."""
 
 import json
 import os
@@ -6,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worldmodels.cli import default_cache_dir, enable_compilation_cache
+import pytest
+
+from worldmodels.cli import default_cache_dir, enable_compilation_cache, run_main
 
 # A script that compiles one generation under run_main and prints how many compilations were cache hits.
 CACHED_SCRIPT = """
@@ -59,3 +62,16 @@ def test_compilation_cache_location(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "worldmodels" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == Path.home() / ".cache" / "worldmodels" / "jax"
+
+
+def test_os_errors_become_one_line_naming_the_file(capsys):
+    """A read-only run directory or a full disk is one line naming the path and exit status 1, not a traceback."""
+
+    def fails():
+        raise PermissionError(13, "Permission denied", "/runs/r/config.json")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(fails)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1
+    assert "/runs/r/config.json" in err[0] and "Permission denied" in err[0]

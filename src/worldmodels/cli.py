@@ -96,7 +96,8 @@ def enable_compilation_cache(min_compile_secs: float = CACHE_MIN_COMPILE_SECS) -
 def run_main(fn: Callable[[], Any]) -> None:
     """Enable the compilation cache (``enable_compilation_cache``), then call ``fn``.
 
-    The project's expected errors become one line on stderr and exit status 1; Ctrl-C exits 130.
+    The project's expected errors, and operating-system I/O errors (a read-only directory, a full disk, a file
+    removed under a running stage), become one line on stderr naming the file, and exit status 1; Ctrl-C exits 130.
     """
     enable_compilation_cache()
     from worldmodels.checkpoint import CheckpointError
@@ -107,6 +108,14 @@ def run_main(fn: Callable[[], Any]) -> None:
         fn()
     except (MissingInput, CheckpointError, DatasetError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(
+            f"error: {where}{err.strerror or err}; fix that path (permissions, free disk space, a damaged file) and "
+            "run the same command again: finished work is saved",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
