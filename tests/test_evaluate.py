@@ -80,3 +80,12 @@ def test_ci95_is_the_student_t_half_width():
     # mean 2.5, sample std 1.291, t_{0.975, 3} = 3.1824: 3.1824 * 1.291 / 2 = 2.054
     assert abs(ci95(np.array([1.0, 2.0, 3.0, 4.0])) - 2.0543) < 1e-3
     assert ci95(np.array([7.0])) == 0.0
+
+
+def test_non_finite_actions_stop_the_evaluation_with_one_named_error(agent):
+    """A controller with NaN parameters is stopped before its action reaches the simulator, naming the seed."""
+    from worldmodels.errors import TrainingDiverged
+
+    broken = eqx.tree_at(lambda a: a.controller.bias, agent, jnp.array([jnp.nan, 0.0, 0.0]))
+    with pytest.raises(TrainingDiverged, match="not finite at step 0 of episode seed 1000000"):
+        run_episodes(broken, [1_000_000], workers=1, max_steps=5, progress=False)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from worldmodels.agent import Agent, episode_step
 from worldmodels.diagnostics import off_road
 from worldmodels.env import make_env
+from worldmodels.errors import TrainingDiverged
 from worldmodels.models.dynamics import batched_initial_state
 
 
@@ -165,6 +166,10 @@ def run_episodes(
 
     Returns:
         One ``EpisodeResult`` per seed, in the order of ``seeds``.
+
+    Raises:
+        TrainingDiverged: when the agent's action is NaN or inf (damaged parameters), naming the step and the
+            episode's seed, before that action reaches the simulator.
     """
     from worldmodels.viz import side_by_side, to_uint8, write_video
 
@@ -230,7 +235,14 @@ def run_episodes(
                 pred = g.predicted[i] if g.predicted is not None else np.zeros_like(g.obs[i])
                 g.videos[i].append(side_by_side([g.obs[i], recon[i], pred], ["real", "VAE", "MDN-RNN"]))
             g.predicted = nxt
-        g.step_async(np.asarray(actions))
+        actions = np.asarray(actions)
+        bad = ~np.isfinite(actions).all(axis=1) & g.active
+        if bad.any():
+            raise TrainingDiverged(
+                f"the agent's action is not finite at step {g.t} of episode seed {int(g.seeds[np.argmax(bad)])}: "
+                "its V, M or C checkpoint holds NaN or inf; train that stage again (no results were written)"
+            )
+        g.step_async(actions)
         g.t += 1
 
     try:
