@@ -80,6 +80,33 @@ def test_dreamer_smoke_end_to_end(tmp_path):
         proc = run(script, *args, "--run-dir", str(rd), ok=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+    _pixel_path_on(rd, tmp_path / "pixels")
+
+
+def _pixel_path_on(rd, px):
+    """The RSSM's pixel path on a run's data and V: V and the RSSM trained end to end (``rnn.obs pixels``) are
+    written as the run's V and M, which the run's actor drives with in the real environment; the stages refuse to
+    mix the observation paths."""
+    import dataclasses
+    import shutil
+
+    from worldmodels import checkpoint
+    from worldmodels.config import load_preset
+    from worldmodels.stages import run_rnn, run_vae
+
+    for part in ("data", "vae", "controller"):
+        shutil.copytree(rd / part, px / part, symlinks=True)
+    out = run("train_rssm.py", "--preset", "dreamer_pixels_smoke", "--run-dir", str(px)).stdout
+    assert "V + RSSM on pixels" in out
+    assert checkpoint.read_meta(px / "vae" / "ckpt", 20 + 10)["extra"]["source"] == "pixels"
+    assert checkpoint.read_meta(px / "rnn" / "ckpt", 10)["kind"] == "rssm"
+    run("test_agent.py", "--preset", "dreamer_pixels_smoke", "--run-dir", str(px), "--episodes", "1", "--no-video")
+    assert json.loads((px / "eval" / "results.json").read_text())["n"] == 1
+    smoke = load_preset("dreamer_smoke")
+    with pytest.raises(checkpoint.CheckpointError, match="trained on pixels observations.*--obs pixels"):
+        run_rnn(px, smoke.rnn)
+    run_vae(px, dataclasses.replace(smoke.vae, steps=100))
+    assert checkpoint.latest_step(px / "vae" / "ckpt") == 30  # not trained alone past the end-to-end V
 
 
 def test_every_script_end_to_end(tmp_path):

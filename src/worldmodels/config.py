@@ -190,6 +190,12 @@ class RNNConfig:
     """LSTM units."""
     num_mixtures: int = 5
     """Gaussian components K of the mixture over z_{t+1}."""
+    obs: Literal["latent", "pixels"] = "latent"
+    """RSSM only: what it observes. ``latent``: the frozen VAE's latents (cheap; the 2-core CPU path). ``pixels``:
+    the frames, end to end: the VAE's conv encoder and decoder are trained together with the RSSM (its losses
+    reach the encoder; the decoder also reconstructs the frame from the RSSM's state, Dreamer's image loss),
+    starting from the VAE stage's V; the fine-tuned V is written to RUN_DIR/vae/ckpt as a new step (the GPU
+    path: each update encodes and decodes every frame of its windows)."""
     latent: Literal["gaussian", "categorical"] = "gaussian"
     """RSSM only: the stochastic latent s_t, a diagonal Gaussian (PlaNet, DreamerV1) or ``stoch`` categoricals of
     ``classes`` classes with straight-through gradients (DreamerV2/V3)."""
@@ -258,6 +264,10 @@ class RNNConfig:
             raise ValueError(f"rnn.kind must be one of {', '.join(DYNAMICS_KINDS)}, got {self.kind!r}")
         if self.latent not in ("gaussian", "categorical"):
             raise ValueError(f"rnn.latent must be 'gaussian' or 'categorical', got {self.latent!r}")
+        if self.obs not in ("latent", "pixels"):
+            raise ValueError(f"rnn.obs must be 'latent' or 'pixels', got {self.obs!r}")
+        if self.obs == "pixels" and self.kind != "rssm":
+            raise ValueError("rnn.obs 'pixels' trains an RSSM end to end; add --kind rssm (or use train_rssm.py)")
         try:  # a malformed recipe is refused here, not mid-stage
             parse_recipe(self.dataset)
         except ValueError as err:

@@ -158,13 +158,28 @@ def rssm_sequence_loss(
     Returns:
         dict of float32 arrays; the trainer masks and averages them (``train.rssm_loss``).
     """
+    return rssm_sequence_terms(model, z, actions, rewards, dones, key, free_nats)[0]
+
+
+def rssm_sequence_terms(
+    model: RSSM,
+    z: Float[Array, "L1 Z"],
+    actions: Float[Array, "L A"],
+    rewards: Float[Array, " L"],
+    dones: Float[Array, " L"],
+    key: Array,
+    free_nats: float,
+) -> tuple[dict[str, Array], Float[Array, "L1 Z"]]:
+    """``rssm_sequence_loss``'s terms and the observation decoder's mean obs_mu_t (L + 1, Z) of every model
+    state (h_t, s_t), which the pixel path decodes into a frame (``models.pixel_rssm``)."""
     actions = jnp.concatenate([actions, jnp.zeros_like(actions[:1])])
     seq = observe(model, z, actions, key)
     obs_mu, obs_log_sigma, reward_logits, cont_logit = jax.vmap(model.heads)(seq.h, seq.s)
     kls = jax.vmap(lambda post, prior: kl_balance(model, post, prior, free_nats))(seq.post, seq.prior)
-    return {
+    terms = {
         "obs": jax.vmap(gaussian_nll)(z, obs_mu, obs_log_sigma),
         **kls,
         "reward": jax.vmap(twohot.loss)(reward_logits[1:], rewards),
         "cont": binary_cross_entropy(cont_logit[1:], 1.0 - dones),
     }
+    return terms, obs_mu

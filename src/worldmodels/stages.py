@@ -140,6 +140,12 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
     if vae_done(run_dir, cfg):
         print(f"VAE already trained ({run_dir / 'vae'})")
         return
+    if (checkpoint.newest_meta(run_dir / "vae" / "ckpt") or {}).get("extra", {}).get("source") == "pixels":
+        print(
+            f"VAE not trained further: {run_dir / 'vae' / 'ckpt'} was trained end to end with the RSSM (rnn.obs "
+            "pixels), alone it would move the latents the RSSM reads; train both with train_rssm.py --obs pixels"
+        )
+        return
     mix = FrameMix.of([(frames_of(load_episodes(path)), w) for path, w in sources])
     names = ", ".join(f"{p.name} (p {q:.2f})" for (p, _), q in zip(sources, mix.probs, strict=True))
     print(f"training the VAE on {len(mix.frames)} frames from {names}" + (", mirrored" if cfg.mirror else ""))
@@ -218,6 +224,46 @@ def rnn_size_hparams(cfg: RNNConfig) -> dict:
     return {k: v for k, v in rnn_hparams(cfg, z_size=0).items() if k not in ("z_size", "action_size")}
 
 
+def _check_observation(run_dir: Path, meta: dict | None, cfg: RNNConfig) -> None:
+    """Refuse to continue an RSSM trained on the other observation (``rnn.obs``: VAE latents or pixels)."""
+    if meta is None or cfg.kind != "rssm":
+        return
+    trained = "pixels" if meta.get("extra", {}).get("source") == "pixels" else "latent"
+    if trained != cfg.obs:
+        raise checkpoint.CheckpointError(
+            f"{run_dir / 'rnn' / 'ckpt'} holds an RSSM trained on {trained} observations, not {cfg.obs}; run with "
+            f"--obs {trained} to go on training it, or use another run directory"
+        )
+
+
+def _train_on_pixels(run_dir: Path, cfg: RNNConfig):
+    """The M stage with ``rnn.obs pixels``: the VAE stage's V and a new RSSM trained together, end to end, on frame
+    windows (``pixels.train_pixel_rssm``, resumable in ``RUN_DIR/rnn/pixels/``); then the two parts are written
+    as the run's V (``vae/ckpt`` at the VAE stage's step + ``cfg.steps``, ``extra.source = "pixels"``) and M
+    (``rnn/ckpt`` at ``cfg.steps``, kind ``rssm``), so the dream, the controller and the test read them as they
+    read any V and M. Returns the RSSM."""
+    from worldmodels.pixels import FrameSequences, train_pixel_rssm
+
+    vae_cfg = recorded_config(run_dir, "vae", VAEConfig)
+    vae, vae_meta = load_vae(run_dir)
+    extra = vae_meta.get("extra", {})
+    pretrained_step = int(vae_meta["step"]) - (int(extra["rnn_step"]) if extra.get("source") == "pixels" else 0)
+    sources = recipe_paths(run_dir, cfg.dataset)
+    data = FrameSequences.of([(load_episodes(path), w) for path, w in sources], cfg.holdout, cfg.mirror)
+    print(
+        f"training V and the RSSM end to end on the frames of {int((~data.heldout).sum())} episodes "
+        f"({int(data.heldout.sum())} held out), {len(data.actions)} steps"
+    )
+    model = train_pixel_rssm(run_dir / "rnn" / "pixels", data, cfg, vae.z_size, vae_cfg.kl_tolerance, init_vae=vae)
+    extra = {"source": "pixels", "rnn_step": cfg.steps}
+    checkpoint.save(run_dir / "vae" / "ckpt", pretrained_step + cfg.steps, model.vae, kind="vae",
+                    hparams={"z_size": vae.z_size}, extra=extra)  # fmt: skip
+    checkpoint.save(run_dir / "rnn" / "ckpt", cfg.steps, model.rssm, kind="rssm",
+                    hparams=rnn_hparams(cfg, vae.z_size), extra=extra)  # fmt: skip
+    _finish(run_dir / "rnn" / "pixels", ["total", "image", "recon", "obs", "kl", "reward"], "V + RSSM on pixels")
+    return model.rssm
+
+
 def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     """Train M on the VAE's latent sequences; writes ``RUN_DIR/rnn/`` (and the held-out reward delusion).
 
@@ -231,6 +277,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     run_dir = Path(run_dir)
     name = DYNAMICS_NAMES[cfg.kind]
     meta = _check_trainable_rnn(run_dir, cfg.kind)
+    _check_observation(run_dir, meta, cfg)
     require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     recipe_paths(run_dir, cfg.dataset)  # every dataset of the recipe exists
     _check_sizes(run_dir / "rnn" / "ckpt", rnn_size_hparams(cfg))
@@ -238,6 +285,10 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
         print(f"{name} already trained ({run_dir / 'rnn'}{origin})")
+        return
+    if cfg.obs == "pixels":
+        model = _train_on_pixels(run_dir, cfg)
+        record_delusion(run_dir, model, latents(run_dir, cfg), cfg.steps)
         return
     data = latents(run_dir, cfg)
     print(
@@ -299,11 +350,17 @@ def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, worker
     return check
 
 
-def recorded_rnn_config(run_dir: Path) -> RNNConfig:
-    """The MDN-RNN config recorded in ``RUN_DIR/config.json`` by ``run_rnn`` (defaults if none)."""
+def recorded_config(run_dir: Path, section: str, cls: type):
+    """The config of ``section`` (``"vae"``, ``"rnn"``, ...) recorded in ``RUN_DIR/config.json`` by its stage, as a
+    ``cls``; the defaults when none is recorded."""
     path = Path(run_dir) / "config.json"
-    rec = json.loads(path.read_text()).get("rnn") if path.is_file() else None
-    return merge_config(RNNConfig, rec, str(path)) if rec else RNNConfig()
+    rec = json.loads(path.read_text()).get(section) if path.is_file() else None
+    return merge_config(cls, rec, str(path)) if rec else cls()
+
+
+def recorded_rnn_config(run_dir: Path) -> RNNConfig:
+    """The M config recorded in ``RUN_DIR/config.json`` by ``run_rnn`` (defaults if none)."""
+    return recorded_config(run_dir, "rnn", RNNConfig)
 
 
 def dream_starts(dynamics, data: LatentDataset, cfg: DreamConfig) -> DreamStart:
