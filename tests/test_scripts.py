@@ -30,10 +30,28 @@ def run(script, *args, ok=True, timeout=600):
     return proc
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_documents_flags(script):
-    out = run(script, "--help").stdout
-    assert "--run-dir" in out and "--preset" in out
+# Every script's --help in one Python process (one interpreter start instead of one per script).
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+out = {}
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+        runpy.run_path(script, run_name="__main__")
+    out[script] = buf.getvalue()
+print(json.dumps(out))
+"""
+
+
+def test_help_documents_flags():
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_ALL, *SCRIPTS], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    helps = json.loads(proc.stdout.strip().splitlines()[-1])
+    for script in SCRIPTS:
+        assert "--run-dir" in helps[script] and "--preset" in helps[script], script
 
 
 def test_stage_help_shows_field_docs():
