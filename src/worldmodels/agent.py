@@ -29,11 +29,22 @@ class Agent(eqx.Module):
     controller: LinearController
 
 
-def _act(agent: Agent, obs: jax.Array, state: Any, eps: jax.Array, with_frames: bool):
-    """``agent_step`` given the standard normal noise ``eps`` (W, Z) of z ~ N(mu, sigma)."""
+def explores(controller: Any) -> bool:
+    """Whether a controller has its own exploration (a policy distribution to sample from, the actor-critic's
+    ``actor.sample``) rather than a deterministic action that needs added noise (the linear controller)."""
+    return hasattr(getattr(controller, "actor", None), "sample")
+
+
+def _act(agent: Agent, obs: jax.Array, state: Any, eps: jax.Array, with_frames: bool, action_key=None):
+    """``agent_step`` given the standard normal noise ``eps`` (W, Z) of z ~ N(mu, sigma); with ``action_key``
+    the actions are sampled from the controller's own policy (``explores``) instead of its deterministic action."""
     mu, logvar = agent.vae.encode(to_float(obs))
     z = mu + jnp.exp(0.5 * logvar) * eps
-    actions = jax.vmap(agent.controller)(z, state.h)
+    if action_key is None:
+        actions = jax.vmap(agent.controller)(z, state.h)
+    else:
+        keys = jr.split(action_key, z.shape[0])
+        actions = jax.vmap(lambda z, h, k: agent.controller.actor.sample(z, h, k)[0])(z, state.h, keys)
     state, out = jax.vmap(agent.dynamics)(z, actions, state)
     frames = None
     if with_frames:
@@ -42,22 +53,27 @@ def _act(agent: Agent, obs: jax.Array, state: Any, eps: jax.Array, with_frames: 
 
 
 @eqx.filter_jit
-def agent_step(agent: Agent, obs: jax.Array, state: Any, key: jax.Array, with_frames: bool = False):
+def agent_step(
+    agent: Agent, obs: jax.Array, state: Any, key: jax.Array, with_frames: bool = False, explore: bool = False
+):
     """Act in W environments at once.
 
     Args:
         agent: V, M and C.
         obs: uint8 (W, 64, 64, 3) current frames.
         state: the dynamics' states with a leading W axis (``batched_initial_state``).
-        key: PRNG key for z ~ N(mu, sigma) of all W environments.
+        key: PRNG key for z ~ N(mu, sigma) of all W environments (and, with ``explore``, the actions).
         with_frames: also decode the VAE reconstruction and the MDN-RNN's prediction of the next frame.
+        explore: sample the actions from the controller's policy (only for a controller that ``explores``: the
+            actor-critic's tanh-squashed Gaussian, DreamerV1 Sec. 3) instead of taking its deterministic action.
 
     Returns:
         (actions float32 (W, 3), next state, predicted rewards float32 (W,), frames) where frames is
         ``None`` or a pair of float32 (W, 64, 64, 3): reconstruction of ``obs`` and the predicted next frame.
     """
-    eps = jr.normal(key, (obs.shape[0], agent.vae.z_size))
-    return _act(agent, obs, state, eps, with_frames)
+    k_z, k_action = jr.split(key)
+    eps = jr.normal(k_z if explore else key, (obs.shape[0], agent.vae.z_size))
+    return _act(agent, obs, state, eps, with_frames, k_action if explore else None)
 
 
 @eqx.filter_jit

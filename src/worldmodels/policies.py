@@ -156,10 +156,11 @@ class RecoveryPolicy(HeuristicPolicy):
 
 @dataclass
 class ControllerPolicy:
-    """A trained agent (V + M + C of a run directory) with smooth exploration noise: on-policy data.
+    """A trained agent (V + M + C of a run directory) with exploration: on-policy data.
 
-    Noise is an Ornstein-Uhlenbeck process (theta 0.5, stationary std ``noise``) added to the agent's
-    action, then clipped to the box. The agent is loaded once per worker process.
+    A linear controller's action gets smooth noise, an Ornstein-Uhlenbeck process (theta 0.5, stationary std
+    ``noise``), then is clipped to the box. An actor-critic's action is sampled from the actor's own policy (its
+    exploration noise; ``agent.explores``), with no noise added. The agent is loaded once per worker process.
     """
 
     run_dir: Path
@@ -182,11 +183,14 @@ class ControllerPolicy:
         import jax.numpy as jnp
         import jax.random as jr
 
-        from worldmodels.agent import agent_step
+        from worldmodels.agent import agent_step, explores
 
         agent = _load_agent(self.run_dir)
         self._key, sub = jr.split(self._key)
-        action, self._state, _, _ = agent_step(agent, jnp.asarray(obs[None]), self._state, sub)
+        explore = explores(agent.controller)
+        action, self._state, _, _ = agent_step(agent, jnp.asarray(obs[None]), self._state, sub, explore=explore)
+        if explore:
+            return np.asarray(action[0], np.float32)
         theta = 0.5
         sigma = self.noise * np.sqrt(1.0 - (1.0 - theta) ** 2)
         self._noise = (1.0 - theta) * self._noise + sigma * self._rng.standard_normal(3).astype(np.float32)
