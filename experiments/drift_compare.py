@@ -27,9 +27,9 @@ import tyro
 
 from worldmodels.config import GossipConfig
 from worldmodels.data import load_episodes
-from worldmodels.gossip.data import FrameSequences
 from worldmodels.gossip.drift import drift_metrics
 from worldmodels.models.joint import JointWorldModel
+from worldmodels.pixels import FrameSequences
 from worldmodels.run_dir import load_dynamics, load_vae, recipe_paths
 
 
@@ -70,7 +70,7 @@ def main(args: Args) -> None:
     import matplotlib.pyplot as plt
 
     groups = [(load_episodes(path), 1.0) for path, _ in recipe_paths(args.runs[0], args.dataset)]
-    data = FrameSequences.of(groups, args.holdout)
+    data = FrameSequences.of(groups, args.holdout, mirror=False)
     cfg = GossipConfig(
         models=1,
         drift_episodes=args.episodes,

@@ -125,6 +125,12 @@ def _pixel_path_on(rd, px):
         run_rnn(px, smoke.rnn)
     run_vae(px, dataclasses.replace(smoke.vae, steps=100))
     assert checkpoint.latest_step(px / "vae" / "ckpt") == 30  # not trained alone past the end-to-end V
+    # open-loop drift of the two runs' world models on the same held-out episode
+    drift = ["--dataset", "brownian", "--episodes", "1", "--start", "5", "--horizons", "1", "5"]
+    run("experiments/drift_compare.py", "--runs", str(rd), str(px), "--out", str(px / "drift"), *drift)
+    table = json.loads((px / "drift" / "drift.json").read_text())
+    assert [r["kind"] for r in table.values()] == ["rssm", "rssm"] and (px / "drift" / "drift.png").is_file()
+    assert all(r["horizons"] == [1, 5] and np.all(np.isfinite(r["pixel"])) for r in table.values())
 
 
 def test_every_script_end_to_end(tmp_path):
