@@ -61,6 +61,8 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         report["stages"][name] = {"status": "ran", "seconds": time.perf_counter() - t0}
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     report["score"] = {k: results.get(k) for k in ("mean", "ci95", "std", "min", "max", "n", "reward_delusion")}
+    if report["score"]["ci95"] is None:  # a results.json written before the interval was recorded
+        report["score"]["ci95"] = ci95(np.array([ep["return"] for ep in results["episodes"]]))
     if iterations:
         t0 = time.perf_counter()
         report["iterations"] = _iterate(run_dir, preset, iterations, results)
@@ -79,7 +81,7 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
     Console().print(table)
     print(
         f"real CarRacing-v3 score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
-        f"(std; 95 % CI of the mean +- {s.get('ci95') or 0:.1f}; min {s['min']:.1f}, max {s['max']:.1f})"
+        f"(std; 95 % CI of the mean +- {s['ci95']:.1f}; min {s['min']:.1f}, max {s['max']:.1f})"
     )
     if iterations:
         table = Table(title="Sim2Real2Sim iterations (same first test seeds)")
