@@ -65,8 +65,10 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         report["score"]["ci95"] = ci95(np.array([ep["return"] for ep in results["episodes"]]))
     if iterations:
         t0 = time.perf_counter()
+        before = sum((run_dir / "iterations" / str(k) / "results.json").is_file() for k in range(1, iterations + 1))
         report["iterations"] = _iterate(run_dir, preset, iterations, results)
-        report["stages"]["iterations"] = {"status": f"{iterations} ran", "seconds": time.perf_counter() - t0}
+        status = f"{iterations - before} ran" + (f", {before} done before" if before else "")
+        report["stages"]["iterations"] = {"status": status, "seconds": time.perf_counter() - t0}
     (run_dir / "pipeline.json").write_text(json.dumps(report, indent=2))
 
     table = Table(title=f"World Models pipeline, preset {preset.name!r}, {run_dir}")
