@@ -30,9 +30,10 @@ class Agent(eqx.Module):
 
 
 def explores(controller: Any) -> bool:
-    """Whether a controller has its own exploration (a policy distribution to sample from, the actor-critic's
-    ``actor.sample``) rather than a deterministic action that needs added noise (the linear controller)."""
-    return hasattr(getattr(controller, "actor", None), "sample")
+    """Whether a controller has its own exploration, a ``sample(z, h, key) -> action`` from its policy (the
+    actor-critic's, ``ActorCritic.sample``), rather than a deterministic action that needs added noise (the
+    linear controller)."""
+    return callable(getattr(controller, "sample", None))
 
 
 def _act(agent: Agent, obs: jax.Array, state: Any, eps: jax.Array, with_frames: bool, action_key=None):
@@ -44,7 +45,7 @@ def _act(agent: Agent, obs: jax.Array, state: Any, eps: jax.Array, with_frames: 
         actions = jax.vmap(agent.controller)(z, state.h)
     else:
         keys = jr.split(action_key, z.shape[0])
-        actions = jax.vmap(lambda z, h, k: agent.controller.actor.sample(z, h, k)[0])(z, state.h, keys)
+        actions = jax.vmap(agent.controller.sample)(z, state.h, keys)
     state, out = jax.vmap(agent.dynamics)(z, actions, state)
     frames = None
     if with_frames:
@@ -71,9 +72,11 @@ def agent_step(
         (actions float32 (W, 3), next state, predicted rewards float32 (W,), frames) where frames is
         ``None`` or a pair of float32 (W, 64, 64, 3): reconstruction of ``obs`` and the predicted next frame.
     """
-    k_z, k_action = jr.split(key)
-    eps = jr.normal(k_z if explore else key, (obs.shape[0], agent.vae.z_size))
-    return _act(agent, obs, state, eps, with_frames, k_action if explore else None)
+    k_action = None
+    if explore:
+        key, k_action = jr.split(key)
+    eps = jr.normal(key, (obs.shape[0], agent.vae.z_size))
+    return _act(agent, obs, state, eps, with_frames, k_action)
 
 
 @eqx.filter_jit

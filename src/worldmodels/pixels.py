@@ -105,24 +105,32 @@ class FrameSequences:
         return self.frames[o : o + n + 1], self.actions[a : a + n]
 
 
-def frame_batch(data: FrameSequences, step: int, cfg: RNNConfig) -> dict[str, np.ndarray]:
-    """A batch of training windows of frames, deterministic in (cfg.seed, step).
+def frame_batch(data: FrameSequences, step: int, cfg: Any) -> dict[str, np.ndarray]:
+    """A batch of training windows of frames, deterministic in (cfg.seed, step); the batches of the pixel RSSM
+    and of gossip pools (``gossip.data.sequence_batch``).
 
     The windows of ``train.sequence_batch`` (``train.window_indices``): B = ``cfg.batch_size`` episodes drawn
     with ``data.episode_p`` (held-out episodes never), each window L = ``cfg.seq_len`` steps from a uniform offset
     in [0, T_e - L] (0 when the episode is not longer than L: the tail repeats the last frame and action, masked).
 
+    Args:
+        data: the episodes.
+        step: the update's index.
+        cfg: anything with ``seed``, ``seq_len`` and ``batch_size`` (an ``RNNConfig``, a ``GossipConfig``).
+
     Returns:
         dict of NumPy arrays: ``frames`` uint8 (B, L + 1, 64, 64, 3) (converted to float in the loss, to keep the
-        batch small); ``actions`` float32 (B, L, 3); ``rewards``, ``dones``, ``mask`` float32 (B, L).
+        batch small); ``frame_mask`` float32 (B, L + 1); ``actions`` float32 (B, L, 3); ``rewards``, ``dones``,
+        ``mask`` float32 (B, L).
     """
-    obs_idx, act_idx, _, valid = window_indices(data, step, cfg)
+    obs_idx, act_idx, obs_mask, act_mask = window_indices(data, step, cfg)
     return {
         "frames": data.frames[obs_idx],
+        "frame_mask": obs_mask,
         "actions": data.actions[act_idx],
         "rewards": data.rewards[act_idx],
         "dones": data.dones[act_idx],
-        "mask": valid,
+        "mask": act_mask,
     }
 
 

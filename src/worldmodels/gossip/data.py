@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels.config import GossipConfig
-from worldmodels.data import episode_windows, load_episodes
-from worldmodels.pixels import FrameSequences
+from worldmodels.data import load_episodes
+from worldmodels.pixels import FrameSequences, frame_batch
 from worldmodels.run_dir import recipe_paths
 
 
@@ -25,25 +25,11 @@ def load_sequences(run_dir: Path, cfg: GossipConfig) -> FrameSequences:
 
 
 def sequence_batch(data: FrameSequences, step: int, cfg: GossipConfig) -> dict[str, np.ndarray]:
-    """A batch of training windows of frames, deterministic in (cfg.seed, step).
-
-    The windowing of ``train.sequence_batch`` (both are ``data.episode_windows``): episodes drawn with
-    ``data.episode_p``; each window is L = ``cfg.seq_len`` steps from a uniform offset in [0, T_e - L] (0 when
-    the episode is not longer than L, the tail then repeats the last frame and action and is masked).
+    """A batch of training windows of frames, deterministic in (cfg.seed, step): ``pixels.frame_batch``, the
+    windowing of ``train.sequence_batch`` (``train.window_indices``).
 
     Returns:
         dict of NumPy arrays: ``frames`` uint8 (B, L + 1, 64, 64, 3); ``frame_mask`` float32 (B, L + 1);
         ``actions`` float32 (B, L, 3); ``rewards``, ``dones``, ``mask`` float32 (B, L).
     """
-    rng = np.random.default_rng([cfg.seed, step])
-    obs_idx, act_idx, obs_mask, act_mask = episode_windows(
-        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size
-    )
-    return {
-        "frames": data.frames[obs_idx],
-        "frame_mask": obs_mask,
-        "actions": data.actions[act_idx],
-        "rewards": data.rewards[act_idx],
-        "dones": data.dones[act_idx],
-        "mask": act_mask,
-    }
+    return frame_batch(data, step, cfg)

@@ -224,6 +224,11 @@ class ActorCritic(eqx.Module):
         """The actor's deterministic action (3,) = squash(mean) (``Actor.__call__``)."""
         return self.actor(z, h)
 
+    def sample(self, z: Float[Array, " Z"], h: Float[Array, " H"], key: PRNGKeyArray) -> Float[Array, " 3"]:
+        """An action (3,) sampled from the actor's policy (``Actor.sample``): its exploration when it collects
+        on-policy data (``agent.agent_step(explore=True)``)."""
+        return self.actor.sample(z, h, key)[0]
+
 
 def actor_critic_hparams(
     z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2
