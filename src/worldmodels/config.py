@@ -289,7 +289,8 @@ DYNAMICS_KINDS = ("mdnrnn", "rssm")
 
 @dataclass(frozen=True)
 class DreamConfig:
-    """Controller C evolved with CMA-ES inside the dream of M (an MDN-RNN, or a gossip-exported GRU transition)."""
+    """Controller C learned inside the dream of M (any dynamics kind): evolved with CMA-ES (the paper), or an
+    actor-critic (``learner``)."""
 
     learner: Literal["cmaes", "actor-critic"] = "cmaes"
     """What learns in the dream: ``cmaes`` evolves the paper's linear controller (the fields below); ``actor-critic``

@@ -307,11 +307,6 @@ def continue_weights(continues: Float[Array, "... H"]) -> Float[Array, "... H"]:
     return jnp.cumprod(jnp.concatenate([jnp.ones_like(c[..., :1]), c[..., :-1]], axis=-1), axis=-1)
 
 
-def _global_norm(tree: Any) -> Float[Array, ""]:
-    """sqrt of the sum of squares of every array leaf (what ``optax.clip_by_global_norm`` clips), float32 scalar."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))))
-
-
 def make_update(
     cfg: ActorCriticConfig, temperature: float, done_threshold: float | None = None
 ) -> Callable[..., tuple[ACState, dict[str, Array]]]:
@@ -428,8 +423,8 @@ def make_update(
             "entropy": jnp.mean(traj.entropies),
             "value": jnp.mean(values),
             "return_scale": norm.scale,
-            "actor_grad_norm": _global_norm(actor_grads),
-            "critic_grad_norm": _global_norm(critic_grads),
+            "actor_grad_norm": optax.tree.norm(actor_grads),
+            "critic_grad_norm": optax.tree.norm(critic_grads),
         }
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
