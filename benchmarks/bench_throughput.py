@@ -62,8 +62,8 @@ class Args:
     episodes_per_worker: int = 2
     """Evaluation and collection episodes per worker (so each worker runs the same number)."""
     small: bool = False
-    """A run of well under two minutes: 3 VAE and 3 MDN-RNN updates with L 100, 2000 encoded frames,
-    episodes of 100 steps."""
+    """A run of about a minute (the test suite's): 3 VAE and 3 MDN-RNN updates with L 100, 1000 encoded frames,
+    one episode of 50 steps per worker."""
     json: Path | None = None
     """Also write the figures to this JSON file."""
 
@@ -83,7 +83,8 @@ def _sizes(args: Args) -> dict[str, int]:
     }
     if args.small:
         sizes.update(
-            vae_steps=3, rnn_seq_len=100, rnn_steps=3, encode_frames=2000, eval_max_steps=100, collect_max_steps=100
+            vae_steps=3, rnn_seq_len=100, rnn_steps=3, encode_frames=1000, eval_max_steps=50, collect_max_steps=50,
+            episodes_per_worker=1,
         )
     return sizes
 

@@ -40,6 +40,20 @@ def test_module_rebuilds_from_its_own_hparams(tmp_path):
     np.testing.assert_array_equal(loaded.fc_mu.weight, vae.fc_mu.weight)
 
 
+def test_a_checkpoint_without_a_later_hparam_takes_its_default(tmp_path):
+    # A VAE saved before ``arch`` existed records only z_size: it is a ``conv`` VAE, matches a conv config and is
+    # refused for a residual one, naming both values.
+    checkpoint.save(tmp_path / "old", 1, ConvVAE(8, key=jr.key(0)), kind="vae", hparams={"z_size": 8})
+    loaded, _ = checkpoint.load_module(tmp_path / "old", build_vae, kind="vae", expected={"z_size": 8, "arch": "conv"})
+    assert loaded.arch == "conv"
+    with pytest.raises(CheckpointError, match="arch='conv' in the checkpoint, 'residual' in the config"):
+        checkpoint.load_module(tmp_path / "old", build_vae, kind="vae", expected={"arch": "residual"})
+    res = ConvVAE(8, "residual", key=jr.key(1))
+    checkpoint.save(tmp_path / "res", 1, res, kind="vae", hparams={"z_size": 8, "arch": "residual"})
+    loaded, _ = checkpoint.load_module(tmp_path / "res", build_vae, kind="vae")
+    np.testing.assert_array_equal(loaded.res_dec[1].w2, res.res_dec[1].w2)
+
+
 def test_size_mismatch_names_both_sizes(tmp_path):
     checkpoint.save(tmp_path / "ck", 1, ConvVAE(64, key=jr.key(0)), kind="vae", hparams={"z_size": 64})
     with pytest.raises(CheckpointError, match="z_size=64 in the checkpoint, 32 in the config"):

@@ -51,7 +51,7 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
         "--run-dir",
         str(run),
         "--episodes",
-        "150",
+        "30",
         "--max-steps",
         "40",
         "--workers",
@@ -86,13 +86,13 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0, err.decode()
     kept = open_dataset(dataset_dir(run)).total_episodes
-    assert 2 <= kept < 150
+    assert 2 <= kept < 30
     episodes = load_episodes(dataset_dir(run))  # readable after the interruption
     assert all(ep.length == 40 for ep in episodes)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()
     seeds = sorted(ep.seed for ep in load_episodes(dataset_dir(run)))
-    assert seeds == list(range(150))
+    assert seeds == list(range(30))
 
 
 def test_collection_plan_and_policy_seed_blocks():

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -217,11 +218,20 @@ def test_invalid_configs_are_refused():
     assert load_preset("smoke").gossip.models == 2
 
 
-def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path):
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """The ``data/`` folder of one ``collect_data.py --episodes 3 --max-steps 30`` run, shared by the script smokes
+    (each copies it into its own run directory)."""
+    rd = tmp_path_factory.mktemp("gossip_data") / "run"
+    run_script(rd, "collect_data.py", "--episodes", "3", "--max-steps", "30")
+    return rd / "data"
+
+
+def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path, collected):
     rd = tmp_path / "run"
     run = functools.partial(run_script, rd)
 
-    run("collect_data.py", "--episodes", "3", "--max-steps", "30")
+    shutil.copytree(collected, rd / "data")  # collect_data.py --episodes 3 --max-steps 30, run once per module
     run("train_gossip.py", "--models", "4", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "10")
     out = rd / "gossip"
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -311,13 +321,13 @@ def test_a_gru_export_counts_as_trained_vae_and_dynamics(tmp_path, capsys):
     assert not stages.rnn_done(tmp_path / "mdn", RNNConfig(steps=10))
 
 
-def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
+def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path, collected):
     """train_gossip.py --flavour gru, then train_dream.py and test_agent.py run the exported GRU transition."""
 
     rd = tmp_path / "run"
     run = functools.partial(run_script, rd)
 
-    run("collect_data.py", "--episodes", "3", "--max-steps", "30")
+    shutil.copytree(collected, rd / "data")  # collect_data.py --episodes 3 --max-steps 30, run once per module
     gossip_flags = ["--flavour", "gru", "--seq-len", "8", "--gossip-dream-steps", "4", "--video-steps", "5"]
     out = run("train_gossip.py", *gossip_flags)
     assert "model 0 exported to" in out.stdout
@@ -332,13 +342,13 @@ def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path):
     assert "holds a 'gru' dynamics exported from model 0 of a gossip pool" in proc.stderr
 
 
-def test_gossip_experiment_script_smoke(tmp_path):
+def test_gossip_experiment_script_smoke(tmp_path, collected):
     """experiments/gossip.py: baseline and one gossip condition, a controller each, the report; a changed drift
     setting re-measures the cached runs instead of retraining them."""
     rd = tmp_path / "run"
     run = functools.partial(run_script, rd)
 
-    run("collect_data.py", "--episodes", "3", "--max-steps", "30")
+    shutil.copytree(collected, rd / "data")  # collect_data.py --episodes 3 --max-steps 30, run once per module
     flags = ["--seeds", "0", "--weights", "1", "--dream-steps", "4", "--seq-len", "8", "--video-steps", "5"]
     controller = ["--controller", "--dream.generations", "1", "--test.episodes", "1", "--test.max-steps", "20"]
     run("experiments/gossip.py", *flags, *controller, "--test.no-video")

@@ -39,6 +39,33 @@ def test_vae_paper_parameter_count():
     assert n == enc + dense + dec
 
 
+def test_residual_vae_shapes_blocks_and_refusal():
+    vae = ConvVAE(8, "residual", key=jr.key(0))
+    x = jr.uniform(jr.key(1), (2, 64, 64, 3))
+    recon, mu, logvar = vae(x, key=jr.key(2))
+    assert recon.shape == (2, 64, 64, 3) and mu.shape == (2, 8) and logvar.shape == (2, 8)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    n = lambda m: sum(a.size for a in jax.tree.leaves(eqx.filter(m, eqx.is_array)))  # noqa: E731
+    # Six blocks of two 3x3 convolutions at widths 32, 64, 128 (encoder) and 128, 64, 32 (decoder).
+    extra = 2 * sum(2 * (9 * c * c + c) for c in (32, 64, 128))
+    assert n(vae) == n(ConvVAE(8, key=jr.key(0))) + extra
+    # A block is a residual: x + F(x), so it changes its input (F is not zero) but keeps its shape.
+    h = jr.normal(jr.key(3), (1, 6, 6, 128))
+    out = vae.res_enc[2](h)
+    assert out.shape == h.shape and 0 < float(jnp.abs(out - h).max())
+    with pytest.raises(ValueError, match="arch must be one of conv, residual"):
+        ConvVAE(8, "resnet", key=jr.key(0))
+
+
+def test_beta_weights_the_vae_kl_term():
+    from worldmodels.config import VAEConfig
+
+    assert VAEConfig().loss_scales == {"recon": 1.0, "kl": 1.0}
+    assert VAEConfig(beta=4.0).loss_scales == {"recon": 1.0, "kl": 4.0}
+    with pytest.raises(ValueError, match="vae.beta must be >= 0"):
+        VAEConfig(beta=-1.0)
+
+
 @pytest.mark.parametrize("kernel", [5, 6])
 def test_conv_transpose_custom_vjp_matches_autodiff(kernel):
     x = jr.normal(jr.key(0), (3, 5, 5, 8))

@@ -7,7 +7,7 @@ once in one jitted call. Used by the real-environment evaluation (``worldmodels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -18,6 +18,7 @@ from worldmodels.models import ConvVAE, LinearController
 from worldmodels.models.dynamics import Dynamics
 from worldmodels.models.mdnrnn import most_likely_z
 from worldmodels.models.vae import to_float
+from worldmodels.planners import CEMConfig, cem_plan, draw_noise, ensemble_initial_state, initial_mean, seed_mean
 
 
 class Agent(eqx.Module):
@@ -36,21 +37,30 @@ def explores(controller: Any) -> bool:
     return callable(getattr(controller, "sample", None))
 
 
+def _encode(agent: Agent, obs: jax.Array, eps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mu, z) of W frames: V's posterior mean and z = mu + sigma * eps, eps (W, Z) standard normal."""
+    mu, logvar = agent.vae.encode(to_float(obs))
+    return mu, mu + jnp.exp(0.5 * logvar) * eps
+
+
+def _frames(agent: Agent, mu: jax.Array, out: Any, with_frames: bool):
+    """``None``, or V's reconstruction of the frames and M's predicted next frames (decoded likeliest z)."""
+    if not with_frames:
+        return None
+    return agent.vae.decode(mu), agent.vae.decode(jax.vmap(most_likely_z)(out))
+
+
 def _act(agent: Agent, obs: jax.Array, state: Any, eps: jax.Array, with_frames: bool, action_key=None):
     """``agent_step`` given the standard normal noise ``eps`` (W, Z) of z ~ N(mu, sigma); with ``action_key``
     the actions are sampled from the controller's own policy (``explores``) instead of its deterministic action."""
-    mu, logvar = agent.vae.encode(to_float(obs))
-    z = mu + jnp.exp(0.5 * logvar) * eps
+    mu, z = _encode(agent, obs, eps)
     if action_key is None:
         actions = jax.vmap(agent.controller)(z, state.h)
     else:
         keys = jr.split(action_key, z.shape[0])
         actions = jax.vmap(agent.controller.sample)(z, state.h, keys)
     state, out = jax.vmap(agent.dynamics)(z, actions, state)
-    frames = None
-    if with_frames:
-        frames = (agent.vae.decode(mu), agent.vae.decode(jax.vmap(most_likely_z)(out)))
-    return actions, state, out.reward, frames
+    return actions, state, out.reward, _frames(agent, mu, out, with_frames)
 
 
 @eqx.filter_jit
@@ -103,6 +113,131 @@ def episode_step(
     Returns:
         As ``agent_step``.
     """
-    keys = jax.vmap(lambda s: jr.fold_in(jr.fold_in(key, s), t))(seeds)
-    eps = jax.vmap(lambda k: jr.normal(k, (agent.vae.z_size,)))(keys)
-    return _act(agent, obs, state, eps, with_frames)
+    return _act(agent, obs, state, _episode_eps(agent, _episode_keys(key, seeds, t)), with_frames)
+
+
+def _episode_keys(key: jax.Array, seeds: jax.Array, t: jax.Array) -> jax.Array:
+    """One key per environment, ``fold_in(fold_in(key, seeds[i]), t)``: its episode's own stream at step t."""
+    return jax.vmap(lambda s: jr.fold_in(jr.fold_in(key, s), t))(seeds)
+
+
+def _episode_eps(agent: Agent, keys: jax.Array) -> jax.Array:
+    """The standard normal noise (W, Z) of z ~ N(mu, sigma) drawn from each environment's key."""
+    return jax.vmap(lambda k: jr.normal(k, (agent.vae.z_size,)))(keys)
+
+
+class Planner(eqx.Module):
+    """Model-predictive control in place of C: at every real step, CEM plans in M's dream (``planners.cem_plan``;
+    Hafner et al. 2019, Sec. 3) and the agent takes the plan's first action.
+
+    Attributes:
+        dynamics: the model the plans are scored in: the agent's own M, or with ``ensemble`` a stacked ensemble
+            (``planners.stack_ensemble``) whose member 0 is the agent's M.
+        low, high: float32 (A,) the action box the candidates are clipped to.
+        cfg: the planner's settings (``CEMConfig``).
+        ensemble: whether ``dynamics`` is a stacked ensemble (the uncertainty-aware planner).
+        seeded: start every step's search from the plan the agent's controller would follow in the dream
+            (``planners.seed_mean``) instead of the last step's shifted plan (the warm start).
+    """
+
+    dynamics: Any
+    low: jax.Array
+    high: jax.Array
+    cfg: CEMConfig = eqx.field(static=True)
+    ensemble: bool = eqx.field(static=True, default=False)
+    seeded: bool = eqx.field(static=True, default=False)
+
+    def initial(self, agent: Agent, batch: int) -> PlanState:
+        """The planning state of ``batch`` environments at an episode's first frame: the middle of the action box
+        as every plan's mean (``planners.initial_mean``), and the ensemble members' initial states."""
+        mean = initial_mean(self.cfg.horizon, self.low, self.high)
+        members = None
+        if self.ensemble:
+            members = jax.tree.map(
+                lambda x: jnp.broadcast_to(x, (batch,) + x.shape), ensemble_initial_state(self.dynamics)
+            )
+        return PlanState(jnp.broadcast_to(mean, (batch,) + mean.shape), members)
+
+
+class PlanState(NamedTuple):
+    """What a planning agent carries between real steps, for W environments.
+
+    Attributes:
+        mean: float32 (W, H, A) each environment's last plan shifted one step (the next search's warm start).
+        members: with an ensemble, every member's recurrent state on the real episode, a pytree with leading axes
+            (W, E); ``None`` otherwise (the agent's own state is the planning state).
+    """
+
+    mean: jax.Array
+    members: Any = None
+
+
+class PlanStats(NamedTuple):
+    """Per-environment figures of one planning step: the accepted elite's predicted return and ensemble
+    disagreement, float32 (W,), and whether the off-road constraint rejected a candidate, bool (W,)."""
+
+    predicted_return: jax.Array
+    disagreement: jax.Array
+    constraint_bound: jax.Array
+
+
+@eqx.filter_jit
+def plan_episode_step(
+    agent: Agent,
+    planner: Planner,
+    obs: jax.Array,
+    state: Any,
+    plan: PlanState,
+    key: jax.Array,
+    seeds: jax.Array,
+    t: jax.Array,
+    with_frames: bool = False,
+):
+    """``episode_step`` with the action planned by CEM in M's dream instead of C's (one jitted call for W
+    environments: V encodes, CEM plans for every environment at once, M and every ensemble member advance).
+
+    The latent noise is ``episode_step``'s (the same key stream, so a planner and its controller see the same z);
+    the planning keys are drawn from that stream too, so an episode's plan depends on its seed and step only.
+
+    Args:
+        agent: V, M and C (C only seeds the plans when ``planner.seeded``).
+        planner: the CEM settings and planning model.
+        obs: uint8 (W, 64, 64, 3) current frames.
+        state: M's states with a leading W axis.
+        plan: the planning state (``Planner.initial`` at an episode's first frame).
+        key, seeds, t: as in ``episode_step``.
+        with_frames: also decode V's reconstruction and M's predicted next frame.
+
+    Returns:
+        (actions float32 (W, A), next state, next ``PlanState``, predicted rewards float32 (W,), frames or
+        ``None``, ``PlanStats``).
+    """
+    keys = _episode_keys(key, seeds, t)
+    mu, z = _encode(agent, obs, _episode_eps(agent, keys))
+    cfg = planner.cfg
+    plan_keys = jax.vmap(lambda k: jr.fold_in(k, 1))(keys)
+    mean = plan.mean
+    if planner.seeded:
+
+        def seed(z, s, k):
+            noise = draw_noise(k, cfg.horizon, agent.dynamics.num_mixtures, agent.dynamics.z_size)
+            return seed_mean(agent.controller, agent.dynamics, z, s, cfg.horizon, noise if cfg.sample_z else None, cfg)
+
+        mean = jnp.clip(jax.vmap(seed)(z, state, jax.vmap(lambda k: jr.fold_in(k, 2))(keys)), planner.low, planner.high)
+    planning_state = plan.members if planner.ensemble else state
+
+    def one(z, s, m, k):
+        return cem_plan(planner.dynamics, z, s, m, k, cfg, planner.low, planner.high, planner.ensemble)
+
+    result = jax.vmap(one)(z, planning_state, mean, plan_keys)
+    actions = result.action
+    state, out = jax.vmap(agent.dynamics)(z, actions, state)
+    members = None
+    if planner.ensemble:
+
+        def advance(z, a, s):  # every member consumes the real (z_t, a_t)
+            return eqx.filter_vmap(lambda m, s: m(z, a, s)[0], in_axes=(eqx.if_array(0), 0))(planner.dynamics, s)
+
+        members = jax.vmap(advance)(z, actions, plan.members)
+    stats = PlanStats(result.predicted_return, result.disagreement, result.constraint_bound)
+    return actions, state, PlanState(result.mean, members), out.reward, _frames(agent, mu, out, with_frames), stats

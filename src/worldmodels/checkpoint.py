@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from worldmodels.errors import CheckpointDamaged, CheckpointError
+from worldmodels.models.registry import hparam_defaults
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -213,8 +214,11 @@ def _resolve_step(directory: Path, step: int | None) -> int:
 
 
 def check_hparams(meta: dict[str, Any], expected: dict[str, Any], where: str) -> None:
-    """Raise ``CheckpointError`` naming both values if ``expected`` disagrees with the checkpoint."""
-    saved = meta.get("hparams", {})
+    """Raise ``CheckpointError`` naming both values if ``expected`` disagrees with the checkpoint.
+
+    A hyperparameter the checkpoint does not record takes its builder's default (``registry.hparam_defaults``):
+    checkpoints written before it existed keep loading and matching."""
+    saved = {**hparam_defaults(meta.get("kind")), **meta.get("hparams", {})}
     diffs = [
         f"{k}={saved.get(k)!r} in the checkpoint, {v!r} in the config" for k, v in expected.items() if saved.get(k) != v
     ]

@@ -128,8 +128,14 @@ class VAEConfig:
     """Mirror augmentation: flip a random half of every batch left-right (CarRacing is symmetric)."""
     z_size: int = 32
     """Latent size Z."""
+    arch: Literal["conv", "residual"] = "conv"
+    """Architecture: ``conv`` (the paper's four stride-2 convolutions each way) or ``residual`` (a residual block of
+    two 3x3 convolutions after each of the first three, in the encoder and the decoder; ``models.vae``)."""
     kl_tolerance: float = 0.5
     """Free bits per latent dimension: the KL term is max(KL, kl_tolerance * z_size) nats (Appendix A.1)."""
+    beta: float = 1.0
+    """Weight of the KL term in the loss, the beta of a beta-VAE (Higgins et al. 2017, Eq. 4): 1 is the paper's
+    plain VAE; above 1 trades reconstruction for a latent closer to the prior. Applied after the free bits."""
     learning_rate: float = 1e-4
     """Adam learning rate."""
     batch_size: int = 100
@@ -150,6 +156,7 @@ class VAEConfig:
             {
                 "z_size": ">= 1",
                 "kl_tolerance": ">= 0",
+                "beta": ">= 0",
                 "learning_rate": "> 0",
                 "batch_size": ">= 1",
                 "steps": ">= 1",
@@ -164,19 +171,21 @@ class VAEConfig:
 
     @property
     def loss_scales(self) -> dict[str, float]:
-        """Scale of each term of ``losses.vae_loss`` in the total: the paper's plain sum (Appendix A.1)."""
-        return {"recon": 1.0, "kl": 1.0}
+        """Scale of each term of ``losses.vae_loss`` in the total: the paper's plain sum (Appendix A.1), with the KL
+        weighted by ``beta`` (a beta-VAE, Higgins et al. 2017, Eq. 4)."""
+        return {"recon": 1.0, "kl": self.beta}
 
 
 @dataclass(frozen=True)
 class RNNConfig:
     """Memory model M on the VAE's latent sequences: the paper's MDN-RNN (Appendix A.2) with reward and done heads,
-    or an RSSM (``kind rssm``; Hafner et al. 2019, 2023)."""
+    an RSSM (``kind rssm``; Hafner et al. 2019, 2023) or a causal transformer (``kind transformer``)."""
 
-    kind: Literal["mdnrnn", "rssm"] = "mdnrnn"
-    """Dynamics kind this stage trains into RUN_DIR/rnn/ckpt: ``mdnrnn`` (LSTM + mixture of Gaussians, the paper)
-    or ``rssm`` (GRU deterministic state + stochastic latent with prior and posterior, ``models.rssm``). Every
-    later stage runs either."""
+    kind: Literal["mdnrnn", "rssm", "transformer"] = "mdnrnn"
+    """Dynamics kind this stage trains into RUN_DIR/rnn/ckpt: ``mdnrnn`` (LSTM + mixture of Gaussians, the paper),
+    ``rssm`` (GRU deterministic state + stochastic latent with prior and posterior, ``models.rssm``) or
+    ``transformer`` (causal transformer with a sliding attention window + the MDN-RNN's mixture head,
+    ``models.transformer``). Every later stage runs any of them."""
     dataset: str = "brownian"
     """Datasets under RUN_DIR/data/ whose episodes are encoded into latent sequences, as a recipe
     ``name[:weight],...``: a batch draws each sequence from dataset d with probability weight_d / sum."""
@@ -187,9 +196,16 @@ class RNNConfig:
     """Fraction of each dataset's episodes (its last ones, at least one when it has two or more) kept out of
     training; the reward delusion diagnostic is measured on them."""
     hidden_size: int = 256
-    """LSTM units."""
+    """LSTM units (the RSSM's GRU units; the transformer's d_model, which must be divisible by ``heads``)."""
     num_mixtures: int = 5
     """Gaussian components K of the mixture over z_{t+1}."""
+    layers: int = 2
+    """transformer only: number of decoder blocks (causal self-attention + MLP)."""
+    heads: int = 4
+    """transformer only: attention heads; ``hidden_size`` must be divisible by it."""
+    context: int = 64
+    """transformer only: attention window in steps: each step attends to itself and the ``context`` - 1 before it
+    (the size of its KV cache)."""
     obs: Literal["latent", "pixels"] = "latent"
     """RSSM only: what it observes. ``latent``: the frozen VAE's latents (cheap; the 2-core CPU path). ``pixels``:
     the frames, end to end: the VAE's conv encoder and decoder are trained together with the RSSM (its losses
@@ -258,10 +274,18 @@ class RNNConfig:
                 "free_nats": ">= 0",
                 "kl_dyn_weight": ">= 0",
                 "kl_rep_weight": ">= 0",
+                "layers": ">= 1",
+                "heads": ">= 1",
+                "context": ">= 1",
             },
         )
         if self.kind not in DYNAMICS_KINDS:
             raise ValueError(f"rnn.kind must be one of {', '.join(DYNAMICS_KINDS)}, got {self.kind!r}")
+        if self.kind == "transformer" and self.hidden_size % self.heads:
+            raise ValueError(
+                f"rnn.hidden_size (the transformer's d_model) must be divisible by rnn.heads, got --hidden-size "
+                f"{self.hidden_size} and --heads {self.heads}"
+            )
         if self.latent not in ("gaussian", "categorical"):
             raise ValueError(f"rnn.latent must be 'gaussian' or 'categorical', got {self.latent!r}")
         if self.obs not in ("latent", "pixels"):
@@ -275,7 +299,7 @@ class RNNConfig:
 
     @property
     def loss_scales(self) -> dict[str, float]:
-        """Scale of each loss term in the total: ``losses.rnn_step_loss``'s for the MDN-RNN, or
+        """Scale of each loss term in the total: ``losses.rnn_step_loss``'s for the MDN-RNN and the transformer, or
         ``losses.rssm_sequence_loss``'s for the RSSM (``reward_weight``, ``done_weight`` and the two KL weights)."""
         if self.kind == "rssm":
             return {"obs": 1.0, "reward": self.reward_weight, "cont": self.done_weight,
@@ -283,7 +307,7 @@ class RNNConfig:
         return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
 
 
-DYNAMICS_KINDS = ("mdnrnn", "rssm")
+DYNAMICS_KINDS = ("mdnrnn", "rssm", "transformer")
 """The dynamics kinds ``train_rnn.py --kind`` trains."""
 
 
@@ -436,6 +460,15 @@ class TestConfig:
     """How many of the episodes to record when ``video`` is on."""
     video_fps: int = 30
     """Frames per second of the videos."""
+    policy: Literal["controller", "cem", "cem-controller"] = "controller"
+    """Who acts: ``controller`` (C on [z, h], the paper); ``cem`` (model-predictive control: at every step CEM plans
+    in M's dream from the current state and the agent takes the plan's first action, each search warm-started from
+    the last plan; the ``cem`` section's settings); ``cem-controller`` (CEM whose every search starts from the
+    plan C would follow in the dream). A planner's results go to RUN_DIR/eval/POLICY/ (or --out)."""
+    ensemble: str = ""
+    """Planners only: comma-separated run directories whose rnn/ckpt join this run's M in an ensemble (same kind
+    and sizes, trained on this run's V's latents, e.g. with another --seed); plans are scored by mean return
+    minus ``cem.uncertainty_weight`` times the members' disagreement. Empty: this run's M alone."""
 
     def __post_init__(self):
         _check_ranges(
@@ -443,6 +476,10 @@ class TestConfig:
             "test",
             {"episodes": ">= 1", "workers": ">= 0", "max_steps": ">= 1", "video_episodes": ">= 0", "video_fps": ">= 1"},
         )
+        if self.policy not in ("controller", "cem", "cem-controller"):
+            raise ValueError(f"test.policy must be controller, cem or cem-controller, got {self.policy!r}")
+        if self.ensemble and self.policy == "controller":
+            raise ValueError("--ensemble scores a planner's plans; add --policy cem (or cem-controller)")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
-from worldmodels.agent import Agent, episode_step
+from worldmodels.agent import Agent, Planner, PlanState, episode_step, plan_episode_step
 from worldmodels.diagnostics import off_road
 from worldmodels.env import make_env
 from worldmodels.errors import TrainingDiverged
@@ -37,7 +38,7 @@ from worldmodels.models.dynamics import batched_initial_state
 
 @dataclass(frozen=True)
 class EpisodeResult:
-    """One real episode: its reset seed, return and length in steps, and the MDN-RNN's reward delusion
+    """One real episode: its reset seed, return and length in steps, the MDN-RNN's reward delusion
     counts (``diagnostics.reward_delusion``): off-road steps with negative real reward, and how many of
     them the MDN-RNN predicted as rewarded."""
 
@@ -46,6 +47,8 @@ class EpisodeResult:
     steps: int
     offroad_steps: int = 0
     deluded_steps: int = 0
+    constraint_steps: int = 0
+    """With a planner: the steps at which its off-road constraint rejected candidates (``agent.PlanStats``)."""
 
 
 def group_sizes(workers: int) -> list[int]:
@@ -91,6 +94,8 @@ class _Group:
     obs: np.ndarray | None = None
     state: Any = None
     t: int = 0
+    plan: PlanState | None = None
+    bound: np.ndarray | None = None
     returns: np.ndarray | None = None
     lengths: np.ndarray | None = None
     offroad: np.ndarray | None = None
@@ -136,6 +141,8 @@ def run_episodes(
     video_episodes: int = 0,
     fps: int = 30,
     progress: bool = True,
+    planner: Planner | None = None,
+    timing: dict | None = None,
 ) -> list[EpisodeResult]:
     """Run one real episode per seed with W parallel environments, pipelined in two groups.
 
@@ -163,6 +170,9 @@ def run_episodes(
         key: PRNG key of the latent noise (default ``jr.key(0)``).
         video_dir, video_episodes, fps: where, how many and at what rate to write videos.
         progress: show a progress bar with the running mean return.
+        planner: act by CEM planning in M's dream (``agent.plan_episode_step``) instead of with C's action.
+        timing: a dict that receives ``wall_s`` (the whole call), ``act_s`` (the agent's jitted steps, planning
+            included, waited for) and ``env_steps`` (steps of the episodes).
 
     Returns:
         One ``EpisodeResult`` per seed, in the order of ``seeds``.
@@ -207,12 +217,16 @@ def run_episodes(
         g.record &= video_dir is not None
         g.videos = [[] for _ in range(g.size)]
         g.predicted = None
+        g.bound = np.zeros(g.size, int)
+        if planner is not None:
+            g.plan = planner.initial(agent, g.size)
 
     def end_round(g: _Group) -> None:
         for i, pos in enumerate(g.index):
             results[pos] = EpisodeResult(
-                seeds[pos], float(g.returns[i]), int(g.lengths[i]), int(g.offroad[i]), int(g.deluded[i])
-            )
+                seeds[pos], float(g.returns[i]), int(g.lengths[i]), int(g.offroad[i]), int(g.deluded[i]),
+                int(g.bound[i]),
+            )  # fmt: skip
             if g.record[i]:
                 write_video(video_dir / f"episode_{seeds[pos]}.mp4", g.videos[i], fps=fps)
         bar.update(len(g.index))
@@ -220,22 +234,23 @@ def run_episodes(
 
     def act(g: _Group) -> None:
         """One jitted agent step on ``g``'s frames, then send ``g`` its actions."""
-        actions, g.state, g.pred_reward, frames = episode_step(
-            agent,
-            jnp.asarray(g.obs),
-            g.state,
-            key,
-            g.seeds,
-            np.asarray(g.t, np.int32),
-            with_frames=bool(g.record.any()),
-        )
+        t0 = time.perf_counter()
+        obs, t, with_frames = jnp.asarray(g.obs), np.asarray(g.t, np.int32), bool(g.record.any())
+        if planner is None:
+            actions, g.state, g.pred_reward, frames = episode_step(agent, obs, g.state, key, g.seeds, t, with_frames)
+        else:
+            actions, g.state, g.plan, g.pred_reward, frames, stats = plan_episode_step(
+                agent, planner, obs, g.state, g.plan, key, g.seeds, t, with_frames
+            )
+            g.bound += np.asarray(stats.constraint_bound) & g.active
+        actions = np.asarray(actions)
+        clock["act_s"] += time.perf_counter() - t0
         if frames is not None:
             recon, nxt = to_uint8(frames[0]), to_uint8(frames[1])
             for i in np.flatnonzero(g.record & g.active):
                 pred = g.predicted[i] if g.predicted is not None else np.zeros_like(g.obs[i])
                 g.videos[i].append(side_by_side([g.obs[i], recon[i], pred], ["real", "VAE", "MDN-RNN"]))
             g.predicted = nxt
-        actions = np.asarray(actions)
         bad = ~np.isfinite(actions).all(axis=1) & g.active
         if bad.any():
             raise TrainingDiverged(
@@ -245,6 +260,8 @@ def run_episodes(
         g.step_async(actions)
         g.t += 1
 
+    clock = {"act_s": 0.0}
+    start = time.perf_counter()
     try:
         envs = _vector_envs(workers, max_steps)
         groups = [_Group(env, env.num_envs) for env in envs]
@@ -273,6 +290,9 @@ def run_episodes(
         bar.close()
         for env in envs:
             env.close()
+    if timing is not None:
+        steps = sum(r.steps for r in results if r is not None)
+        timing.update(wall_s=time.perf_counter() - start, act_s=clock["act_s"], env_steps=steps)
     return results
 
 

@@ -57,6 +57,7 @@ from worldmodels.train import (
     rnn_hparams,
     train_rnn,
     train_vae,
+    vae_hparams,
 )
 
 # Completion checks (the pipeline skips finished stages)
@@ -135,7 +136,7 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
         )
         return
     sources = recipe_paths(run_dir, cfg.dataset)
-    _check_sizes(run_dir / "vae" / "ckpt", {"z_size": cfg.z_size})
+    _check_sizes(run_dir / "vae" / "ckpt", vae_hparams(cfg))
     record_config(run_dir, "vae", cfg)
     if vae_done(run_dir, cfg):
         print(f"VAE already trained ({run_dir / 'vae'})")
@@ -257,7 +258,7 @@ def _train_on_pixels(run_dir: Path, cfg: RNNConfig):
     model = train_pixel_rssm(run_dir / "rnn" / "pixels", data, cfg, vae.z_size, vae_cfg.kl_tolerance, init_vae=vae)
     extra = {"source": "pixels", "rnn_step": cfg.steps}
     checkpoint.save(run_dir / "vae" / "ckpt", pretrained_step + cfg.steps, model.vae, kind="vae",
-                    hparams={"z_size": vae.z_size}, extra=extra)  # fmt: skip
+                    hparams={"z_size": vae.z_size, "arch": vae.arch}, extra=extra)  # fmt: skip
     checkpoint.save(run_dir / "rnn" / "ckpt", cfg.steps, model.rssm, kind="rssm",
                     hparams=rnn_hparams(cfg, vae.z_size), extra=extra)  # fmt: skip
     _finish(run_dir / "rnn" / "pixels", ["total", "image", "recon", "obs", "kl", "reward"], "V + RSSM on pixels")

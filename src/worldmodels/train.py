@@ -25,8 +25,9 @@ from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
 from worldmodels.losses import kl_diag_normal, rnn_step_loss, rssm_sequence_loss, vae_loss, weighted_total
 from worldmodels.models import MDNRNN, ConvVAE
-from worldmodels.models.mdnrnn import rollout_sequence
+from worldmodels.models.mdnrnn import MDNOutput, rollout_sequence
 from worldmodels.models.rssm import RSSM
+from worldmodels.models.transformer import TransformerDynamics
 from worldmodels.models.vae import to_float
 from worldmodels.trainer import fit
 
@@ -34,8 +35,8 @@ from worldmodels.trainer import fit
 
 
 def vae_hparams(cfg: VAEConfig) -> dict[str, Any]:
-    """Keyword arguments that rebuild the VAE."""
-    return {"z_size": cfg.z_size}
+    """Keyword arguments that rebuild the VAE (``registry.build_vae``)."""
+    return {"z_size": cfg.z_size, "arch": cfg.arch}
 
 
 def frames_of(episodes: list[Episode]) -> np.ndarray:
@@ -97,7 +98,7 @@ def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> C
     ``losses.vae_loss``. With ``cfg.mirror`` half of each batch is flipped left-right.
     """
     mix = frames if isinstance(frames, FrameMix) else FrameMix.of([(frames, 1.0)])
-    model = ConvVAE(cfg.z_size, key=jr.key(cfg.seed))
+    model = ConvVAE(cfg.z_size, cfg.arch, key=jr.key(cfg.seed))
 
     def loss_fn(model, x, key):
         return vae_batch_loss(model, x, key, cfg.kl_tolerance, cfg.loss_scales)
@@ -314,11 +315,15 @@ def encode_episodes(
 
 
 def rnn_hparams(cfg: RNNConfig, z_size: int) -> dict[str, Any]:
-    """Keyword arguments that rebuild the stage's dynamics (an ``MDNRNN``, or an ``RSSM`` for ``kind rssm``)."""
+    """Keyword arguments that rebuild the stage's dynamics (an ``MDNRNN``, an ``RSSM`` for ``kind rssm``, or a
+    ``TransformerDynamics`` for ``kind transformer``)."""
     if cfg.kind == "rssm":
         return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "latent": cfg.latent,
                 "stoch": cfg.stoch, "classes": cfg.classes, "units": cfg.units}  # fmt: skip
-    return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
+    mdn = {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
+    if cfg.kind == "transformer":
+        return {**mdn, "layers": cfg.layers, "heads": cfg.heads, "context": cfg.context}
+    return mdn
 
 
 def window_indices(data: Any, step: int, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -361,12 +366,22 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
     }
 
 
-def rnn_loss(model: MDNRNN, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig):
-    """Masked mean MDN-RNN loss over a batch of windows; z is re-sampled from (mu, sigma) each call."""
+def mdn_sequence(model: MDNRNN | TransformerDynamics, z: jax.Array, actions: jax.Array) -> MDNOutput:
+    """Teacher-forced predictions of a mixture-head M over one sequence, z (T, Z) and actions (T, A) -> ``MDNOutput``
+    with a leading T (steps 1 .. T): the transformer's ``forward_sequence`` (all steps at once, banded causal mask),
+    the MDN-RNN's ``rollout_sequence`` (a ``lax.scan`` of its step)."""
+    if isinstance(model, TransformerDynamics):
+        return model.forward_sequence(z, actions)
+    return rollout_sequence(model, z, actions)[1]
+
+
+def rnn_loss(model: MDNRNN | TransformerDynamics, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig):
+    """Masked mean MDN-RNN loss over a batch of windows (also the transformer's: same head, same terms); z is
+    re-sampled from (mu, sigma) each call."""
     z = batch["mu"] + jnp.exp(0.5 * batch["logvar"]) * jr.normal(key, batch["mu"].shape)
 
     def one(z, actions, rewards, dones):
-        _, out = rollout_sequence(model, z[:-1], actions)
+        out = mdn_sequence(model, z[:-1], actions)
         return jax.vmap(
             lambda o, zn, r, d: rnn_step_loss(o, zn, r, d, reward_overpredict_weight=cfg.reward_overpredict_weight)
         )(out, z[1:], rewards, dones)
@@ -413,16 +428,19 @@ def rssm_loss(model: RSSM, batch: dict[str, jax.Array], key: jax.Array, cfg: RNN
     return metrics["total"], {**metrics, **diagnostics}
 
 
-DYNAMICS_NAMES = {"mdnrnn": "MDN-RNN", "rssm": "RSSM"}
+DYNAMICS_NAMES = {"mdnrnn": "MDN-RNN", "rssm": "RSSM", "transformer": "transformer"}
 """How messages and progress bars name each dynamics kind of the M stage."""
 
 
-def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RSSM:
-    """Train M on latent sequences of the frozen VAE: the MDN-RNN (Ha & Schmidhuber 2018, Sec. 2.2) or, with
-    ``cfg.kind == "rssm"``, the RSSM (Hafner et al. 2019; losses of Hafner et al. 2023, Eq. 5)."""
+def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RSSM | TransformerDynamics:
+    """Train M on latent sequences of the frozen VAE: the MDN-RNN (Ha & Schmidhuber 2018, Sec. 2.2), with
+    ``cfg.kind == "rssm"`` the RSSM (Hafner et al. 2019; losses of Hafner et al. 2023, Eq. 5), or with
+    ``cfg.kind == "transformer"`` the causal transformer (``models.transformer``; the MDN-RNN's loss)."""
     hparams = rnn_hparams(cfg, data.mu.shape[-1])
     if cfg.kind == "rssm":
         model, loss = RSSM(**hparams, key=jr.key(cfg.seed)), rssm_loss
+    elif cfg.kind == "transformer":
+        model, loss = TransformerDynamics(**hparams, key=jr.key(cfg.seed)), rnn_loss
     else:
         model, loss = MDNRNN(**hparams, key=jr.key(cfg.seed)), rnn_loss
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))

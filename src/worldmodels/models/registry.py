@@ -9,6 +9,7 @@ and every loader (``worldmodels.run_dir``) finds it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from worldmodels.models.actor import build_actor_critic
 from worldmodels.models.controller import LinearController
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.rssm import RSSM
+from worldmodels.models.transformer import TransformerDynamics
 from worldmodels.models.transition import GRUTransition
 from worldmodels.models.vae import ConvVAE
 
@@ -69,6 +71,16 @@ def kinds(role: str) -> dict[str, Kind]:
     return {n: k for n, k in KINDS.items() if k.role == role}
 
 
+def hparam_defaults(name: str | None) -> dict[str, Any]:
+    """The keyword defaults of kind ``name``'s builder ({} for an unknown kind): the value a checkpoint written
+    before a hyperparameter existed stands for (e.g. a VAE saved without ``arch`` is ``conv``)."""
+    kind = KINDS.get(name or "")
+    if kind is None:
+        return {}
+    params = inspect.signature(kind.build).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def kind_of(name: str | None, role: str, where: str) -> Kind:
     """The registered kind ``name``, which must fill ``role``.
 
@@ -90,9 +102,10 @@ def kind_of(name: str | None, role: str, where: str) -> Kind:
 # V
 
 
-def build_vae(z_size: int = 32) -> ConvVAE:
-    """ConvVAE skeleton for loading (kind ``vae``)."""
-    return ConvVAE(z_size, key=jr.key(0))
+def build_vae(z_size: int = 32, arch: str = "conv") -> ConvVAE:
+    """ConvVAE skeleton for loading (kind ``vae``); ``arch`` is ``conv`` (the paper's, and every checkpoint
+    written before the residual variant existed) or ``residual``."""
+    return ConvVAE(z_size, arch, key=jr.key(0))
 
 
 # M
@@ -120,6 +133,20 @@ def build_rssm(**hparams: Any) -> RSSM:
     return RSSM(**hparams, key=jr.key(0))
 
 
+def build_transformer(
+    z_size: int = 32,
+    action_size: int = 3,
+    hidden_size: int = 256,
+    num_mixtures: int = 5,
+    layers: int = 2,
+    heads: int = 4,
+    context: int = 64,
+) -> TransformerDynamics:
+    """Causal transformer skeleton for loading (kind ``transformer``): ``hidden_size`` is d_model; ``layers``,
+    ``heads`` and the attention window ``context`` as in ``train.rnn_hparams``."""
+    return TransformerDynamics(z_size, action_size, hidden_size, num_mixtures, layers, heads, context, key=jr.key(0))
+
+
 # C
 
 
@@ -138,6 +165,12 @@ register("vae", "vision", build_vae, "convolutional VAE on 64x64x3 frames (train
 register("mdnrnn", "dynamics", build_mdnrnn, "MDN-RNN: LSTM + mixture of Gaussians (train_rnn.py, gossip export)")
 register(
     "rssm", "dynamics", build_rssm, "RSSM: GRU + stochastic latent, prior and posterior (train_rnn.py --kind rssm)"
+)
+register(
+    "transformer",
+    "dynamics",
+    build_transformer,
+    "causal transformer (sliding window, RoPE) + mixture of Gaussians (train_rnn.py --kind transformer)",
 )
 register("gru", "dynamics", build_gru, "GRU transition with one Gaussian (train_gossip.py --flavour gru export)")
 register("controller", "controller", build_controller, "linear controller on [z, h] (train_dream.py)")

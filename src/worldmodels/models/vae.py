@@ -5,6 +5,12 @@ flattened to 2x2x256 = 1024, then dense layers to mu and log-variance of z (size
 Decoder: dense z -> 1024 (a 1x1x1024 map), then four stride-2 transposed convolutions with kernels
 5, 5, 6, 6 (128, 64, 32, 3 filters) back to 64x64x3, sigmoid output.
 
+``arch="residual"`` is a deeper variant: after each of the first three (transposed) convolutions of the
+encoder and of the decoder, a residual block x + conv3x3(relu(conv3x3(relu(x)))) at the same resolution
+and width (He et al. 2016, "Identity mappings in deep residual networks", the pre-activation block; the
+residual encoders and decoders of NVAE, Vahdat & Kautz 2020, and DreamerV3 are of this family). It adds
+six 3x3 convolutions (0.78 M parameters at Z = 32) to the paper's 4.35 M.
+
 ``encode`` and ``decode`` take one example or any leading batch axes: the convolutions are batched
 natively (NHWC) rather than through ``jax.vmap`` because the transposed convolution carries a custom
 VJP whose weight gradient is one matmul over the whole batch. XLA:CPU computes that gradient with
@@ -87,6 +93,33 @@ class Conv2dS2(eqx.Module):
         return lax.conv_general_dilated(x, self.weight, (2, 2), "VALID", dimension_numbers=_DN) + self.bias
 
 
+class ResBlock(eqx.Module):
+    """Pre-activation residual block on NHWC maps: x + conv2(relu(conv1(relu(x)))), two 3x3 SAME convolutions
+    of ``channels`` filters (He et al. 2016, Eq. 1 with the full pre-activation unit of their Fig. 4e)."""
+
+    w1: Float[Array, "3 3 C C"]
+    b1: Float[Array, " C"]
+    w2: Float[Array, "3 3 C C"]
+    b2: Float[Array, " C"]
+
+    def __init__(self, channels: int, *, key: PRNGKeyArray):
+        k1, k2 = jr.split(key)
+        self.w1, self.b1 = _uniform_init(k1, 3, channels, channels, fan_in=channels * 9)
+        self.w2, self.b2 = _uniform_init(k2, 3, channels, channels, fan_in=channels * 9)
+        # Start each block near the identity so the deeper model begins as the paper's.
+        self.w2, self.b2 = 0.1 * self.w2, 0.1 * self.b2
+
+    def __call__(self, x: Float[Array, "N H W C"]) -> Float[Array, "N H W C"]:
+        def conv(v, w, b):
+            return lax.conv_general_dilated(v, w, (1, 1), "SAME", dimension_numbers=_DN) + b
+
+        return x + conv(jax.nn.relu(conv(jax.nn.relu(x), self.w1, self.b1)), self.w2, self.b2)
+
+
+VAE_ARCHS = ("conv", "residual")
+"""Vision architectures of ``ConvVAE``: the paper's (``conv``) and the deeper residual one (``residual``)."""
+
+
 class ConvTranspose2dS2(eqx.Module):
     """Stride-2 VALID transposed convolution on NHWC maps, output side 2 (H - 1) + k."""
 
@@ -106,6 +139,11 @@ class ConvVAE(eqx.Module):
 
     Attributes:
         z_size: latent size Z.
+        arch: ``conv`` (the paper's) or ``residual`` (a residual block after each of the first three
+            convolutions of the encoder and of the decoder, see the module docstring).
+
+    Raises:
+        ValueError: for an ``arch`` outside ``VAE_ARCHS``.
     """
 
     enc: tuple[Conv2dS2, ...]
@@ -113,10 +151,15 @@ class ConvVAE(eqx.Module):
     fc_logvar: eqx.nn.Linear
     fc_dec: eqx.nn.Linear
     dec: tuple[ConvTranspose2dS2, ...]
+    res_enc: tuple[ResBlock, ...]
+    res_dec: tuple[ResBlock, ...]
     z_size: int = eqx.field(static=True)
+    arch: str = eqx.field(static=True)
 
-    def __init__(self, z_size: int = 32, *, key: PRNGKeyArray):
-        keys = jr.split(key, 11)
+    def __init__(self, z_size: int = 32, arch: str = "conv", *, key: PRNGKeyArray):
+        if arch not in VAE_ARCHS:
+            raise ValueError(f"VAE arch must be one of {', '.join(VAE_ARCHS)}, got {arch!r}")
+        keys = jr.split(key, 12)
         chans = (3, 32, 64, 128, 256)
         self.enc = tuple(Conv2dS2(chans[i], chans[i + 1], 4, key=keys[i]) for i in range(4))
         self.fc_mu = eqx.nn.Linear(1024, z_size, key=keys[4])
@@ -125,14 +168,20 @@ class ConvVAE(eqx.Module):
         dchans = (1024, 128, 64, 32, 3)
         kernels = (5, 5, 6, 6)
         self.dec = tuple(ConvTranspose2dS2(dchans[i], dchans[i + 1], kernels[i], key=keys[7 + i]) for i in range(4))
-        self.z_size = z_size
+        rkeys = jr.split(keys[11], 6)
+        residual = arch == "residual"
+        self.res_enc = tuple(ResBlock(chans[i + 1], key=rkeys[i]) for i in range(3)) if residual else ()
+        self.res_dec = tuple(ResBlock(dchans[i + 1], key=rkeys[3 + i]) for i in range(3)) if residual else ()
+        self.z_size, self.arch = z_size, arch
 
     def encode(self, x: Float[Array, "*B 64 64 3"]) -> tuple[Float[Array, "*B Z"], Float[Array, "*B Z"]]:
         """Frames (float32 HWC in [0, 1], any leading axes) -> (mu, logvar), each float32 (*B, Z)."""
         lead = x.shape[:-3]
         h = x.reshape((-1,) + x.shape[-3:])
-        for conv in self.enc:
+        for i, conv in enumerate(self.enc):
             h = jax.nn.relu(conv(h))
+            if i < len(self.res_enc):
+                h = self.res_enc[i](h)
         h = h.reshape(h.shape[0], -1)
         mu = jax.vmap(self.fc_mu)(h).reshape(lead + (self.z_size,))
         logvar = jax.vmap(self.fc_logvar)(h).reshape(lead + (self.z_size,))
@@ -145,6 +194,8 @@ class ConvVAE(eqx.Module):
         for i, deconv in enumerate(self.dec):
             h = deconv(h)
             h = jax.nn.relu(h) if i < len(self.dec) - 1 else jax.nn.sigmoid(h)
+            if i < len(self.res_dec):
+                h = self.res_dec[i](h)
         return h.reshape(lead + (64, 64, 3))
 
     def __call__(
