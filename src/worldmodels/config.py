@@ -483,6 +483,64 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class CEMConfig:
+    """Settings of the cross-entropy-method planner.
+
+    The defaults of H, N, k and I are PlaNet's (Hafner et al. 2019, Sec. 3, "Planning algorithm"). Static under
+    ``jax.jit``: a changed field compiles a new planner.
+    """
+
+    horizon: int = 12
+    """H, the planned steps (PlaNet: 12)."""
+    candidates: int = 1000
+    """N, action sequences drawn per iteration (PlaNet: 1000)."""
+    top_k: int = 100
+    """k, the elite refitted to per iteration, 1 <= k <= N (PlaNet: 100)."""
+    iterations: int = 10
+    """I, CEM iterations per planning call (PlaNet: 10)."""
+    init_std: float = 0.5
+    """The belief's standard deviation at the first iteration, in action units, per dimension (> 0)."""
+    min_std: float = 0.05
+    """Floor of the refitted standard deviation, action units (>= 0), so the search never collapses to a point."""
+    temperature: float = 1.0
+    """tau > 0 of the dream's next-latent sampling (``mdnrnn.sample_next_z``; Ha & Schmidhuber 2018, Sec. 4)."""
+    sample_z: bool = True
+    """Sample z_{t+1} from the mixture (True) or take the mean of its likeliest component (``most_likely_z``)."""
+    discount: float = 1.0
+    """gamma in (0, 1]: the return is sum_t gamma^t r_{t+1} (PlaNet: 1, an undiscounted sum)."""
+    done_threshold: float = 0.5
+    """The dream ends once sigmoid(done_logit) exceeds this, in [0, 1] (as ``dream.dream_step``)."""
+    uncertainty_weight: float = 0.0
+    """lambda >= 0 of the ensemble-disagreement penalty: score = mean return - lambda * disagreement."""
+    offroad_threshold: float = 0.0
+    """Largest allowed fraction of the horizon off-road, in [0, 1); 0 turns the constraint off."""
+    offroad_reward: float = 0.0
+    """A step whose predicted reward is below this counts as off-road (reward units)."""
+
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "cem",
+            {
+                "horizon": ">= 1",
+                "candidates": ">= 1",
+                "top_k": ">= 1",
+                "iterations": ">= 1",
+                "init_std": "> 0",
+                "min_std": ">= 0",
+                "temperature": "> 0",
+                "discount": "in (0, 1]",
+                "done_threshold": "in [0, 1]",
+                "uncertainty_weight": ">= 0",
+                "offroad_threshold": "in [0, 1)",
+                "offroad_reward": "in [-1e9, 1e9]",
+            },
+        )
+        if self.top_k > self.candidates:
+            raise ValueError(f"cem.top_k must be <= cem.candidates ({self.candidates}), got {self.top_k}")
+
+
+@dataclass(frozen=True)
 class IterateConfig:
     """The Sim2Real2Sim loop: real test -> on-policy collection -> MDN-RNN fine-tuning -> CMA-ES again."""
 
@@ -689,12 +747,14 @@ class Preset:
     iterate: IterateConfig = field(default_factory=IterateConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    cem: CEMConfig = field(default_factory=CEMConfig)
 
 
 _SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig, IterateConfig)}
 """The stage configs a preset nests, by the type name its fields carry (annotations are strings here)."""
 _SECTIONS[GossipConfig.__name__] = GossipConfig
 _SECTIONS[ActorCriticConfig.__name__] = ActorCriticConfig
+_SECTIONS[CEMConfig.__name__] = CEMConfig
 
 
 def merge_config(cls: type, overrides: dict[str, Any], where: str) -> Any:

@@ -305,13 +305,15 @@ def ci95(returns: np.ndarray) -> float:
 
 def summarize(results: list[EpisodeResult]) -> dict:
     """Per-episode seeds, returns and lengths plus mean (with ``ci95``, the half-width of its 95 % Student-t
-    interval), std, min and max of the returns, and the
-    MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none)."""
+    interval), std, min and max of the returns, the
+    MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none), and the steps at
+    which a planner's off-road constraint bound (``constraint_steps``, 0 without one)."""
     rets = np.array([r.ret for r in results])
     offroad = sum(r.offroad_steps for r in results)
     return {
         "reward_delusion": sum(r.deluded_steps for r in results) / offroad if offroad else None,
         "offroad_steps": offroad,
+        "constraint_steps": sum(r.constraint_steps for r in results),
         "episodes": [
             {"seed": r.seed, "return": r.ret, "steps": r.steps, "offroad_steps": r.offroad_steps} for r in results
         ],

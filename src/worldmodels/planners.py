@@ -41,76 +41,17 @@ All functions act on one environment and are pure and jittable; ``jax.vmap`` the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from worldmodels.config import CEMConfig
 from worldmodels.models.dynamics import Dynamics
 from worldmodels.models.mdnrnn import MDNOutput, MixtureNoise, mixture_noise, most_likely_z, sample_next_z_from_noise
-
-
-@dataclass(frozen=True)
-class CEMConfig:
-    """Settings of the cross-entropy-method planner.
-
-    The defaults of H, N, k and I are PlaNet's (Hafner et al. 2019, Sec. 3, "Planning algorithm"). Static under
-    ``jax.jit``: a changed field compiles a new planner.
-    """
-
-    horizon: int = 12
-    """H, the planned steps (PlaNet: 12)."""
-    candidates: int = 1000
-    """N, action sequences drawn per iteration (PlaNet: 1000)."""
-    top_k: int = 100
-    """k, the elite refitted to per iteration, 1 <= k <= N (PlaNet: 100)."""
-    iterations: int = 10
-    """I, CEM iterations per planning call (PlaNet: 10)."""
-    init_std: float = 0.5
-    """The belief's standard deviation at the first iteration, in action units, per dimension (> 0)."""
-    min_std: float = 0.05
-    """Floor of the refitted standard deviation, action units (>= 0), so the search never collapses to a point."""
-    temperature: float = 1.0
-    """tau > 0 of the dream's next-latent sampling (``mdnrnn.sample_next_z``; Ha & Schmidhuber 2018, Sec. 4)."""
-    sample_z: bool = True
-    """Sample z_{t+1} from the mixture (True) or take the mean of its likeliest component (``most_likely_z``)."""
-    discount: float = 1.0
-    """gamma in (0, 1]: the return is sum_t gamma^t r_{t+1} (PlaNet: 1, an undiscounted sum)."""
-    done_threshold: float = 0.5
-    """The dream ends once sigmoid(done_logit) exceeds this, in [0, 1] (as ``dream.dream_step``)."""
-    uncertainty_weight: float = 0.0
-    """lambda >= 0 of the ensemble-disagreement penalty: score = mean return - lambda * disagreement."""
-    offroad_threshold: float = 0.0
-    """Largest allowed fraction of the horizon off-road, in [0, 1); 0 turns the constraint off."""
-    offroad_reward: float = 0.0
-    """A step whose predicted reward is below this counts as off-road (reward units)."""
-
-    def __post_init__(self):
-        checks = [
-            (self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}"),
-            (self.candidates >= 1, f"candidates must be >= 1, got {self.candidates}"),
-            (
-                1 <= self.top_k <= self.candidates,
-                f"top_k must be in [1, candidates={self.candidates}], got {self.top_k}",
-            ),
-            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
-            (self.init_std > 0, f"init_std must be > 0, got {self.init_std}"),
-            (self.min_std >= 0, f"min_std must be >= 0, got {self.min_std}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (0 < self.discount <= 1, f"discount must be in (0, 1], got {self.discount}"),
-            (0 <= self.done_threshold <= 1, f"done_threshold must be in [0, 1], got {self.done_threshold}"),
-            (self.uncertainty_weight >= 0, f"uncertainty_weight must be >= 0, got {self.uncertainty_weight}"),
-            (0 <= self.offroad_threshold < 1, f"offroad_threshold must be in [0, 1), got {self.offroad_threshold}"),
-            (np.isfinite(self.offroad_reward), f"offroad_reward must be finite, got {self.offroad_reward}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 class RolloutExtras(NamedTuple):

@@ -12,14 +12,17 @@ import dataclasses
 import json
 from pathlib import Path
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from worldmodels import checkpoint
-from worldmodels.agent import Agent
+from worldmodels.agent import Agent, Planner
 from worldmodels.config import (
     ActorCriticConfig,
+    CEMConfig,
     CollectConfig,
     DreamConfig,
     Preset,
@@ -32,10 +35,12 @@ from worldmodels.config import (
 )
 from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
 from worldmodels.dream import DreamStart, mid_episode_starts
+from worldmodels.env import ACTION_HIGH, ACTION_LOW
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
 from worldmodels.models.registry import controller_hparams
+from worldmodels.planners import stack_ensemble
 from worldmodels.run_dir import (
     dataset_dir,
     dynamics_meta,
@@ -447,20 +452,65 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
 
-def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
+def planner_of(run_dir: Path, agent: Agent, cfg: TestConfig, cem: CEMConfig) -> Planner | None:
+    """The CEM planner ``cfg.policy`` asks for (``None`` for ``controller``), scoring plans in the run's M or, with
+    ``cfg.ensemble``, in an ensemble of the run's M (member 0) and the other runs' M.
+
+    Raises:
+        MissingInput, CheckpointError: an ensemble run without a dynamics checkpoint, or one whose M differs from
+            this run's in kind or sizes (both named), or was trained on another V's latents.
+    """
+    if cfg.policy == "controller":
+        return None
+    members, ensemble = [agent.dynamics], bool(cfg.ensemble)
+    if ensemble:
+        _, meta = load_dynamics(run_dir)
+        for entry in (e.strip() for e in cfg.ensemble.split(",") if e.strip()):
+            other, other_meta = load_dynamics(Path(entry), expected=meta["hparams"])
+            if other_meta["kind"] != meta["kind"]:
+                raise checkpoint.CheckpointError(
+                    f"--ensemble {entry}: its M is a {other_meta['kind']!r}, this run's a {meta['kind']!r}; an "
+                    "ensemble needs one kind"
+                )
+            other_vae, _ = load_vae(Path(entry))
+            ours, theirs = (jax.tree.leaves(eqx.filter(v, eqx.is_array)) for v in (agent.vae, other_vae))
+            if len(ours) != len(theirs) or not all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)):
+                raise checkpoint.CheckpointError(
+                    f"--ensemble {entry}: its V differs from {run_dir}'s, so its M reads other latents; train it on "
+                    "this run's V (link vae/ and rnn/latents/, as experiments/dynamics_compare.sh does)"
+                )
+            members.append(other)
+    dynamics = stack_ensemble(members) if ensemble else agent.dynamics
+    low, high = jnp.asarray(ACTION_LOW), jnp.asarray(ACTION_HIGH)
+    return Planner(dynamics, low, high, cem, ensemble, seeded=cfg.policy == "cem-controller")
+
+
+def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMConfig | None = None) -> dict:
     """Score V + M + C in the real environment; writes ``out`` (default ``RUN_DIR/eval/results.json``) and
     videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``).
 
-    The test config is recorded in ``RUN_DIR/config.json``, or, when ``out`` is given, in a ``config.json``
-    next to ``out``: with ``out`` outside the run directory, the run directory is only read. A frozen run
-    directory (a shipped agent, ``run_dir.frozen``) is always only read: without ``out`` its results go to a
-    fresh ``runs/NAME-eval-TIME/eval/`` (``run_dir.results_path``)."""
+    With ``cfg.policy`` ``cem`` or ``cem-controller`` a CEM planner acts instead of C (``planner_of``; ``cem`` its
+    settings, default ``CEMConfig()``), and the default ``out`` is ``RUN_DIR/eval/POLICY[-ensemble]/results.json``;
+    its summary adds the planner's settings, how often the off-road constraint bound and the planning time.
+
+    The test config is recorded in ``RUN_DIR/config.json`` (section ``test``, or ``test_POLICY`` for a planner), or,
+    when ``out`` is given, in a ``config.json`` next to ``out``: with ``out`` outside the run directory, the run
+    directory is only read. A frozen run directory (a shipped agent, ``run_dir.frozen``) is always only read:
+    without ``out`` its results go to a fresh ``runs/NAME-eval-TIME/eval/`` (``run_dir.results_path``)."""
     run_dir = Path(run_dir)
+    cem = cem or CEMConfig()
     agent = load_agent(run_dir)
+    planner = planner_of(run_dir, agent, cfg, cem)
+    name = cfg.policy + ("-ensemble" if cfg.ensemble else "")
     in_run = out is None and not frozen(run_dir)
+    if planner is not None and out is None:
+        out = results_path(run_dir).parent / name / "results.json"
     out = results_path(run_dir, out)
-    record_config(run_dir if in_run else out.parent, "test", cfg)
+    record_config(run_dir if in_run else out.parent, "test" if planner is None else f"test_{name}", cfg)
+    if planner is not None:
+        record_config(run_dir if in_run else out.parent, f"cem_{name}", cem)
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
+    timing: dict = {}
     results = run_episodes(
         agent,
         seeds,
@@ -470,16 +520,31 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None) -> dict:
         video_dir=out.parent if cfg.video else None,
         video_episodes=cfg.video_episodes,
         fps=cfg.video_fps,
+        planner=planner,
+        timing=timing,
     )
     summary = summarize(results)
+    summary["timing"] = {**timing, "env_steps_per_s": timing["env_steps"] / max(timing["wall_s"], 1e-9),
+                         "agent_share": timing["act_s"] / max(timing["wall_s"], 1e-9)}  # fmt: skip
+    if planner is not None:
+        members = [str(run_dir)] + [e.strip() for e in cfg.ensemble.split(",") if e.strip()]
+        bound = summary["constraint_steps"] / max(timing["env_steps"], 1)
+        summary["planner"] = {"policy": cfg.policy, "ensemble": members, "cem": dataclasses.asdict(cem),
+                              "constraint_fraction": bound}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out)
     delusion = summary["reward_delusion"]
     print(
-        f"{summary['n']} real episodes: {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the mean "
-        f"+- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
-        f"{'n/a' if delusion is None else f'{delusion:.3f}'} over {summary['offroad_steps']} off-road steps -> {out}"
+        f"{summary['n']} real episodes ({name}): {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the "
+        f"mean +- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
+        f"{'n/a' if delusion is None else f'{delusion:.3f}'} over {summary['offroad_steps']} off-road steps; "
+        f"{summary['timing']['env_steps_per_s']:.0f} env steps/s, the agent's share of the time "
+        f"{100 * summary['timing']['agent_share']:.0f} % -> {out}"
     )
+    if planner is not None and cem.offroad_threshold > 0:
+        print(f"off-road constraint bound at {100 * summary['planner']['constraint_fraction']:.1f} % of the steps")
     return summary
 
 
