@@ -83,7 +83,12 @@ def _sizes(args: Args) -> dict[str, int]:
     }
     if args.small:
         sizes.update(
-            vae_steps=3, rnn_seq_len=100, rnn_steps=3, encode_frames=1000, eval_max_steps=50, collect_max_steps=50,
+            vae_steps=3,
+            rnn_seq_len=100,
+            rnn_steps=3,
+            encode_frames=1000,
+            eval_max_steps=50,
+            collect_max_steps=50,
             episodes_per_worker=1,
         )
     return sizes

@@ -276,3 +276,36 @@ def test_real_models_vmapped_over_environments():
         plan_returns(rnn, z[0], rnn.initial_state(), means[:1], None, cfg)
     with pytest.raises(ValueError, match="member 1"):
         stack_ensemble([rnn, MDNRNN(4, 3, 16, 2, key=jr.key(0))])
+
+
+def test_agent_plan_step_acts_by_cem_and_every_member_follows_the_real_episode():
+    """``agent.plan_episode_step``: the action is ``cem_plan``'s from the same latent and key; M and each ensemble
+    member then consume the real (z_t, a_t), so members identical to M carry M's own state."""
+    from worldmodels.agent import Agent, Planner, _encode, _episode_eps, _episode_keys, plan_episode_step
+    from worldmodels.models import ConvVAE
+
+    low, high = jnp.asarray(ACTION_LOW), jnp.asarray(ACTION_HIGH)
+    rnn = MDNRNN(4, 3, 8, 2, key=jr.key(0))
+    ctrl = LinearController.from_flat(jr.normal(jr.key(4), (LinearController.num_params(4, 8),)), 4, 8)
+    agent = Agent(ConvVAE(4, key=jr.key(1)), rnn, ctrl)
+    cfg = CEMConfig(horizon=4, candidates=16, top_k=4, iterations=2)
+    w, key, seeds = 2, jr.key(3), jnp.array([7, 9], jnp.uint32)
+    obs = jr.randint(jr.key(2), (w, 64, 64, 3), 0, 255).astype(jnp.uint8)
+    state = batched_initial_state(rnn, w)
+    for ensemble in (False, True):
+        planner = Planner(stack_ensemble([rnn, rnn]) if ensemble else rnn, low, high, cfg, ensemble)
+        plan = planner.initial(agent, w)
+        actions, new_state, plan2, _, _, stats = plan_episode_step(agent, planner, obs, state, plan, key, seeds, 0)
+        keys = _episode_keys(key, seeds, jnp.int32(0))
+        _, z = _encode(agent, obs, _episode_eps(agent, keys))
+        start = plan.mean[0]
+        want = jax.vmap(lambda z, k: cem_plan(rnn, z, rnn.initial_state(), start, k, cfg, low, high))(  # noqa: B023
+            z, jax.vmap(lambda k: jr.fold_in(k, 1))(keys)
+        )
+        np.testing.assert_allclose(actions, want.action, atol=1e-5)
+        np.testing.assert_allclose(plan2.mean, want.mean, atol=1e-5)
+        assert stats.predicted_return.shape == (w,) and stats.constraint_bound.dtype == jnp.bool_
+        if ensemble:
+            for member in range(2):
+                np.testing.assert_allclose(plan2.members.h[:, member], new_state.h, atol=1e-6)
+            np.testing.assert_allclose(stats.disagreement, 0.0, atol=1e-6)  # two copies of one M agree

@@ -171,6 +171,17 @@ def test_every_script_end_to_end(tmp_path):
     assert json.loads(elsewhere.read_text())["n"] == 1
     assert json.loads((elsewhere.parent / "config.json").read_text())["test"]["episodes"] == 1
 
+    # A CEM planner acts instead of C, each search started from C's plan, scoring plans in a two-member ensemble.
+    cem = ["--policy", "cem-controller", "--ensemble", rd, "--episodes", "1", "--max-steps", "20", "--no-video"]
+    cem += ["--cem.candidates", "16", "--cem.top-k", "4", "--cem.iterations", "2", "--cem.offroad-threshold", "0.5"]
+    run("test_agent.py", *common, *cem)
+    planned = json.loads((run_dir / "eval" / "cem-controller-ensemble" / "results.json").read_text())
+    assert planned["n"] == 1 and planned["episodes"][0]["steps"] == 20 and planned["timing"]["env_steps"] == 20
+    assert planned["planner"]["cem"]["candidates"] == 16 and len(planned["planner"]["ensemble"]) == 2
+    assert 0 <= planned["planner"]["constraint_fraction"] <= 1
+    assert json.loads((run_dir / "eval" / "results.json").read_text()) == results  # C's results untouched
+    before = snapshot()
+
     # Everything is done: the pipeline skips every stage and prints its table.
     out = run("pipeline.py", *common).stdout
     assert out.count("skipped") == 5 and "real CarRacing-v3 score" in out

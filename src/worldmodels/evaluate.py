@@ -172,7 +172,8 @@ def run_episodes(
         progress: show a progress bar with the running mean return.
         planner: act by CEM planning in M's dream (``agent.plan_episode_step``) instead of with C's action.
         timing: a dict that receives ``wall_s`` (the whole call), ``act_s`` (the agent's jitted steps, planning
-            included, waited for) and ``env_steps`` (steps of the episodes).
+            included, waited for) and ``env_steps`` (steps of the episodes); with a planner also
+            ``predicted_return`` and ``disagreement``, the means over those steps of ``agent.PlanStats``.
 
     Returns:
         One ``EpisodeResult`` per seed, in the order of ``seeds``.
@@ -243,6 +244,8 @@ def run_episodes(
                 agent, planner, obs, g.state, g.plan, key, g.seeds, t, with_frames
             )
             g.bound += np.asarray(stats.constraint_bound) & g.active
+            clock["predicted_return"] += float(np.sum(np.asarray(stats.predicted_return) * g.active))
+            clock["disagreement"] += float(np.sum(np.asarray(stats.disagreement) * g.active))
         actions = np.asarray(actions)
         clock["act_s"] += time.perf_counter() - t0
         if frames is not None:
@@ -260,7 +263,7 @@ def run_episodes(
         g.step_async(actions)
         g.t += 1
 
-    clock = {"act_s": 0.0}
+    clock = {"act_s": 0.0, "predicted_return": 0.0, "disagreement": 0.0}
     start = time.perf_counter()
     try:
         envs = _vector_envs(workers, max_steps)
@@ -293,6 +296,9 @@ def run_episodes(
     if timing is not None:
         steps = sum(r.steps for r in results if r is not None)
         timing.update(wall_s=time.perf_counter() - start, act_s=clock["act_s"], env_steps=steps)
+        if planner is not None:
+            timing.update(predicted_return=clock["predicted_return"] / max(steps, 1))
+            timing.update(disagreement=clock["disagreement"] / max(steps, 1))
     return results
 
 
