@@ -1,4 +1,4 @@
-"""Supervised training of V and M: the VAE and the M stage (an MDN-RNN or an RSSM), their data (frame mixes,
+"""Supervised training of V and M: the VAE and the M stage (an MDN-RNN, an RSSM or a transformer), their data (frame mixes,
 latent sequences, training windows) and losses.
 
 Both train through the project's one training loop (``worldmodels.trainer.fit``) and resume from their

@@ -11,7 +11,8 @@ an ``h`` of shape (H,) with H = ``hidden_size``; anything else in the state (an 
 stochastic part, a transformer's KV cache) is the model's own business. Every initial state comes from
 ``initial_state()``; nothing outside the model builds one.
 
-Implemented by ``MDNRNN`` (kind ``mdnrnn``), ``RSSM`` (kind ``rssm``) and ``GRUTransition`` (kind ``gru``); a new
+Implemented by ``MDNRNN`` (kind ``mdnrnn``), ``RSSM`` (kind ``rssm``), ``TransformerDynamics`` (kind
+``transformer``) and ``GRUTransition`` (kind ``gru``); a new
 kind implements this protocol and registers its builder in ``worldmodels.models.registry`` (see docs/ARCHITECTURE.md,
 "Adding a world-model kind").
 """
