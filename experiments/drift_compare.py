@@ -10,8 +10,12 @@ the M stage holds out with the same fraction, so no model trained on them.
 
     uv run python experiments/drift_compare.py --runs runs/wm0 runs/rssm2 --out runs/drift
 
-Writes ``OUT/drift.json`` (per run: horizons, latent and pixel error) and ``OUT/drift.png``, and prints a
-table at a few horizons.
+It also scores each M teacher-forced on the same held-out episodes (each step reads the real frame's latent and
+action, ``teacher_forced``): the negative log-likelihood of the next real latent under M's predicted mixture (nats
+per latent dimension, ``losses.mdn_nll``) and the mean squared error of the predicted reward.
+
+Writes ``OUT/drift.json`` (per run: horizons, latent and pixel error, one-step NLL and reward error) and
+``OUT/drift.png``, and prints a table at a few horizons.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import tyro
 
 from worldmodels.config import GossipConfig
 from worldmodels.data import load_episodes
 from worldmodels.gossip.drift import drift_metrics
+from worldmodels.losses import mdn_nll
 from worldmodels.models.joint import JointWorldModel
+from worldmodels.models.vae import to_float
 from worldmodels.pixels import FrameSequences
 from worldmodels.run_dir import load_dynamics, load_vae, recipe_paths
 
@@ -63,6 +71,35 @@ def as_world_model(run_dir: Path) -> tuple[JointWorldModel, str]:
     return jax.tree.map(lambda x: x[None] if eqx.is_array(x) else x, model), str(meta.get("kind"))
 
 
+@eqx.filter_jit
+def _teacher_forced(vae, dynamics, frames, actions, rewards):
+    mu, _ = vae.encode(to_float(frames))
+
+    def step(state, inputs):
+        z, a = inputs
+        return dynamics(z, a, state)
+
+    _, out = jax.lax.scan(step, dynamics.initial_state(), (mu[:-1], actions))
+    nll = jax.vmap(mdn_nll)(out, mu[1:])
+    return jnp.mean(nll), jnp.mean((out.reward - rewards) ** 2)
+
+
+def teacher_forced(run_dir: Path, data: FrameSequences, episodes: int) -> dict[str, float]:
+    """M's one-step predictions on the first ``episodes`` held-out episodes of ``data``, teacher-forced through its
+    protocol step (any kind; the transformer with its KV cache): the mean NLL of V's encoding of each next real
+    frame (nats per latent dimension) and the mean squared error of the predicted reward, averaged over episodes."""
+    vae, _ = load_vae(run_dir)
+    dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
+    nlls, errs = [], []
+    for e in np.flatnonzero(data.heldout)[:episodes]:
+        o, a, n = data.obs_start[e], data.act_start[e], data.lengths[e]
+        frames, actions = jnp.asarray(data.frames[o : o + n + 1]), jnp.asarray(data.actions[a : a + n])
+        nll, err = _teacher_forced(vae, dynamics, frames, actions, jnp.asarray(data.rewards[a : a + n]))
+        nlls.append(float(nll))
+        errs.append(float(err))
+    return {"next_z_nll": float(np.mean(nlls)), "reward_mse": float(np.mean(errs))}
+
+
 def main(args: Args) -> None:
     import matplotlib
 
@@ -83,7 +120,8 @@ def main(args: Args) -> None:
         model, kind = as_world_model(run)
         m = drift_metrics(model, data, cfg)
         results[str(run)] = {"kind": kind, "horizons": m["horizons"], "episodes": m["episodes"],
-                             "latent": m["latent"][0], "pixel": m["pixel"][0]}  # fmt: skip
+                             "latent": m["latent"][0], "pixel": m["pixel"][0],
+                             **teacher_forced(run, data, args.episodes)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "drift.json").write_text(json.dumps(results, indent=2))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -96,13 +134,18 @@ def main(args: Args) -> None:
     fig.tight_layout()
     fig.savefig(args.out / "drift.png", dpi=100)
     show = [h for h in (1, 10, 50, 100, 300, 900) if any(h in r["horizons"] for r in results.values())]
-    print("| run (kind) | episodes | " + " | ".join(f"latent / pixel @ {h}" for h in show) + " |")
+    print(
+        "| run (kind) | episodes | next-z NLL | reward MSE | "
+        + " | ".join(f"latent / pixel @ {h}" for h in show)
+        + " |"
+    )
     for run, r in results.items():
         cells = []
         for h in show:
             i = r["horizons"].index(h) if h in r["horizons"] else None
             cells.append("-" if i is None else f"{r['latent'][i]:.3f} / {r['pixel'][i]:.4f}")
-        print(f"| {Path(run).name} ({r['kind']}) | {r['episodes']} | " + " | ".join(cells) + " |")
+        one_step = f"{r['next_z_nll']:.3f} | {r['reward_mse']:.3f}"
+        print(f"| {Path(run).name} ({r['kind']}) | {r['episodes']} | {one_step} | " + " | ".join(cells) + " |")
     print(f"-> {args.out / 'drift.json'}, {args.out / 'drift.png'}")
 
 

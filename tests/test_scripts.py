@@ -131,6 +131,7 @@ def _pixel_path_on(rd, px):
     table = json.loads((px / "drift" / "drift.json").read_text())
     assert [r["kind"] for r in table.values()] == ["rssm", "rssm"] and (px / "drift" / "drift.png").is_file()
     assert all(r["horizons"] == [1, 5] and np.all(np.isfinite(r["pixel"])) for r in table.values())
+    assert all(np.isfinite(r["next_z_nll"]) and r["reward_mse"] >= 0 for r in table.values())
 
 
 def test_every_script_end_to_end(tmp_path):
