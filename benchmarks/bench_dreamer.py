@@ -4,7 +4,8 @@ Measures, in one run, at the ``dreamer_quick`` preset's sizes (Z 32, GRU 256, Ga
 
 * RSSM training, sequence-steps/s (B x L per update): the jitted update of ``train.rssm_loss`` (gradient clip +
   Adam, as ``train.train_rnn`` with ``--kind rssm``) on random VAE posteriors, with the MDN-RNN's update on the
-  same batch for comparison (``train.rnn_loss``) and the ratio RSSM / MDN-RNN;
+  same batch for comparison (``train.rnn_loss``) and the ratio RSSM / MDN-RNN; also the causal transformer's
+  (``--kind transformer``: 2 layers, d 256, 4 heads, context 64, the same loss as the MDN-RNN's);
 * the actor-critic update, imagined steps/s (starts x horizon per update): ``dreamer.warm_starts`` on B x L real
   windows plus ``imagination.make_update`` (imagination, lambda-returns, actor and critic), in the RSSM's dream and
   in the MDN-RNN's, each with the ``dynamics`` (backprop) and the ``reinforce`` actor gradient.
@@ -71,6 +72,7 @@ def main(args: Args) -> dict:
     from worldmodels.imagination import init_ac_state, make_update
     from worldmodels.models import MDNRNN
     from worldmodels.models.rssm import RSSM
+    from worldmodels.models.transformer import TransformerDynamics
     from worldmodels.train import rnn_hparams, rnn_loss, rssm_loss
     from worldmodels.trainer import make_step
 
@@ -87,10 +89,11 @@ def main(args: Args) -> dict:
     }
     results: dict = {"sizes": {"z": Z, "hidden": H, "units": units, "batch": B, "seq_len": L}}
     models = {}
-    for kind, loss in (("rssm", rssm_loss), ("mdnrnn", rnn_loss)):
+    builders = {"rssm": RSSM, "mdnrnn": MDNRNN, "transformer": TransformerDynamics}
+    for kind, loss in (("rssm", rssm_loss), ("mdnrnn", rnn_loss), ("transformer", rnn_loss)):
         cfg = RNNConfig(kind=kind, hidden_size=H, units=units, stoch=32 if not args.small else 4)
         hp = rnn_hparams(cfg, Z)
-        model = (RSSM if kind == "rssm" else MDNRNN)(**hp, key=jr.key(0))
+        model = builders[kind](**hp, key=jr.key(0))
         opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
         step = make_step(lambda m, b, k, cfg=cfg, loss=loss: loss(m, b, k, cfg), opt)
         state = opt.init(eqx.filter(model, eqx.is_array))
@@ -104,7 +107,11 @@ def main(args: Args) -> dict:
     results["rssm_over_mdnrnn_train"] = (
         results["rssm_train"]["sequence_steps_per_s"] / results["mdnrnn_train"]["sequence_steps_per_s"]
     )
+    results["transformer_over_mdnrnn_train"] = (
+        results["transformer_train"]["sequence_steps_per_s"] / results["mdnrnn_train"]["sequence_steps_per_s"]
+    )
     print(f"RSSM / MDN-RNN training throughput: {results['rssm_over_mdnrnn_train']:.2f}x")
+    print(f"transformer / MDN-RNN training throughput: {results['transformer_over_mdnrnn_train']:.2f}x")
 
     ab, al = (2, 4) if args.small else (args.ac_batch, args.ac_seq_len)
     z = jnp.asarray(rng.normal(size=(ab, al, Z)), jnp.float32)
