@@ -1,5 +1,5 @@
-"""Supervised training of V and M: the VAE and the M stage (an MDN-RNN, an RSSM or a transformer), their data (frame mixes,
-latent sequences, training windows) and losses.
+"""Supervised training of V and M: the VAE and the M stage (an MDN-RNN, an RSSM or a transformer), their data
+(frame mixes, latent sequences, training windows) and losses.
 
 Both train through the project's one training loop (``worldmodels.trainer.fit``) and resume from their
 latest checkpoint, so an interrupted run continues where it stopped and a finished one is a no-op.

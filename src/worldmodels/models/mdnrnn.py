@@ -89,14 +89,21 @@ class MDNRNN(eqx.Module):
         """
         h, c = lstm_step(self.cell, jnp.concatenate([z, action]), state, batch_major=batch_major)
         out = batch_major_linear(self.head, h) if batch_major else self.head(h)
-        k, zs = self.num_mixtures, self.z_size
-        return LSTMState(h, c), MDNOutput(
-            log_pi=jax.nn.log_softmax(out[:k]),
-            mu=out[k : k + k * zs].reshape(k, zs),
-            log_sigma=out[k + k * zs : k + 2 * k * zs].reshape(k, zs),
-            reward=out[-2],
-            done_logit=out[-1],
-        )
+        return LSTMState(h, c), mdn_head_output(out, self.num_mixtures, self.z_size)
+
+
+def mdn_head_output(out: Float[Array, " O"], num_mixtures: int, z_size: int) -> MDNOutput:
+    """Split the head's raw output, O = K + 2 K Z + 2, into an ``MDNOutput``: K mixture logits (normalised with a
+    log-softmax), K x Z means, K x Z log standard deviations, the reward and the done logit (Graves 2013, Eq. 23-25;
+    Ha & Schmidhuber 2018, Appendix A.2). Shared by every M with the MDN-RNN's head (the transformer's too)."""
+    k, zs = num_mixtures, z_size
+    return MDNOutput(
+        log_pi=jax.nn.log_softmax(out[:k]),
+        mu=out[k : k + k * zs].reshape(k, zs),
+        log_sigma=out[k + k * zs : k + 2 * k * zs].reshape(k, zs),
+        reward=out[-2],
+        done_logit=out[-1],
+    )
 
 
 def batch_major_linear(linear: eqx.nn.Linear, x: Float[Array, " I"]) -> Float[Array, " O"]:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from worldmodels.models.mdnrnn import MDNOutput, batch_major_linear
+from worldmodels.models.mdnrnn import MDNOutput, batch_major_linear, mdn_head_output
 
 ROPE_BASE = 10000.0
 """theta of RoPE's frequencies theta_i = ROPE_BASE^(-2i / d_h) (Su et al. 2021, Sec. 3.3; the sinusoids' 10000
@@ -246,15 +246,7 @@ class TransformerDynamics(eqx.Module):
     def _output(self, x: Float[Array, " D"]) -> tuple[Float[Array, " D"], MDNOutput]:
         """The last block's output of one token -> (h = LN_f(x) (D,), the MDN-RNN head's ``MDNOutput``)."""
         h = layer_norm(self.ln_final, x)
-        out = batch_major_linear(self.head, h)
-        k, zs = self.num_mixtures, self.z_size
-        return h, MDNOutput(
-            log_pi=jax.nn.log_softmax(out[:k]),
-            mu=out[k : k + k * zs].reshape(k, zs),
-            log_sigma=out[k + k * zs : k + 2 * k * zs].reshape(k, zs),
-            reward=out[-2],
-            done_logit=out[-1],
-        )
+        return h, mdn_head_output(batch_major_linear(self.head, h), self.num_mixtures, self.z_size)
 
     def __call__(
         self, z: Float[Array, " Z"], action: Float[Array, " A"], state: TransformerState
