@@ -178,12 +178,19 @@ def main(args: Args) -> dict:
         ("float32 matmul (2048^3)", f"{gflops_peak:.1f} GFLOP/s"),
         ("fraction of the matmul roofline", f"{100 * result['roofline_fraction']:.0f} %"),
     ]
+    report(rows, result, args.json)
+    return result
+
+
+def report(rows: list[tuple[str, str]], result: dict, json_path: Path | None) -> None:
+    """Print ``rows`` (label, figure) as an aligned table and, with ``json_path``, write ``result`` there as JSON
+    (its folder created). Every benchmark ends with this."""
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

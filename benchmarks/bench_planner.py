@@ -20,7 +20,6 @@ run on a machine that may be busy: the 1-minute load average is printed with the
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -67,7 +66,7 @@ def main(args: Args) -> dict:
     import jax
     import jax.numpy as jnp
     import jax.random as jr
-    from bench_dream import matmul_gflops
+    from bench_dream import matmul_gflops, report
 
     from worldmodels.dream import DreamStart, dream_flops_per_step, generation_fitness
     from worldmodels.env import ACTION_HIGH, ACTION_LOW
@@ -155,12 +154,7 @@ def main(args: Args) -> dict:
         )
     result["load_avg_1min"] = os.getloadavg()[0]
     rows.append(("1-minute load average", f"{result['load_avg_1min']:.2f}"))
-    width = max(len(a) for a, _ in rows)
-    for a, b in rows:
-        print(f"{a:<{width}}  {b}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    report(rows, result, args.json)
     return result
 
 

@@ -30,7 +30,6 @@ figure is from one run on a machine that may be busy: the 1-minute load average 
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing as mp
 import os
 import tempfile
@@ -427,12 +426,9 @@ def main(args: Args) -> dict:
             rows.append(("  CPU per env step, all processes, 1 / all workers", f"{cpu_1:.1f} / {cpu_all:.1f} ms"))
             rows.append((f"  bound with {cores} cores always busy", f"{r['eval_cpu_bound_speedup_all_over_1']:.2f}x"))
     rows.append(("benchmark run", f"{r['total_s']:.0f} s"))
-    width = max(len(a) for a, _ in rows)
-    for a, b in rows:
-        print(f"{a:<{width}}  {b}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    from bench_dream import report  # the script's folder is on sys.path
+
+    report(rows, result, args.json)
     return result
 
 
