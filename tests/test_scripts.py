@@ -181,6 +181,11 @@ def test_every_script_end_to_end(tmp_path):
     assert planned["planner"]["cem"]["candidates"] == 16 and len(planned["planner"]["ensemble"]) == 2
     assert 0 <= planned["planner"]["constraint_fraction"] <= 1
     assert json.loads((run_dir / "eval" / "results.json").read_text()) == results  # C's results untouched
+    from worldmodels.config import TestConfig
+    from worldmodels.stages import test_done
+
+    assert test_done(run_dir, TestConfig(policy="cem-controller", ensemble=rd, episodes=1))
+    assert not test_done(run_dir, TestConfig(policy="cem", episodes=1))
     before = snapshot()
 
     # Everything is done: the pipeline skips every stage and prints its table.

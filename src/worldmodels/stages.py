@@ -108,7 +108,14 @@ def dream_done(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = N
 
 def test_done(run_dir: Path, cfg: TestConfig) -> bool:
     path = Path(run_dir) / "eval" / "results.json"
+    if cfg.policy != "controller":  # a planner's results (run_test)
+        path = path.parent / _policy_name(cfg) / "results.json"
     return path.is_file() and json.loads(path.read_text()).get("n") == cfg.episodes
+
+
+def _policy_name(cfg: TestConfig) -> str:
+    """The folder of a planner's results under ``RUN_DIR/eval/``: ``POLICY`` or ``POLICY-ensemble``."""
+    return cfg.policy + ("-ensemble" if cfg.ensemble else "")
 
 
 # Stages
@@ -501,7 +508,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     cem = cem or CEMConfig()
     agent = load_agent(run_dir)
     planner = planner_of(run_dir, agent, cfg, cem)
-    name = cfg.policy + ("-ensemble" if cfg.ensemble else "")
+    name = _policy_name(cfg)
     in_run = out is None and not frozen(run_dir)
     if planner is not None and out is None:
         out = results_path(run_dir).parent / name / "results.json"
