@@ -11,7 +11,7 @@ import pytest
 
 from worldmodels.env import ACTION_HIGH, ACTION_LOW
 from worldmodels.models import MDNRNN, LinearController, MDNOutput
-from worldmodels.models.dynamics import Dynamics, batched_initial_state
+from worldmodels.models.dynamics import Dynamics, batched_initial_state, broadcast_batch, module_at, stack_modules
 from worldmodels.models.mdnrnn import MixtureNoise, sample_next_z_from_noise
 from worldmodels.models.transition import GRUTransition
 from worldmodels.planners import (
@@ -21,12 +21,10 @@ from worldmodels.planners import (
     cem_plan,
     draw_noise,
     ensemble_initial_state,
-    ensemble_member,
     initial_mean,
     plan_batch,
     plan_returns,
     seed_mean,
-    stack_ensemble,
 )
 
 
@@ -159,7 +157,7 @@ def test_plan_returns_equals_a_python_loop():
     np.testing.assert_array_equal(extras.disagreement, 0.0)
 
     # An ensemble of one member is the model itself.
-    one = stack_ensemble([rnn])
+    one = stack_modules([rnn])
     state1 = jax.tree.map(lambda x: x[None], state0)
     ret1, ext1 = eqx.filter_jit(plan_returns)(one, z0, state1, actions, noise, cfg, ensemble=True)
     np.testing.assert_allclose(ret1, want, rtol=1e-5, atol=1e-5)
@@ -171,7 +169,7 @@ def test_uncertainty_penalty_prefers_the_agreeing_plan():
     """Two members agree on a0 (z' = z + a in both) and disagree on a1 (+a1 in one, -a1 in the other)."""
     h = 3
     members = [linear_toy(np.eye(2), np.diag([1.0, sign]), np.zeros(2), 0.5) for sign in (1.0, -1.0)]
-    ens = stack_ensemble(members)
+    ens = stack_modules(members)
     assert ens.a_mat.shape == (2, 2, 2) and ens.z_size == 2
     state = ensemble_initial_state(ens)
     assert state.h.shape == (2, 1)
@@ -194,7 +192,7 @@ def test_uncertainty_penalty_prefers_the_agreeing_plan():
     plan = cem_plan(ens, jnp.zeros(2), state, mean0, jr.key(0), cfg, low, high, ensemble=True)
     assert abs(float(plan.action[1])) < 0.1
     assert float(plan.disagreement) < 0.1
-    np.testing.assert_array_equal(ensemble_member(ens, 1).b_mat, members[1].b_mat)
+    np.testing.assert_array_equal(module_at(ens, 1).b_mat, members[1].b_mat)
 
 
 def test_offroad_constraint_rejects_negative_reward_plans():
@@ -263,8 +261,8 @@ def test_real_models_vmapped_over_environments():
     assert np.all(np.isfinite(jax.jit(jax.vmap(roll))(z, batched_initial_state(gru, w))))
 
     # An ensemble of two MDN-RNNs, states (W, E, H), with the penalty and the constraint on.
-    ens = stack_ensemble([rnn, MDNRNN(4, 3, 8, 2, key=jr.key(9))])
-    states = jax.tree.map(lambda x: jnp.broadcast_to(x, (w,) + x.shape), ensemble_initial_state(ens))
+    ens = stack_modules([rnn, MDNRNN(4, 3, 8, 2, key=jr.key(9))])
+    states = broadcast_batch(ensemble_initial_state(ens), w)
     cfg2 = CEMConfig(horizon=5, candidates=32, top_k=4, iterations=3, uncertainty_weight=1.0, offroad_threshold=0.5)
     plan = plan_batch(ens, z, states, means, jr.key(3), cfg2, low, high, ensemble=True)
     assert plan.action.shape == (w, 3) and np.all(np.isfinite(plan.action))
@@ -275,7 +273,7 @@ def test_real_models_vmapped_over_environments():
     with pytest.raises(ValueError, match="noise is required"):
         plan_returns(rnn, z[0], rnn.initial_state(), means[:1], None, cfg)
     with pytest.raises(ValueError, match="member 1"):
-        stack_ensemble([rnn, MDNRNN(4, 3, 16, 2, key=jr.key(0))])
+        stack_modules([rnn, MDNRNN(4, 3, 16, 2, key=jr.key(0))])
 
 
 def test_agent_plan_step_acts_by_cem_and_every_member_follows_the_real_episode():
@@ -293,7 +291,7 @@ def test_agent_plan_step_acts_by_cem_and_every_member_follows_the_real_episode()
     obs = jr.randint(jr.key(2), (w, 64, 64, 3), 0, 255).astype(jnp.uint8)
     state = batched_initial_state(rnn, w)
     for ensemble in (False, True):
-        planner = Planner(stack_ensemble([rnn, rnn]) if ensemble else rnn, low, high, cfg, ensemble)
+        planner = Planner(stack_modules([rnn, rnn]) if ensemble else rnn, low, high, cfg, ensemble)
         plan = planner.initial(agent, w)
         actions, new_state, plan2, _, _, stats = plan_episode_step(agent, planner, obs, state, plan, key, seeds, 0)
         keys = _episode_keys(key, seeds, jnp.int32(0))

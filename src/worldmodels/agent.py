@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from worldmodels.models import ConvVAE, LinearController
-from worldmodels.models.dynamics import Dynamics
+from worldmodels.models.dynamics import Dynamics, broadcast_batch
 from worldmodels.models.mdnrnn import most_likely_z
 from worldmodels.models.vae import to_float
 from worldmodels.planners import CEMConfig, cem_plan, draw_noise, ensemble_initial_state, initial_mean, seed_mean
@@ -132,7 +132,7 @@ class Planner(eqx.Module):
 
     Attributes:
         dynamics: the model the plans are scored in: the agent's own M, or with ``ensemble`` a stacked ensemble
-            (``planners.stack_ensemble``) whose member 0 is the agent's M.
+            (``models.dynamics.stack_modules``) whose member 0 is the agent's M.
         low, high: float32 (A,) the action box the candidates are clipped to.
         cfg: the planner's settings (``CEMConfig``).
         ensemble: whether ``dynamics`` is a stacked ensemble (the uncertainty-aware planner).
@@ -153,9 +153,7 @@ class Planner(eqx.Module):
         mean = initial_mean(self.cfg.horizon, self.low, self.high)
         members = None
         if self.ensemble:
-            members = jax.tree.map(
-                lambda x: jnp.broadcast_to(x, (batch,) + x.shape), ensemble_initial_state(self.dynamics)
-            )
+            members = broadcast_batch(ensemble_initial_state(self.dynamics), batch)
         return PlanState(jnp.broadcast_to(mean, (batch,) + mean.shape), members)
 
 

@@ -18,11 +18,12 @@ add the reward while the dream is alive, let the done head end it, and sample z_
 at a temperature with noise drawn ahead of time (``mdnrnn.mixture_noise``). All candidates of an iteration share
 one noise path (common random numbers), so their scores differ by their actions, not by the dream's luck.
 
-**Ensembles.** ``dynamics`` may be an ensemble of E members of one kind and size (``stack_ensemble``): every array
-leaf has a leading E axis, and so has the state (``ensemble_initial_state``). Each member rolls out every
-candidate, following its own samples; a candidate's score is the mean return over members minus
-``uncertainty_weight`` times the members' disagreement about the future: the variance across members of each
-member's predicted next-latent mean, averaged over the latent and summed over the horizon,
+**Ensembles.** ``dynamics`` may be an ensemble of E members of one kind and size
+(``models.dynamics.stack_modules``): every array leaf has a leading E axis, and so has the state
+(``ensemble_initial_state``). Each member rolls out every candidate, following its own samples; a candidate's score
+is the mean return over members minus ``uncertainty_weight`` times the members' disagreement about the future: the
+variance across members of each member's predicted next-latent mean, averaged over the latent and summed over the
+horizon,
 
     D = sum_{t<H} (1 / Z) sum_i Var_e[ E_e[z_{t+1, i}] ],     score = (1 / E) sum_e R_e - lambda D,
 
@@ -40,7 +41,7 @@ All functions act on one environment and are pure and jittable; ``jax.vmap`` the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -89,42 +90,6 @@ class PlanResult(NamedTuple):
 
 
 # ensembles
-
-
-def stack_ensemble(members: Sequence[Any]) -> Any:
-    """E dynamics models of one kind and size as one ensemble: every array leaf stacked on a new leading axis E.
-
-    Static fields and other non-array leaves are kept once (they must agree). Pass the result to ``plan_returns``,
-    ``cem_plan`` and ``plan_batch`` with ``ensemble=True``; its states come from ``ensemble_initial_state``.
-
-    Args:
-        members: E >= 1 equinox modules implementing ``Dynamics`` with identical structure, static fields
-            (sizes) and array shapes.
-
-    Returns:
-        One module of the members' type whose array leaves are (E, ...).
-
-    Raises:
-        ValueError: if ``members`` is empty, or the members differ in structure, static fields or shapes.
-    """
-    members = list(members)
-    if not members:
-        raise ValueError("stack_ensemble needs at least one member")
-    parts = [eqx.partition(m, eqx.is_array) for m in members]
-    arrays0, static0 = parts[0]
-    tree0, leaves0 = jax.tree.structure(arrays0), jax.tree.leaves(arrays0)
-    for i, (arrays, static) in enumerate(parts[1:], start=1):
-        same = jax.tree.structure(arrays) == tree0 and jax.tree.structure(static) == jax.tree.structure(static0)
-        same = same and jax.tree.leaves(static) == jax.tree.leaves(static0)
-        if not same or [x.shape for x in jax.tree.leaves(arrays)] != [x.shape for x in leaves0]:
-            raise ValueError(f"ensemble member {i} differs from member 0 in structure, static fields or array shapes")
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[a for a, _ in parts])
-    return eqx.combine(stacked, static0)
-
-
-def ensemble_member(ensemble: Any, i: int) -> Any:
-    """Member ``i`` of a stacked ensemble (every array leaf indexed at ``i`` on its leading axis)."""
-    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, ensemble)
 
 
 def ensemble_initial_state(ensemble: Any) -> Any:
@@ -220,7 +185,7 @@ def plan_returns(
     and every ensemble member (common random numbers) -- or is ``most_likely_z`` when ``cfg.sample_z`` is False.
 
     Args:
-        dynamics: any ``Dynamics``, or with ``ensemble`` a stacked ensemble (``stack_ensemble``).
+        dynamics: any ``Dynamics``, or with ``ensemble`` a stacked ensemble (``models.dynamics.stack_modules``).
         z: float32 (Z,) the current latent z_t.
         state: the dynamics' state at z_t, an unbatched pytree (leading axis E on every leaf with ``ensemble``).
         actions: float32 (N, H, A) candidate action sequences (not clipped here).
@@ -306,7 +271,7 @@ def seed_mean(
     Each step is ``dream.dream_step``: a_t = controller(z_t, h_t) (Ha & Schmidhuber 2018, Eq. 1), advance M, then
     z_{t+1} sampled with ``noise`` at ``cfg.temperature`` (or ``most_likely_z`` when ``cfg.sample_z`` is False).
     The done head is ignored: the seed is a full-length sequence. For an ensemble pass one member
-    (``ensemble_member``) and its state.
+    (``models.dynamics.module_at``) and its state.
 
     Args:
         controller: anything callable as controller(z (Z,), h (H,)) -> action (A,) (``LinearController``,
@@ -358,7 +323,7 @@ def cem_plan(
     environment: ``jax.vmap`` it over environments (``plan_batch``).
 
     Args:
-        dynamics: any ``Dynamics``, or with ``ensemble`` a stacked ensemble (``stack_ensemble``).
+        dynamics: any ``Dynamics``, or with ``ensemble`` a stacked ensemble (``models.dynamics.stack_modules``).
         z: float32 (Z,) the current latent z_t.
         state: the dynamics' state at z_t (unbatched; leading axis E with ``ensemble``).
         mean: float32 (H, A) the initial belief mean: ``initial_mean``, ``seed_mean`` or the last call's

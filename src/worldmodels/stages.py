@@ -39,8 +39,8 @@ from worldmodels.env import ACTION_HIGH, ACTION_LOW
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
+from worldmodels.models.dynamics import stack_modules
 from worldmodels.models.registry import controller_hparams
-from worldmodels.planners import stack_ensemble
 from worldmodels.run_dir import (
     dataset_dir,
     dynamics_meta,
@@ -487,7 +487,7 @@ def planner_of(run_dir: Path, agent: Agent, cfg: TestConfig, cem: CEMConfig) -> 
                     "this run's V (link vae/ and rnn/latents/, as experiments/dynamics_compare.sh does)"
                 )
             members.append(other)
-    dynamics = stack_ensemble(members) if ensemble else agent.dynamics
+    dynamics = stack_modules(members) if ensemble else agent.dynamics
     low, high = jnp.asarray(ACTION_LOW), jnp.asarray(ACTION_HIGH)
     return Planner(dynamics, low, high, cem, ensemble, seeded=cfg.policy == "cem-controller")
 

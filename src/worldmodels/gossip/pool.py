@@ -13,6 +13,7 @@ import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
 from worldmodels.config import GossipConfig
+from worldmodels.models.dynamics import module_at, stack_modules
 from worldmodels.models.joint import JointWorldModel, joint_hparams
 
 
@@ -40,16 +41,11 @@ def _init_stacked(key: PRNGKeyArray, num_models: int, hparams: tuple) -> JointWo
     return eqx.filter_vmap(lambda k: JointWorldModel(**dict(hparams), key=k))(keys)
 
 
-def model_at(pool: JointWorldModel, m: int) -> JointWorldModel:
-    """Model ``m`` of a stacked pool (its arrays without the M axis); ``stack_models`` is the inverse."""
-    return jax.tree.map(lambda x: x[m] if eqx.is_array(x) else x, pool)
+model_at = module_at
+"""Model ``m`` of a stacked pool (its arrays without the M axis): ``models.dynamics.module_at``."""
 
-
-def stack_models(models: list[JointWorldModel]) -> JointWorldModel:
-    """The inverse of ``model_at``: stack same-shaped models into a pool."""
-    arrays = [eqx.filter(m, eqx.is_array) for m in models]
-    static = eqx.filter(models[0], eqx.is_array, inverse=True)
-    return eqx.combine(jax.tree.map(lambda *xs: jnp.stack(xs), *arrays), static)
+stack_models = stack_modules
+"""The inverse of ``model_at``, same-shaped models stacked into a pool: ``models.dynamics.stack_modules``."""
 
 
 def over_pool(fn: Any, vmap: bool, *trees: Any) -> Any:

@@ -19,8 +19,10 @@ kind implements this protocol and registers its builder in ``worldmodels.models.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import equinox as eqx
 import jax
 from jaxtyping import Array, Float
 
@@ -62,4 +64,48 @@ class Dynamics(Protocol):
 
 def batched_initial_state(dynamics: Dynamics, batch: int) -> Any:
     """``dynamics.initial_state()`` broadcast to a leading batch axis of size ``batch`` (every leaf (batch, ...))."""
-    return jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (batch,) + x.shape), dynamics.initial_state())
+    return broadcast_batch(dynamics.initial_state(), batch)
+
+
+def broadcast_batch(tree: Any, batch: int) -> Any:
+    """Every array leaf of ``tree`` broadcast to a new leading axis of size ``batch`` (one state for W environments)."""
+    return jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (batch,) + x.shape), tree)
+
+
+# Stacked modules: a gossip pool, a planner's ensemble
+
+
+def stack_modules(members: Sequence[Any]) -> Any:
+    """E equinox modules of one type and size as one module: every array leaf stacked on a new leading axis E.
+
+    Static fields and other non-array leaves are kept once (they must agree). ``module_at`` is the inverse; a
+    stacked module is what ``eqx.filter_vmap(..., in_axes=eqx.if_array(0))`` maps over (a gossip pool of world
+    models, a planner's ensemble of dynamics).
+
+    Args:
+        members: E >= 1 modules with identical structure, static fields (sizes) and array shapes.
+
+    Returns:
+        One module of the members' type whose array leaves are (E, ...).
+
+    Raises:
+        ValueError: if ``members`` is empty, or the members differ in structure, static fields or shapes.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("stacking needs at least one member")
+    parts = [eqx.partition(m, eqx.is_array) for m in members]
+    arrays0, static0 = parts[0]
+    tree0, leaves0 = jax.tree.structure(arrays0), jax.tree.leaves(arrays0)
+    for i, (arrays, static) in enumerate(parts[1:], start=1):
+        same = jax.tree.structure(arrays) == tree0 and jax.tree.structure(static) == jax.tree.structure(static0)
+        same = same and jax.tree.leaves(static) == jax.tree.leaves(static0)
+        if not same or [x.shape for x in jax.tree.leaves(arrays)] != [x.shape for x in leaves0]:
+            raise ValueError(f"member {i} differs from member 0 in structure, static fields or array shapes")
+    stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[a for a, _ in parts])
+    return eqx.combine(stacked, static0)
+
+
+def module_at(stacked: Any, i: int) -> Any:
+    """Member ``i`` of a stacked module (``stack_modules``): every array leaf indexed at ``i`` on its leading axis."""
+    return jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, stacked)
