@@ -11,7 +11,7 @@ the M stage holds out with the same fraction, so no model trained on them.
     uv run python experiments/drift_compare.py --runs runs/wm0 runs/rssm2 --out runs/drift
 
 It also scores each M teacher-forced on the same held-out episodes (each step reads the real frame's latent and
-action, ``teacher_forced``): the negative log-likelihood of the next real latent under M's predicted mixture (nats
+action, ``one_step_errors``): the negative log-likelihood of the next real latent under M's predicted mixture (nats
 per latent dimension, ``losses.mdn_nll``) and the mean squared error of the predicted reward.
 
 Writes ``OUT/drift.json`` (per run: horizons, latent and pixel error, one-step NLL and reward error) and
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -33,6 +34,7 @@ import tyro
 
 from worldmodels.config import GossipConfig
 from worldmodels.data import load_episodes
+from worldmodels.dream import teacher_forced
 from worldmodels.gossip.drift import drift_metrics
 from worldmodels.losses import mdn_nll
 from worldmodels.models.joint import JointWorldModel
@@ -61,40 +63,32 @@ class Args:
     """Dream steps after the last real frame at which the error is measured."""
 
 
-def as_world_model(run_dir: Path) -> tuple[JointWorldModel, str]:
-    """The run's V and M as one ``JointWorldModel``-shaped module (encode, decode, step) with a leading pool
-    axis of size 1, as ``drift_metrics`` reads; and M's kind."""
-    vae, _ = load_vae(run_dir)
-    dynamics, meta = load_dynamics(run_dir, expected={"z_size": vae.z_size})
+def as_world_model(vae: Any, dynamics: Any) -> JointWorldModel:
+    """A run's V and M as one ``JointWorldModel``-shaped module (encode, decode, step) with a leading pool
+    axis of size 1, as ``drift_metrics`` reads."""
     shell = JointWorldModel("mdnrnn", z_size=vae.z_size, hidden_size=8, num_mixtures=1, key=jr.key(0))
     model = eqx.tree_at(lambda m: (m.vae, m.dynamics), shell, (vae, dynamics))
-    return jax.tree.map(lambda x: x[None] if eqx.is_array(x) else x, model), str(meta.get("kind"))
+    return jax.tree.map(lambda x: x[None] if eqx.is_array(x) else x, model)
 
 
 @eqx.filter_jit
-def _teacher_forced(vae, dynamics, frames, actions, rewards):
+def _one_step(vae, dynamics, frames, actions, rewards):
     mu, _ = vae.encode(to_float(frames))
-
-    def step(state, inputs):
-        z, a = inputs
-        return dynamics(z, a, state)
-
-    _, out = jax.lax.scan(step, dynamics.initial_state(), (mu[:-1], actions))
+    _, out = teacher_forced(dynamics, mu[:-1], actions)
     nll = jax.vmap(mdn_nll)(out, mu[1:])
     return jnp.mean(nll), jnp.mean((out.reward - rewards) ** 2)
 
 
-def teacher_forced(run_dir: Path, data: FrameSequences, episodes: int) -> dict[str, float]:
+def one_step_errors(vae: Any, dynamics: Any, data: FrameSequences, episodes: int) -> dict[str, float]:
     """M's one-step predictions on the first ``episodes`` held-out episodes of ``data``, teacher-forced through its
-    protocol step (any kind; the transformer with its KV cache): the mean NLL of V's encoding of each next real
-    frame (nats per latent dimension) and the mean squared error of the predicted reward, averaged over episodes."""
-    vae, _ = load_vae(run_dir)
-    dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
+    protocol step (``dream.teacher_forced``; any kind, the transformer with its KV cache): the mean NLL of V's
+    encoding of each next real frame (nats per latent dimension) and the mean squared error of the predicted reward,
+    averaged over episodes."""
     nlls, errs = [], []
     for e in np.flatnonzero(data.heldout)[:episodes]:
         o, a, n = data.obs_start[e], data.act_start[e], data.lengths[e]
         frames, actions = jnp.asarray(data.frames[o : o + n + 1]), jnp.asarray(data.actions[a : a + n])
-        nll, err = _teacher_forced(vae, dynamics, frames, actions, jnp.asarray(data.rewards[a : a + n]))
+        nll, err = _one_step(vae, dynamics, frames, actions, jnp.asarray(data.rewards[a : a + n]))
         nlls.append(float(nll))
         errs.append(float(err))
     return {"next_z_nll": float(np.mean(nlls)), "reward_mse": float(np.mean(errs))}
@@ -117,11 +111,13 @@ def main(args: Args) -> None:
     )
     results = {}
     for run in args.runs:
-        model, kind = as_world_model(run)
-        m = drift_metrics(model, data, cfg)
+        vae, _ = load_vae(run)
+        dynamics, meta = load_dynamics(run, expected={"z_size": vae.z_size})
+        kind = str(meta.get("kind"))
+        m = drift_metrics(as_world_model(vae, dynamics), data, cfg)
         results[str(run)] = {"kind": kind, "horizons": m["horizons"], "episodes": m["episodes"],
                              "latent": m["latent"][0], "pixel": m["pixel"][0],
-                             **teacher_forced(run, data, args.episodes)}  # fmt: skip
+                             **one_step_errors(vae, dynamics, data, args.episodes)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "drift.json").write_text(json.dumps(results, indent=2))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -28,6 +28,7 @@ from worldmodels.data import load_episodes
 from worldmodels.losses import kl_diag_normal
 from worldmodels.models.vae import to_float
 from worldmodels.run_dir import dataset_dir, load_vae
+from worldmodels.train import frames_of
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def score(vae, frames: np.ndarray, chunk: int = 500) -> dict:
 def main() -> None:
     args = tyro.cli(Args, description=__doc__)
     episodes = load_episodes(dataset_dir(args.data.parent, args.dataset))
-    frames = np.concatenate([ep.observations for ep in episodes])
+    frames = frames_of(episodes)
     frames = frames[np.linspace(0, len(frames) - 1, min(args.frames, len(frames))).astype(int)]
     args.out.mkdir(parents=True, exist_ok=True)
     table, grid = {}, [frames[:: max(1, len(frames) // 8)][:8]]

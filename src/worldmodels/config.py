@@ -481,6 +481,11 @@ class TestConfig:
         if self.ensemble and self.policy == "controller":
             raise ValueError("--ensemble scores a planner's plans; add --policy cem (or cem-controller)")
 
+    @property
+    def ensemble_runs(self) -> list[str]:
+        """The run directories of ``ensemble``, in order (empty when it is)."""
+        return [e.strip() for e in self.ensemble.split(",") if e.strip()]
+
 
 @dataclass(frozen=True)
 class CEMConfig:

@@ -33,7 +33,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.models.controller import LinearController
 from worldmodels.models.dynamics import Dynamics
-from worldmodels.models.mdnrnn import MixtureNoise, mixture_noise, sample_next_z_from_noise
+from worldmodels.models.mdnrnn import MDNOutput, MixtureNoise, mixture_noise, sample_next_z_from_noise
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
 
 
@@ -113,14 +113,30 @@ def warm_up(dynamics: Dynamics, z: Float[Array, "L Z"], actions: Float[Array, "L
     Returns:
         The states of frames 0 .. L, a pytree with leading axis L + 1 (state 0 is ``initial_state()``).
     """
+    init = dynamics.initial_state()
+    states, _ = teacher_forced(dynamics, z, actions)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), init, states)
+
+
+def teacher_forced(dynamics: Dynamics, z: Float[Array, "L Z"], actions: Float[Array, "L A"]) -> tuple[Any, MDNOutput]:
+    """M stepped along a real sequence from ``initial_state()``, reading the real (z_t, a_t) at every step
+    (teacher forcing, a ``lax.scan`` of the protocol step; any ``Dynamics``).
+
+    Args:
+        dynamics: any ``Dynamics``.
+        z: float32 (L, Z) latents of frames 0 .. L-1.
+        actions: float32 (L, A) the action taken at each of those frames.
+
+    Returns:
+        (the states after each step, a pytree with leading axis L (state t has consumed (z_t, a_t)); the
+        ``MDNOutput`` of each step with leading axis L: its predictions for frame t + 1 and the reward of a_t).
+    """
 
     def step(state, inputs):
-        state, _ = dynamics(inputs[0], inputs[1], state)
-        return state, state
+        state, out = dynamics(inputs[0], inputs[1], state)
+        return state, (state, out)
 
-    init = dynamics.initial_state()
-    _, states = jax.lax.scan(step, init, (z, actions))
-    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), init, states)
+    return jax.lax.scan(step, dynamics.initial_state(), (z, actions))[1]
 
 
 @eqx.filter_jit

@@ -471,8 +471,8 @@ def planner_of(run_dir: Path, agent: Agent, cfg: TestConfig, cem: CEMConfig) -> 
         return None
     members, ensemble = [agent.dynamics], bool(cfg.ensemble)
     if ensemble:
-        _, meta = load_dynamics(run_dir)
-        for entry in (e.strip() for e in cfg.ensemble.split(",") if e.strip()):
+        meta = dynamics_meta(run_dir)  # the agent's M, already loaded: its kind and sizes
+        for entry in cfg.ensemble_runs:
             other, other_meta = load_dynamics(Path(entry), expected=meta["hparams"])
             if other_meta["kind"] != meta["kind"]:
                 raise checkpoint.CheckpointError(
@@ -534,7 +534,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     summary["timing"] = {**timing, "env_steps_per_s": timing["env_steps"] / max(timing["wall_s"], 1e-9),
                          "agent_share": timing["act_s"] / max(timing["wall_s"], 1e-9)}  # fmt: skip
     if planner is not None:
-        members = [str(run_dir)] + [e.strip() for e in cfg.ensemble.split(",") if e.strip()]
+        members = [str(run_dir), *cfg.ensemble_runs]
         bound = summary["constraint_steps"] / max(timing["env_steps"], 1)
         summary["planner"] = {"policy": cfg.policy, "ensemble": members, "cem": dataclasses.asdict(cem),
                               "constraint_fraction": bound}  # fmt: skip

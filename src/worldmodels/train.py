@@ -23,6 +23,7 @@ from worldmodels.config import RNNConfig, VAEConfig
 from worldmodels.data import Episode, episode_windows, holdout_count
 from worldmodels.data import mirror as mirror_episode
 from worldmodels.diagnostics import off_road, reward_delusion
+from worldmodels.dream import teacher_forced
 from worldmodels.losses import kl_diag_normal, rnn_step_loss, rssm_sequence_loss, vae_loss, weighted_total
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import MDNOutput, rollout_sequence
@@ -463,16 +464,9 @@ def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RS
 
 @eqx.filter_jit
 def _teacher_forced_rewards(model, z: jax.Array, actions: jax.Array) -> jax.Array:
-    """Reward predictions (B, L) of any ``Dynamics`` fed real latents z (B, L, Z) and actions (B, L, 3)."""
-
-    def one(z, actions):
-        def step(state, inputs):
-            state, out = model(inputs[0], inputs[1], state)
-            return state, out.reward
-
-        return jax.lax.scan(step, model.initial_state(), (z, actions))[1]
-
-    return jax.vmap(one)(z, actions)
+    """Reward predictions (B, L) of any ``Dynamics`` fed real latents z (B, L, Z) and actions (B, L, 3)
+    (``dream.teacher_forced``)."""
+    return jax.vmap(lambda z, a: teacher_forced(model, z, a)[1].reward)(z, actions)
 
 
 def heldout_delusion(model, data: LatentDataset) -> dict[str, float]:
