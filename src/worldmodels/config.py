@@ -47,16 +47,24 @@ COLLECTION_POLICIES = ("brownian", "random_controller", "heuristic", "recovery",
 block of reset seeds (``policies.seed_offset``)."""
 
 
-def _check_policy(name: str, where: str) -> None:
-    """Refuse an unknown collection policy name in one line naming ``where`` and the known names."""
+def _check_policy(name: str, where: str, spec: Any = None) -> None:
+    """Refuse an unknown collection policy name, or one that does not apply to the environment ``spec`` (an
+    ``env.EnvSpec``), in one line naming ``where`` and the names that would do."""
     if name not in COLLECTION_POLICIES:
         raise ValueError(f"{where}: unknown collection policy {name!r}; available: {', '.join(COLLECTION_POLICIES)}")
+    if spec is not None and name not in spec.policies:
+        names = ", ".join(spec.policies)
+        raise ValueError(f"{where}: policy {name!r} does not apply to {spec.name}; available: {names}")
 
 
 @dataclass(frozen=True)
 class CollectConfig:
     """Rollout collection (Sec. 3.1 of the paper: 10,000 random rollouts) with a choice of driving policies."""
 
+    env: str = "carracing"
+    """Environment (``env.ENVS``): ``carracing`` (CarRacing-v3, 64x64 frames, the paper's) or ``lunarlander``
+    (LunarLander-v3 continuous, an 8-dim vector observation). Recorded with the run: every later stage reads it
+    (``run_dir.env_spec``) to choose V's kind, the action squash and the environment it tests in."""
     episodes: int = 10_000
     """Number of episodes to collect (finished episodes already on disk count towards it)."""
     max_steps: int = 1000
@@ -68,9 +76,10 @@ class CollectConfig:
     order of the policies below), so every policy drives its own tracks; evaluation uses seeds far from these."""
     policy: str = "brownian"
     """Collection policy: ``brownian`` (smooth random actions), ``random_controller`` (the paper's random linear
-    controller), ``heuristic`` (pure pursuit on the track's tiles), ``recovery`` (heuristic pushed off the road
-    now and then), ``aggressive`` (heuristic entering corners too fast), ``controller`` (a trained agent plus
-    exploration noise). The dataset is written to RUN_DIR/data/POLICY."""
+    controller), ``heuristic`` (pure pursuit on the track's tiles; on LunarLander, Gymnasium's heuristic lander),
+    ``recovery`` (heuristic pushed off the road now and then), ``aggressive`` (heuristic entering corners too fast),
+    ``controller`` (a trained agent plus exploration noise). LunarLander has ``brownian``, ``heuristic`` and
+    ``controller``. The dataset is written to RUN_DIR/data/POLICY."""
     mix: str = ""
     """Mixed collection, ``policy:episodes,...`` (e.g. ``brownian:60,heuristic:30``): each policy is collected
     into its own dataset with that many episodes. Empty: ``episodes`` episodes of ``policy``."""
@@ -78,9 +87,10 @@ class CollectConfig:
     """Per-step standard deviation of the brownian action increments (action units)."""
     brownian_theta: float = 0.5
     """Mean-reversion rate of the brownian actions towards ``brownian_mean`` per step."""
-    brownian_mean: tuple[float, float, float] = (0.0, 0.35, 0.0)
-    """Long-run mean of (steer, gas, brake) for the brownian policy; a gas bias makes the car move.
-    The defaults keep the car on the road about half of its first 400 steps."""
+    brownian_mean: tuple[float, ...] = (0.0, 0.35, 0.0)
+    """Long-run mean of the brownian actions, one number per action dimension: CarRacing's (steer, gas, brake),
+    where a gas bias makes the car move (the defaults keep it on the road about half of its first 400 steps);
+    LunarLander's (main, lateral) engine."""
     random_controller_scale: float = 1.0
     """``random_controller``: each episode draws a weight scale s ~ U(0, this) and weights ~ N(0, s^2 / inputs)
     on a 16x16 grey version of the frame (the paper's code drew stdev ~ U(0, 0.01) for its VAE's z)."""
@@ -92,6 +102,10 @@ class CollectConfig:
     """``controller``: run directory whose vae/, rnn/ and controller/ checkpoints drive; empty = this run."""
     controller_noise: float = 0.2
     """``controller``: standard deviation of the smooth (Ornstein-Uhlenbeck) noise added to the agent's actions."""
+    heuristic_noise: float = 0.0
+    """``heuristic`` on LunarLander (Gymnasium's own heuristic lander): each episode draws a noise scale
+    s ~ U(0, this) and adds N(0, s^2) to every action, so the data shows wobbly descents and crashes as well as
+    clean landings."""
 
     def __post_init__(self):
         _check_ranges(
@@ -107,12 +121,25 @@ class CollectConfig:
                 "recovery_every": "> 0",
                 "recovery_steps": ">= 1",
                 "controller_noise": ">= 0",
+                "heuristic_noise": ">= 0",
             },
         )
-        _check_policy(self.policy, "collect.policy")
+        from worldmodels.env import get_spec
+
+        try:
+            spec = get_spec(self.env)
+        except ValueError as err:
+            raise ValueError(f"collect.env: {err}") from None
+        if len(self.brownian_mean) != spec.action_size:
+            raise ValueError(
+                f"collect.brownian_mean {tuple(self.brownian_mean)} has {len(self.brownian_mean)} entries; "
+                f"{self.env} has {spec.action_size} action dimensions: use a preset made for it (e.g. --preset "
+                f"lunar_quick) or pass --brownian-mean with {spec.action_size} numbers"
+            )
+        _check_policy(self.policy, "collect.policy", spec)
         if self.mix:
             for name, count in parse_recipe(self.mix, "episode count"):
-                _check_policy(name, f"collect.mix {self.mix!r}")
+                _check_policy(name, f"collect.mix {self.mix!r}", spec)
                 if count != int(count):
                     raise ValueError(f"collect.mix {self.mix!r}: the episode count of {name!r} must be a whole number")
 
@@ -131,6 +158,12 @@ class VAEConfig:
     arch: Literal["conv", "residual"] = "conv"
     """Architecture: ``conv`` (the paper's four stride-2 convolutions each way) or ``residual`` (a residual block of
     two 3x3 convolutions after each of the first three, in the encoder and the decoder; ``models.vae``)."""
+    mlp_hidden: tuple[int, ...] = (2048, 2048, 1024)
+    """Vector observations (LunarLander): the MLP autoencoder's encoder widths, the decoder mirrors them
+    (``models.mlp_autoencoder``; frames ignore this)."""
+    variational: bool = True
+    """Vector observations: the MLP autoencoder's encoder outputs a posterior (mu, log-variance), trained with the
+    KL term, as the ConvVAE; ``--vae.no-variational`` makes it a plain autoencoder (MSE only, z = mu)."""
     kl_tolerance: float = 0.5
     """Free bits per latent dimension: the KL term is max(KL, kl_tolerance * z_size) nats (Appendix A.1)."""
     beta: float = 1.0
@@ -168,12 +201,14 @@ class VAEConfig:
             parse_recipe(self.dataset)
         except ValueError as err:
             raise ValueError(f"vae.dataset: {err}") from None
+        if not self.mlp_hidden or any(not isinstance(w, int) or w < 1 for w in self.mlp_hidden):
+            raise ValueError(f"vae.mlp_hidden must be one or more positive layer widths, got {self.mlp_hidden!r}")
 
     @property
     def loss_scales(self) -> dict[str, float]:
         """Scale of each term of ``losses.vae_loss`` in the total: the paper's plain sum (Appendix A.1), with the KL
-        weighted by ``beta`` (a beta-VAE, Higgins et al. 2017, Eq. 4)."""
-        return {"recon": 1.0, "kl": self.beta}
+        weighted by ``beta`` (a beta-VAE, Higgins et al. 2017, Eq. 4); 0 for a non-variational autoencoder."""
+        return {"recon": 1.0, "kl": self.beta if self.variational else 0.0}
 
 
 @dataclass(frozen=True)
@@ -352,6 +387,9 @@ class DreamConfig:
     """With ``mid_episode_starts`` > 0: the number of start frames drawn once, from ``seed``, before CMA-ES
     (that fraction of them uniformly over every frame of the training episodes, the rest first frames);
     each dream starts at one of them, drawn uniformly."""
+    controller_inputs: Literal["zh", "z"] = "zh"
+    """What the linear controller reads: ``zh`` (V's z and M's hidden state h, the paper's agent) or ``z`` (V's
+    latent alone, the paper's "V model only" agent of Table 1, still evolved in M's dream)."""
     step_size_adaptation: Literal["csa", "tpa"] = "tpa"
     """CMA-ES step-size rule: ``tpa`` (two-point adaptation, Hansen et al. 2014: the two first samples of a
     generation mirror the last mean shift, and their ranks grow or shrink sigma) or ``csa`` (cumulative
@@ -369,6 +407,8 @@ class DreamConfig:
              "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1",
              "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1"},
         )  # fmt: skip
+        if self.controller_inputs not in ("zh", "z"):
+            raise ValueError(f"dream.controller_inputs must be 'zh' or 'z', got {self.controller_inputs!r}")
         if self.learner not in LEARNERS:
             raise ValueError(f"dream.learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:

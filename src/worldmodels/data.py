@@ -1,7 +1,9 @@
 """Rollout datasets: parallel collection into a Minari dataset, and loading it back as arrays.
 
-A dataset lives at ``RUN_DIR/data/NAME/`` in Minari's storage format (HDF5, raw uint8 frames), one
-episode per collection seed. Every finished episode is written as soon as it arrives, so an
+A dataset lives at ``RUN_DIR/data/NAME/`` in Minari's storage format (HDF5: raw uint8 frames, or float32
+vectors for a vector environment such as LunarLander), one episode per collection seed; its metadata names
+the environment (``env_id``), and a collection into a dataset of another environment is refused.
+Every finished episode is written as soon as it arrives, so an
 interrupted collection keeps what finished and a re-run continues with the seeds still missing.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from worldmodels.config import CollectConfig, parse_recipe
-from worldmodels.env import ENV_ID, make_env
+from worldmodels.env import get_spec, make_env
 from worldmodels.errors import DatasetError
 from worldmodels.policies import make_policy, seed_offset
 from worldmodels.run_dir import dataset_dir
@@ -32,8 +34,9 @@ class Episode:
 
     Attributes:
         seed: the reset seed.
-        observations: uint8 (T + 1, 64, 64, 3), including the frame after the last action.
-        actions: float32 (T, 3).
+        observations: (T + 1, *obs_shape), including the observation after the last action: uint8 (T + 1, 64, 64,
+            3) frames, or float32 (T + 1, obs_size) vectors.
+        actions: float32 (T, A).
         rewards: float32 (T,).
         terminations: bool (T,).
         truncations: bool (T,).
@@ -61,7 +64,7 @@ def _collect_episode(seed: int, cfg: CollectConfig, run_dir: Path) -> Episode:
     """Run one episode of the collection policy (in a worker process)."""
     global _WORKER_ENV
     if _WORKER_ENV is None:
-        _WORKER_ENV = make_env(cfg.max_steps)
+        _WORKER_ENV = make_env(cfg.max_steps, env=cfg.env)
     env = _WORKER_ENV
     policy = make_policy(cfg, run_dir)
     obs, _ = env.reset(seed=seed)
@@ -79,7 +82,7 @@ def _collect_episode(seed: int, cfg: CollectConfig, run_dir: Path) -> Episode:
             break
     return Episode(
         seed=seed,
-        observations=np.stack(observations).astype(np.uint8),
+        observations=np.stack(observations).astype(get_spec(cfg.env).obs_dtype),
         actions=np.stack(actions).astype(np.float32),
         rewards=np.asarray(rewards, np.float32),
         terminations=np.asarray(terms, bool),
@@ -100,10 +103,23 @@ def _defer_sigint():
             raise KeyboardInterrupt
 
 
+def _preprocessing(spec) -> str:
+    """The dataset metadata's note on what an observation is."""
+    if spec.observation == "pixels":
+        return "crop rows 0:84, resize 64x64 INTER_AREA, uint8"
+    return f"raw float32 vector {spec.obs_shape}"
+
+
 def _open_or_create(path: Path, cfg: CollectConfig):
-    """Open the Minari storage at ``path``, creating it first (atomically) if it does not exist."""
+    """Open the Minari storage at ``path``, creating it first (atomically) if it does not exist.
+
+    Raises:
+        DatasetError: for a directory that holds files but no dataset, an unreadable dataset, or a dataset of
+            another environment than ``cfg.env``.
+    """
     from minari.dataset.minari_storage import MinariStorage
 
+    spec = get_spec(cfg.env)
     if not (path / "metadata.json").exists():
         if path.is_dir() and any(path.iterdir()):
             raise DatasetError(
@@ -114,7 +130,7 @@ def _open_or_create(path: Path, cfg: CollectConfig):
         # never leaves a half-created dataset behind.
         tmp = path.with_name(path.name + ".creating")
         shutil.rmtree(tmp, ignore_errors=True)
-        env = make_env(cfg.max_steps)
+        env = make_env(cfg.max_steps, env=cfg.env)
         storage = MinariStorage.new(
             tmp,
             observation_space=env.observation_space,
@@ -125,10 +141,10 @@ def _open_or_create(path: Path, cfg: CollectConfig):
         env.close()
         storage.update_metadata(
             {
-                "dataset_id": f"carracing/{cfg.policy}-v0",
+                "dataset_id": f"{spec.name}/{cfg.policy}-v0",
                 "algorithm_name": cfg.policy,
-                "env_id": ENV_ID,
-                "preprocessing": "crop rows 0:84, resize 64x64 INTER_AREA, uint8",
+                "env_id": spec.gym_id,
+                "preprocessing": _preprocessing(spec),
                 "minari_version": _minari_version(),
             }
         )
@@ -136,9 +152,16 @@ def _open_or_create(path: Path, cfg: CollectConfig):
             path.rmdir()  # an empty leftover directory (checked above)
         tmp.rename(path)
     try:
-        return MinariStorage.read(path)
+        storage = MinariStorage.read(path)
     except Exception as err:
         raise DatasetError(f"dataset {path} is unreadable ({err}); delete it and collect again") from err
+    stored = storage.metadata.get("env_id")
+    if stored is not None and stored != spec.gym_id:
+        raise DatasetError(
+            f"dataset {path} holds {stored} episodes, not {spec.gym_id} (--collect.env {spec.name}); nothing was "
+            f"changed: collect into another run directory"
+        )
+    return storage
 
 
 def _minari_version() -> str:
@@ -304,6 +327,12 @@ def open_dataset(path: Path):
         raise DatasetError(f"dataset {path} is unreadable: {err}") from err
 
 
+def _observations(stored) -> np.ndarray:
+    """A stored episode's observations: uint8 frames stay uint8, vectors become float32."""
+    obs = np.asarray(stored)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
+
+
 def load_episodes(path: Path, limit: int | None = None) -> list[Episode]:
     """All episodes of a dataset (or the first ``limit`` stored) as arrays, in order of their reset seeds.
 
@@ -324,7 +353,7 @@ def load_episodes(path: Path, limit: int | None = None) -> list[Episode]:
             episodes.append(
                 Episode(
                     seed=int(m.get("seed", -1)),
-                    observations=np.asarray(ep["observations"], np.uint8),
+                    observations=_observations(ep["observations"]),
                     actions=np.asarray(ep["actions"], np.float32),
                     rewards=np.asarray(ep["rewards"], np.float32),
                     terminations=np.asarray(ep["terminations"], bool),

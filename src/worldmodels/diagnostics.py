@@ -25,11 +25,15 @@ def off_road(frames: np.ndarray) -> np.ndarray:
     """Whether the car is on the grass in each frame.
 
     Args:
-        frames: uint8 (..., 64, 64, 3) preprocessed CarRacing frames.
+        frames: uint8 (..., 64, 64, 3) preprocessed CarRacing frames; a vector environment's observations
+            float (..., D) have no road, and give all False (...,).
 
     Returns:
         bool (...,): True where more than half of the patch under the car is green (G > R + 30).
     """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-3:] != (64, 64, 3):
+        return np.zeros(frames.shape[:-1], bool)
     patch = np.asarray(frames[..., OFFROAD_ROWS, OFFROAD_COLS, :], np.int16)
     green = patch[..., 1] > patch[..., 0] + 30
     return green.mean(axis=(-2, -1)) > 0.5
@@ -122,7 +126,7 @@ def print_stats(run_dir: Path) -> list[dict]:
         ax.hist(s["returns"], bins=bins, alpha=0.5, label=f"{s['dataset']} ({s['episodes']})")
     ax.set_xlabel("episode return")
     ax.set_ylabel("episodes")
-    ax.set_title("CarRacing-v3 returns per dataset")
+    ax.set_title("returns per dataset")
     ax.legend()
     fig.tight_layout()
     fig.savefig(data_dir / "returns.png", dpi=100)

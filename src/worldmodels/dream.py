@@ -214,13 +214,18 @@ def single_rollout(
     steps: int,
     temperature: float | Array,
     done_threshold: float = 0.5,
+    squash: str = "carracing",
+    inputs: str = "zh",
 ) -> Float[Array, ""]:
-    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,).
+    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,), a ``LinearController``
+    with the environment's action ``squash`` reading ``inputs`` (``zh`` or ``z``).
 
     The sampling noise of all steps (``mixture_noise`` of each step's key) is drawn in one vectorised
     call before the ``lax.scan``, so the scanned step runs no random-number hashing.
     """
-    controller = LinearController.from_flat(params, dynamics.z_size, dynamics.hidden_size, dynamics.action_size)
+    controller = LinearController.from_flat(
+        params, dynamics.z_size, dynamics.hidden_size, dynamics.action_size, squash, inputs
+    )
     k_start, k_steps = jr.split(key)
     draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
     noise = draw(jr.split(k_steps, steps), dynamics.num_mixtures, dynamics.z_size)
@@ -259,6 +264,8 @@ def generation_fitness(
     steps: int,
     done_threshold: float,
     mesh: Mesh | None = None,
+    squash: str = "carracing",
+    inputs: str = "zh",
 ) -> Float[Array, " P"]:
     """A whole CMA-ES generation, P x R x T dream steps, in one jitted call.
 
@@ -273,12 +280,14 @@ def generation_fitness(
             With a mesh the (P, R) grid of returns is constrained to ``PartitionSpec("pop", "roll")``
             so XLA splits candidates and rollouts over the devices; the values are the same. Use
             ``sharded_generation_fitness``, which builds the mesh and pads P.
+        squash, inputs: static; the controller's action squash and inputs (``models.controller``).
 
     Returns:
         float32 (P,) mean dream return per candidate.
     """
     keys = jr.split(key, rollouts)
-    kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold}
+    kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
+          "inputs": inputs}  # fmt: skip
     if mesh is None:
         return population_rollout(population, dynamics, start, keys, **kw)
     population = jax.lax.with_sharding_constraint(population, NamedSharding(mesh, PartitionSpec(POP, None)))
@@ -300,6 +309,8 @@ def sharded_generation_fitness(
     steps: int,
     done_threshold: float,
     devices: Sequence[jax.Device] | None = None,
+    squash: str = "carracing",
+    inputs: str = "zh",
 ) -> Float[Array, " P"]:
     """``generation_fitness`` spread over ``devices`` (default ``jax.devices()``).
 
@@ -313,6 +324,7 @@ def sharded_generation_fitness(
         population: float32 (P, N) flat controllers (NumPy or JAX).
         dynamics, start, key, temperature, rollouts, steps, done_threshold: as in ``generation_fitness``.
         devices: the devices to use; default all of ``jax.devices()``.
+        squash, inputs: the controller's action squash and inputs (``models.controller``).
 
     Returns:
         float32 (P,) mean dream return per candidate, padding removed.
@@ -320,10 +332,10 @@ def sharded_generation_fitness(
     devices = list(jax.devices() if devices is None else devices)
     args = (dynamics, start, key, temperature, rollouts, steps, done_threshold)
     if len(devices) == 1:
-        return generation_fitness(population, *args)
+        return generation_fitness(population, *args, squash=squash, inputs=inputs)
     p = population.shape[0]
     mesh = dream_mesh(p, rollouts, devices)
-    fitness = generation_fitness(shard_population(population, mesh), *args, mesh)
+    fitness = generation_fitness(shard_population(population, mesh), *args, mesh, squash=squash, inputs=inputs)
     return fitness if fitness.shape[0] == p else fitness[:p]
 
 

@@ -1,11 +1,24 @@
-"""CarRacing-v3 preprocessing and environment factories.
+"""Environments as data: one ``EnvSpec`` per environment, and the factories that build them.
 
-Frames are cropped above the HUD (rows 0:84 of the 96x96 render) and resized to 64x64 with
-``cv2.INTER_AREA``, as in Ha & Schmidhuber 2018 (Sec. 3.1). Actions are CarRacing's continuous
-(steer in [-1, 1], gas in [0, 1], brake in [0, 1]).
+An ``EnvSpec`` says everything the pipeline needs to know about an environment: its Gymnasium id and
+arguments, whether the agent sees pixels or a vector (which chooses V's kind: the convolutional VAE or the
+MLP autoencoder), the action box and how a controller's raw outputs are squashed into it, the reward
+that counts as solved, and the collection policies that apply. Stages read the spec of their run
+(``run_dir.env_spec``, recorded by the collection stage as ``collect.env``); nothing else branches on
+an environment's name.
+
+``carracing`` (the default, Ha & Schmidhuber 2018): frames are cropped above the HUD (rows 0:84 of the
+96x96 render) and resized to 64x64 with ``cv2.INTER_AREA`` (Sec. 3.1); actions steer in [-1, 1], gas
+and brake in [0, 1].
+
+``lunarlander``: ``LunarLander-v3`` with ``continuous=True``: an 8-dim float32 vector observation
+(position, velocity, angle, angular velocity, two leg contacts), 2 actions in [-1, 1] (main and lateral
+engine), solved at 200.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import gymnasium as gym
@@ -19,6 +32,11 @@ HUD_ROW = 84
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 ACTION_SIZE = 3
+
+OBSERVATIONS = ("pixels", "vector")
+"""What an agent sees: 64x64x3 uint8 frames, or a float32 vector."""
+SQUASHES = ("carracing", "tanh")
+"""How a controller's raw outputs become actions (``models.controller.squash_action``)."""
 
 
 def preprocess(frame: np.ndarray) -> np.ndarray:
@@ -38,24 +56,123 @@ def preprocess(frame: np.ndarray) -> np.ndarray:
     return cv2.resize(frame[:HUD_ROW], (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def make_env(max_steps: int = 1000, render_mode: str | None = None) -> gym.Env:
-    """CarRacing-v3 with 64x64 uint8 observations and a ``max_steps`` time limit.
+@dataclass(frozen=True)
+class EnvSpec:
+    """One environment as data.
 
-    Seeds are explicit: pass ``seed=`` to ``reset``. Uses Gymnasium's ``TransformObservation``
-    wrapper, so the wrapped env keeps Gymnasium's checks and the time limit.
+    Attributes:
+        name: the name configs and run directories use (``collect.env``).
+        gym_id: Gymnasium id.
+        gym_kwargs: keyword arguments of ``gym.make`` besides the time limit and render mode.
+        observation: ``pixels`` (uint8 (64, 64, 3) after ``preprocess``) or ``vector`` (float32 (obs_size,)).
+        obs_shape: shape of one observation as the models see it.
+        action_low, action_high: the action box, float (A,) each.
+        squash: how raw controller outputs map into the box (``SQUASHES``).
+        reward_threshold: the return at which the task counts as solved (Gymnasium's, CarRacing's 900).
+        policies: the collection policies that apply (``config.COLLECTION_POLICIES``).
+        vision_kind: the V checkpoint kind trained on its observations (``models.registry``).
+        obs_names: short names of a vector observation's dimensions (for plots and videos).
+    """
+
+    name: str
+    gym_id: str
+    gym_kwargs: tuple[tuple[str, object], ...]
+    observation: str
+    obs_shape: tuple[int, ...]
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    squash: str
+    reward_threshold: float
+    policies: tuple[str, ...]
+    vision_kind: str
+    obs_names: tuple[str, ...] = ()
+
+    @property
+    def action_size(self) -> int:
+        """A, the number of action dimensions."""
+        return len(self.action_low)
+
+    @property
+    def obs_dtype(self) -> type:
+        """numpy dtype of stored observations: uint8 frames or float32 vectors."""
+        return np.uint8 if self.observation == "pixels" else np.float32
+
+    def low(self) -> np.ndarray:
+        """float32 (A,) lower bounds of the action box."""
+        return np.array(self.action_low, np.float32)
+
+    def high(self) -> np.ndarray:
+        """float32 (A,) upper bounds of the action box."""
+        return np.array(self.action_high, np.float32)
+
+
+ENVS: dict[str, EnvSpec] = {
+    "carracing": EnvSpec(
+        name="carracing",
+        gym_id=ENV_ID,
+        gym_kwargs=(("continuous", True),),
+        observation="pixels",
+        obs_shape=(FRAME_SIZE, FRAME_SIZE, 3),
+        action_low=(-1.0, 0.0, 0.0),
+        action_high=(1.0, 1.0, 1.0),
+        squash="carracing",
+        reward_threshold=900.0,
+        policies=("brownian", "random_controller", "heuristic", "recovery", "aggressive", "controller"),
+        vision_kind="vae",
+    ),
+    "lunarlander": EnvSpec(
+        name="lunarlander",
+        gym_id="LunarLander-v3",
+        gym_kwargs=(("continuous", True),),
+        observation="vector",
+        obs_shape=(8,),
+        action_low=(-1.0, -1.0),
+        action_high=(1.0, 1.0),
+        squash="tanh",
+        reward_threshold=200.0,
+        policies=("brownian", "heuristic", "controller"),
+        vision_kind="mlp_autoencoder",
+        obs_names=("x", "y", "vx", "vy", "angle", "omega", "legL", "legR"),
+    ),
+}
+"""Every environment the pipeline runs on, by name."""
+
+
+def get_spec(name: str) -> EnvSpec:
+    """The spec of environment ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in ENVS:
+        raise ValueError(f"unknown environment {name!r}; available: {', '.join(ENVS)}")
+    return ENVS[name]
+
+
+def make_env(max_steps: int = 1000, render_mode: str | None = None, env: str = "carracing") -> gym.Env:
+    """Environment ``env`` with a ``max_steps`` time limit, observations as the models see them.
+
+    CarRacing's frames go through ``preprocess`` (Gymnasium's ``TransformObservation`` wrapper, so the
+    wrapped env keeps Gymnasium's checks and the time limit): uint8 (64, 64, 3). A vector environment's
+    observations are float32 (obs_size,). Seeds are explicit: pass ``seed=`` to ``reset``.
 
     Args:
         max_steps: episode length cap in steps (truncation).
         render_mode: passed to ``gym.make`` (``None`` or ``"rgb_array"``).
+        env: an ``ENVS`` name.
 
-    Returns:
-        A ``gym.Env`` whose observations are uint8 (64, 64, 3).
+    Raises:
+        ValueError: for an unknown ``env``.
     """
-    env = gym.make(ENV_ID, continuous=True, max_episode_steps=max_steps, render_mode=render_mode)
-    space = gym.spaces.Box(0, 255, (FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
-    return gym.wrappers.TransformObservation(env, preprocess, space)
+    spec = get_spec(env)
+    made = gym.make(spec.gym_id, max_episode_steps=max_steps, render_mode=render_mode, **dict(spec.gym_kwargs))
+    if spec.observation == "pixels":
+        space = gym.spaces.Box(0, 255, spec.obs_shape, np.uint8)
+        return gym.wrappers.TransformObservation(made, preprocess, space)
+    return made
 
 
-def clip_action(action: np.ndarray) -> np.ndarray:
-    """Clip (..., 3) actions to CarRacing's bounds; returns float32."""
-    return np.clip(np.asarray(action, dtype=np.float32), ACTION_LOW, ACTION_HIGH)
+def clip_action(action: np.ndarray, env: str = "carracing") -> np.ndarray:
+    """Clip (..., A) actions to the action box of ``env``; returns float32."""
+    spec = get_spec(env)
+    return np.clip(np.asarray(action, dtype=np.float32), spec.low(), spec.high())

@@ -58,9 +58,12 @@ def group_sizes(workers: int) -> list[int]:
     return [(workers + 1) // 2, workers // 2]
 
 
-def _vector_envs(workers: int, max_steps: int) -> list[gym.vector.VectorEnv]:
-    """The vector env of each pipeline group (``group_sizes``); W 1 is one in-process ``SyncVectorEnv``."""
-    make = functools.partial(make_env, max_steps)
+def _vector_envs(
+    workers: int, max_steps: int, env: str = "carracing", render: bool = False
+) -> list[gym.vector.VectorEnv]:
+    """The vector env of each pipeline group (``group_sizes``); W 1 is one in-process ``SyncVectorEnv``. With
+    ``render`` the environments render RGB frames (``render_mode="rgb_array"``), for a vector environment's videos."""
+    make = functools.partial(make_env, max_steps, "rgb_array" if render else None, env)
     if workers == 1:
         return [gym.vector.SyncVectorEnv([make])]
     envs: list[gym.vector.VectorEnv] = []
@@ -143,6 +146,7 @@ def run_episodes(
     progress: bool = True,
     planner: Planner | None = None,
     timing: dict | None = None,
+    env: str = "carracing",
 ) -> list[EpisodeResult]:
     """Run one real episode per seed with W parallel environments, pipelined in two groups.
 
@@ -160,7 +164,9 @@ def run_episodes(
     the results do not depend on ``workers``.
 
     With ``video_dir``, the first ``video_episodes`` episodes (in the order of ``seeds``) are written
-    as ``episode_{seed}.mp4`` showing real frame | VAE reconstruction | MDN-RNN prediction side by side.
+    as ``episode_{seed}.mp4`` showing real frame | VAE reconstruction | MDN-RNN prediction side by side; for a
+    vector environment, the rendered frame | a bar chart of the real observation against V's reconstruction
+    and M's prediction of it (``viz.vector_panel``).
 
     Args:
         agent: V, M and C.
@@ -174,6 +180,7 @@ def run_episodes(
         timing: a dict that receives ``wall_s`` (the whole call), ``act_s`` (the agent's jitted steps, planning
             included, waited for) and ``env_steps`` (steps of the episodes); with a planner also
             ``predicted_return`` and ``disagreement``, the means over those steps of ``agent.PlanStats``.
+        env: the environment (an ``env.ENVS`` name); off-road steps are counted for CarRacing only.
 
     Returns:
         One ``EpisodeResult`` per seed, in the order of ``seeds``.
@@ -182,7 +189,11 @@ def run_episodes(
         TrainingDiverged: when the agent's action is NaN or inf (damaged parameters), naming the step and the
             episode's seed, before that action reaches the simulator.
     """
-    from worldmodels.viz import side_by_side, to_uint8, write_video
+    from worldmodels.env import get_spec
+    from worldmodels.viz import side_by_side, to_uint8, vector_panel, write_video
+
+    spec = get_spec(env)
+    pixels = spec.observation == "pixels"
 
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -249,10 +260,14 @@ def run_episodes(
         actions = np.asarray(actions)
         clock["act_s"] += time.perf_counter() - t0
         if frames is not None:
-            recon, nxt = to_uint8(frames[0]), to_uint8(frames[1])
+            recon, nxt = (to_uint8(f) for f in frames) if pixels else (np.asarray(f) for f in frames)
+            rendered = None if pixels else g.env.call("render")
             for i in np.flatnonzero(g.record & g.active):
-                pred = g.predicted[i] if g.predicted is not None else np.zeros_like(g.obs[i])
-                g.videos[i].append(side_by_side([g.obs[i], recon[i], pred], ["real", "VAE", "MDN-RNN"]))
+                pred = g.predicted[i] if g.predicted is not None else np.zeros_like(recon[i])
+                if pixels:
+                    g.videos[i].append(side_by_side([g.obs[i], recon[i], pred], ["real", "VAE", "MDN-RNN"]))
+                else:
+                    g.videos[i].append(vector_panel(rendered[i], g.obs[i], recon[i], pred, spec.obs_names))
             g.predicted = nxt
         bad = ~np.isfinite(actions).all(axis=1) & g.active
         if bad.any():
@@ -266,7 +281,7 @@ def run_episodes(
     clock = {"act_s": 0.0, "predicted_return": 0.0, "disagreement": 0.0}
     start = time.perf_counter()
     try:
-        envs = _vector_envs(workers, max_steps)
+        envs = _vector_envs(workers, max_steps, env, render=not pixels and video_dir is not None and video_episodes > 0)
         groups = [_Group(env, env.num_envs) for env in envs]
         for g in groups:
             start_round(g)

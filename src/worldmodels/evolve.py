@@ -32,8 +32,9 @@ ADAPT_SIGMA = {"csa": cma.sigma_adaptation.CMAAdaptSigmaCSA, "tpa": cma.sigma_ad
 ``AdaptSigma`` option so that pycma's own rule (TPA from 300 parameters on, CSA below) never decides."""
 
 
-def dream_fitness(dynamics: Dynamics, start: DreamStart, cfg: DreamConfig) -> Callable:
-    """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller.
+def dream_fitness(dynamics: Dynamics, start: DreamStart, cfg: DreamConfig, squash: str = "carracing") -> Callable:
+    """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller
+    (a ``LinearController`` with the environment's action ``squash``, reading ``cfg.controller_inputs``).
 
     One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
     and rollouts where they divide, split over ``jax.devices()``; P padded and the padding dropped).
@@ -42,8 +43,9 @@ def dream_fitness(dynamics: Dynamics, start: DreamStart, cfg: DreamConfig) -> Ca
 
     def fitness(population, key):
         return sharded_generation_fitness(
-            population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold
-        )
+            population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold,
+            squash=squash, inputs=cfg.controller_inputs,
+        )  # fmt: skip
 
     return fitness
 

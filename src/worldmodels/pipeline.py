@@ -17,6 +17,7 @@ from rich.table import Table
 from worldmodels import stages
 from worldmodels.config import Preset, record_config
 from worldmodels.evaluate import ci95
+from worldmodels.run_dir import env_spec
 
 
 def _duration(seconds: float) -> str:
@@ -82,7 +83,7 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
     s = report["score"]
     Console().print(table)
     print(
-        f"real CarRacing-v3 score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
+        f"real {env_spec(run_dir).gym_id} score over {s['n']} episodes: {s['mean']:.1f} +- {s['std']:.1f} "
         f"(std; 95 % CI of the mean +- {s['ci95']:.1f}; min {s['min']:.1f}, max {s['max']:.1f})"
     )
     if iterations:

@@ -1,8 +1,10 @@
 """Data-collection policies. Each is a small stateful object: ``reset(seed, env)`` then ``act(obs) -> action``.
 
-Actions are float32 (3,) in CarRacing's box: steer in [-1, 1], gas and brake in [0, 1]. The heuristic
-drivers read the environment's own state (the track's tiles and the car's body) through ``env``: they
-exist to show the world model good and bad driving, never to act for the agent.
+Actions are float32 (A,) in the environment's box (``env.EnvSpec``): for CarRacing steer in [-1, 1], gas and
+brake in [0, 1]; for LunarLander main and lateral engine in [-1, 1]. The heuristic drivers read the
+environment's own state (CarRacing's track tiles and car body; LunarLander's state through Gymnasium's own
+``heuristic`` lander) through ``env``: they exist to show the world model good and bad flying or driving,
+never to act for the agent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import cv2
 import numpy as np
 
 from worldmodels.config import COLLECTION_POLICIES, CollectConfig
-from worldmodels.env import ACTION_HIGH, ACTION_LOW
+from worldmodels.env import ACTION_HIGH, ACTION_LOW, get_spec
 
 POLICIES = COLLECTION_POLICIES
 """Collection policies by name (``config.COLLECTION_POLICIES``, where configs check names); the index also sets each
@@ -59,7 +61,9 @@ class BrownianPolicy:
 
     sigma: float = 0.3
     theta: float = 0.5
-    mean: tuple[float, float, float] = (0.0, 0.35, 0.0)
+    mean: tuple[float, ...] = (0.0, 0.35, 0.0)
+    low: tuple[float, ...] = tuple(ACTION_LOW.tolist())
+    high: tuple[float, ...] = tuple(ACTION_HIGH.tolist())
 
     def reset(self, seed: int, env: Any = None) -> None:
         """Start a new episode with its own random stream (``env`` is not used)."""
@@ -68,10 +72,12 @@ class BrownianPolicy:
         self._action = self._mean.copy()
 
     def act(self, obs: np.ndarray | None = None) -> np.ndarray:
-        """Next action, float32 (3,); ``obs`` is ignored."""
-        noise = self._rng.standard_normal(3).astype(np.float32)
+        """Next action, float32 (A,) with A = len(mean); ``obs`` is ignored."""
+        noise = self._rng.standard_normal(len(self._mean)).astype(np.float32)
         self._action = np.clip(
-            self._action + self.theta * (self._mean - self._action) + self.sigma * noise, ACTION_LOW, ACTION_HIGH
+            self._action + self.theta * (self._mean - self._action) + self.sigma * noise,
+            np.asarray(self.low, np.float32),
+            np.asarray(self.high, np.float32),
         )
         return self._action.copy()
 
@@ -124,6 +130,31 @@ class HeuristicPolicy:
 
 
 @dataclass
+class LanderHeuristicPolicy:
+    """Gymnasium's heuristic LunarLander pilot (``gymnasium.envs.box2d.lunar_lander.heuristic``, a PID on angle
+    and height that lands in most episodes), with Gaussian noise on its actions: each episode draws a noise
+    scale s ~ U(0, ``noise``) and adds N(0, s^2) to every action, clipped to [-1, 1]."""
+
+    noise: float = 0.0
+
+    def reset(self, seed: int, env: Any = None) -> None:
+        """Bind to the episode's environment (required: the heuristic reads its continuous flag) and draw s."""
+        if env is None:
+            raise ValueError("the heuristic lander needs the environment: call reset(seed, env)")
+        self._env = env.unwrapped
+        self._rng = np.random.default_rng(seed)
+        self._scale = float(self._rng.uniform(0.0, self.noise))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Action float32 (2,) for LunarLander's state vector (8,)."""
+        from gymnasium.envs.box2d.lunar_lander import heuristic
+
+        action = np.asarray(heuristic(self._env, obs), np.float32)
+        action = action + self._scale * self._rng.standard_normal(2).astype(np.float32)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+@dataclass
 class RecoveryPolicy(HeuristicPolicy):
     """The heuristic driver, pushed off the road now and then so the data shows recoveries.
 
@@ -165,6 +196,8 @@ class ControllerPolicy:
 
     run_dir: Path
     noise: float = 0.2
+    low: tuple[float, ...] = tuple(ACTION_LOW.tolist())
+    high: tuple[float, ...] = tuple(ACTION_HIGH.tolist())
 
     def reset(self, seed: int, env: Any = None) -> None:
         """Start an episode: the dynamics' initial state and a fresh noise stream (``env`` is not used)."""
@@ -176,10 +209,11 @@ class ControllerPolicy:
         self._state = batched_initial_state(agent.dynamics, 1)
         self._key = jr.key(seed)
         self._rng = np.random.default_rng(seed)
-        self._noise = np.zeros(3, np.float32)
+        self._noise = np.zeros(len(self.low), np.float32)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The agent's action for a uint8 (64, 64, 3) frame plus noise, float32 (3,)."""
+        """The agent's action for one observation (a uint8 (64, 64, 3) frame or a float32 vector) plus noise,
+        float32 (A,)."""
         import jax.numpy as jnp
         import jax.random as jr
 
@@ -193,8 +227,9 @@ class ControllerPolicy:
             return np.asarray(action[0], np.float32)
         theta = 0.5
         sigma = self.noise * np.sqrt(1.0 - (1.0 - theta) ** 2)
-        self._noise = (1.0 - theta) * self._noise + sigma * self._rng.standard_normal(3).astype(np.float32)
-        return np.clip(np.asarray(action[0]) + self._noise, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        self._noise = (1.0 - theta) * self._noise + sigma * self._rng.standard_normal(len(self.low)).astype(np.float32)
+        low, high = np.asarray(self.low, np.float32), np.asarray(self.high, np.float32)
+        return np.clip(np.asarray(action[0]) + self._noise, low, high).astype(np.float32)
 
 
 _AGENTS: dict[str, Any] = {}
@@ -219,11 +254,17 @@ def make_policy(cfg: CollectConfig, run_dir: Path | None = None) -> Policy:
             or, when that is empty, from here.
 
     Raises:
-        ValueError: for an unknown policy name, or ``controller`` without a run directory.
+        ValueError: for an unknown policy name, one that does not apply to ``cfg.env``, or ``controller`` without
+            a run directory.
     """
-    name = cfg.policy
+    name, spec = cfg.policy, get_spec(cfg.env)
+    if name not in spec.policies:
+        raise ValueError(f"collection policy {name!r} does not apply to {spec.name}; available: {spec.policies}")
+    box = (spec.action_low, spec.action_high)
     if name == "brownian":
-        return BrownianPolicy(cfg.brownian_sigma, cfg.brownian_theta, tuple(cfg.brownian_mean))
+        return BrownianPolicy(cfg.brownian_sigma, cfg.brownian_theta, tuple(cfg.brownian_mean), *box)
+    if name == "heuristic" and spec.name == "lunarlander":
+        return LanderHeuristicPolicy(cfg.heuristic_noise)
     if name == "random_controller":
         return RandomControllerPolicy(cfg.random_controller_scale)
     if name == "heuristic":
@@ -236,5 +277,5 @@ def make_policy(cfg: CollectConfig, run_dir: Path | None = None) -> Policy:
         source = cfg.controller_run or run_dir
         if not source:
             raise ValueError("the controller policy needs a run directory holding a trained agent")
-        return ControllerPolicy(Path(source), cfg.controller_noise)
+        return ControllerPolicy(Path(source), cfg.controller_noise, *box)
     raise ValueError(f"unknown collection policy {name!r}; available: {', '.join(POLICIES)}")

@@ -34,6 +34,7 @@ __all__ = [
     "collect_cmd",
     "dataset_dir",
     "dynamics_meta",
+    "env_spec",
     "export_agent",
     "fixed_export",
     "frozen",
@@ -51,6 +52,31 @@ __all__ = [
 def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
     """Where the dataset ``name`` of a run lives (absolute)."""
     return (Path(run_dir) / "data" / name).resolve()
+
+
+def env_spec(run_dir: Path):
+    """The environment of a run (an ``env.EnvSpec``): ``collect.env`` recorded in ``RUN_DIR/config.json`` by the
+    collection stage; CarRacing for a run that recorded none (every run made before other environments existed).
+
+    Raises:
+        DatasetError: when the recorded name is not a known environment (naming the file).
+    """
+    from worldmodels.env import get_spec
+
+    path = Path(run_dir) / "config.json"
+    name = "carracing"
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            record = {}
+        collect = record.get("collect") if isinstance(record, dict) else None
+        if isinstance(collect, dict) and "env" in collect:
+            name = collect["env"]
+    try:
+        return get_spec(name)
+    except ValueError as err:
+        raise DatasetError(f"{path}: collect.env: {err}") from None
 
 
 def collect_cmd(run_dir: Path) -> str:

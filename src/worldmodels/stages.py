@@ -35,7 +35,6 @@ from worldmodels.config import (
 )
 from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
 from worldmodels.dream import DreamStart, mid_episode_starts
-from worldmodels.env import ACTION_HIGH, ACTION_LOW
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
@@ -44,6 +43,7 @@ from worldmodels.models.registry import controller_hparams
 from worldmodels.run_dir import (
     dataset_dir,
     dynamics_meta,
+    env_spec,
     fixed_export,
     frozen,
     load_agent,
@@ -148,7 +148,10 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
         )
         return
     sources = recipe_paths(run_dir, cfg.dataset)
-    _check_sizes(run_dir / "vae" / "ckpt", vae_hparams(cfg))
+    spec = env_spec(run_dir)
+    if cfg.mirror and spec.observation != "pixels":
+        raise ValueError(f"--mirror flips frames left-right; {spec.name}'s observations are vectors: drop --mirror")
+    _check_sizes(run_dir / "vae" / "ckpt", vae_hparams(cfg, spec.obs_shape))
     record_config(run_dir, "vae", cfg)
     if vae_done(run_dir, cfg):
         print(f"VAE already trained ({run_dir / 'vae'})")
@@ -161,7 +164,8 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
         return
     mix = FrameMix.of([(frames_of(load_episodes(path)), w) for path, w in sources])
     names = ", ".join(f"{p.name} (p {q:.2f})" for (p, _), q in zip(sources, mix.probs, strict=True))
-    print(f"training the VAE on {len(mix.frames)} frames from {names}" + (", mirrored" if cfg.mirror else ""))
+    what = "the VAE" if spec.observation == "pixels" else "the MLP autoencoder"
+    print(f"training {what} on {len(mix.frames)} observations from {names}" + (", mirrored" if cfg.mirror else ""))
     train_vae(run_dir / "vae", mix, cfg)
     _finish(run_dir / "vae", ["total", "recon", "kl_raw"], "VAE training", "recon.png")
 
@@ -291,6 +295,9 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     name = DYNAMICS_NAMES[cfg.kind]
     meta = _check_trainable_rnn(run_dir, cfg.kind)
     _check_observation(run_dir, meta, cfg)
+    spec = env_spec(run_dir)
+    if cfg.obs == "pixels" and spec.observation != "pixels":
+        raise ValueError(f"--obs pixels trains on frames; {spec.name}'s observations are vectors: use --obs latent")
     require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     recipe_paths(run_dir, cfg.dataset)  # every dataset of the recipe exists
     _check_sizes(run_dir / "rnn" / "ckpt", rnn_size_hparams(cfg))
@@ -344,19 +351,22 @@ def _finish(out_dir: Path, keys: list[str], title: str, *pictures: str, png: str
     print(f"{title}: {xkey} {last[xkey]}: {values} -> {out_dir} ({', '.join((png, *pictures))})")
 
 
-def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int):
-    """A function flat_params -> mean real return over ``episodes`` episodes (for periodic checks)."""
+def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int, inputs: str = "zh"):
+    """A function flat_params -> mean real return over ``episodes`` episodes (for periodic checks) of the linear
+    controller reading ``inputs`` in the run's environment."""
     vae, _ = load_vae(run_dir)
     dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
+    spec = env_spec(run_dir)
 
     def check(flat: np.ndarray) -> float:
-        ctrl = LinearController.from_flat(jnp.asarray(flat), **controller_hparams(dynamics))
+        ctrl = LinearController.from_flat(jnp.asarray(flat), **controller_hparams(dynamics, spec.squash, inputs))
         res = run_episodes(
             Agent(vae, dynamics, ctrl),
             list(range(seed, seed + episodes)),
             workers=workers,
             max_steps=max_steps,
             progress=False,
+            env=spec.name,
         )
         return float(np.mean([r.ret for r in res]))
 
@@ -436,6 +446,14 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     rnn_cfg = recorded_rnn_config(run_dir)
     recipe_paths(run_dir, rnn_cfg.dataset)  # the episodes dreams start from exist
     _check_learner(run_dir, cfg)
+    spec = env_spec(run_dir)
+    if cfg.learner == "actor-critic" and spec.squash != "carracing":
+        raise ValueError(
+            f"--learner actor-critic acts in CarRacing's action box only; on {spec.name} use --learner cmaes"
+        )
+    hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs)
+    if cfg.learner == "cmaes":
+        _check_sizes(run_dir / "controller" / "ckpt", hparams)
     record_config(run_dir, "dream", cfg)
     if cfg.learner == "actor-critic":
         record_config(run_dir, "actor_critic", ac)
@@ -453,9 +471,9 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     check = None
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
-        check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0)
-    fitness = dream_fitness(dynamics, start, cfg)
-    evolve(run_dir / "controller", fitness, controller_hparams(dynamics), cfg, real_check=check)
+        check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0, cfg.controller_inputs)
+    fitness = dream_fitness(dynamics, start, cfg, spec.squash)
+    evolve(run_dir / "controller", fitness, hparams, cfg, real_check=check)
     _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
 
@@ -488,7 +506,8 @@ def planner_of(run_dir: Path, agent: Agent, cfg: TestConfig, cem: CEMConfig) -> 
                 )
             members.append(other)
     dynamics = stack_modules(members) if ensemble else agent.dynamics
-    low, high = jnp.asarray(ACTION_LOW), jnp.asarray(ACTION_HIGH)
+    spec = env_spec(run_dir)
+    low, high = jnp.asarray(spec.low()), jnp.asarray(spec.high())
     return Planner(dynamics, low, high, cem, ensemble, seeded=cfg.policy == "cem-controller")
 
 
@@ -529,6 +548,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         fps=cfg.video_fps,
         planner=planner,
         timing=timing,
+        env=env_spec(run_dir).name,
     )
     summary = summarize(results)
     summary["timing"] = {**timing, "env_steps_per_s": timing["env_steps"] / max(timing["wall_s"], 1e-9),

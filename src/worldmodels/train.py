@@ -27,6 +27,7 @@ from worldmodels.dream import teacher_forced
 from worldmodels.losses import kl_diag_normal, rnn_step_loss, rssm_sequence_loss, vae_loss, weighted_total
 from worldmodels.models import MDNRNN, ConvVAE
 from worldmodels.models.mdnrnn import MDNOutput, rollout_sequence
+from worldmodels.models.mlp_autoencoder import MLPAutoencoder
 from worldmodels.models.rssm import RSSM
 from worldmodels.models.transformer import TransformerDynamics
 from worldmodels.models.vae import to_float
@@ -35,13 +36,22 @@ from worldmodels.trainer import fit
 # Vision
 
 
-def vae_hparams(cfg: VAEConfig) -> dict[str, Any]:
-    """Keyword arguments that rebuild the VAE (``registry.build_vae``)."""
+def vae_hparams(cfg: VAEConfig, obs_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Keyword arguments that rebuild V: the ConvVAE (kind ``vae``, ``registry.build_vae``) for frames, or, given
+    a vector ``obs_shape`` (D,), the MLP autoencoder (kind ``mlp_autoencoder``)."""
+    if obs_shape is not None and len(obs_shape) == 1:
+        return {"obs_size": int(obs_shape[0]), "z_size": cfg.z_size, "hidden": list(cfg.mlp_hidden),
+                "variational": cfg.variational}  # fmt: skip
     return {"z_size": cfg.z_size, "arch": cfg.arch}
 
 
+def vision_kind(obs_shape: tuple[int, ...]) -> str:
+    """V's checkpoint kind for observations of ``obs_shape``: ``mlp_autoencoder`` for vectors, else ``vae``."""
+    return "mlp_autoencoder" if len(obs_shape) == 1 else "vae"
+
+
 def frames_of(episodes: list[Episode]) -> np.ndarray:
-    """All observations of the episodes, uint8 (N, 64, 64, 3)."""
+    """All observations of the episodes: uint8 (N, 64, 64, 3) frames or float32 (N, D) vectors."""
     return np.concatenate([ep.observations for ep in episodes])
 
 
@@ -79,12 +89,18 @@ class FrameMix(eqx.Module):
         return batch
 
 
-def vae_batch_loss(model: ConvVAE, frames: jax.Array, key: jax.Array, kl_tolerance: float, scales: dict[str, float]):
-    """Mean VAE loss over a batch of uint8 frames (B, 64, 64, 3): ``(total, metrics)`` with every term of
-    ``losses.vae_loss`` (Appendix A.1 of Ha & Schmidhuber 2018) averaged over the batch, ``total`` (their
-    sum weighted by ``scales``, ``VAEConfig.loss_scales``) and the diagnostic ``kl_raw``."""
+def vae_batch_loss(
+    model: ConvVAE | MLPAutoencoder, frames: jax.Array, key: jax.Array, kl_tolerance: float, scales: dict[str, float]
+):
+    """Mean VAE loss over a batch of observations, uint8 frames (B, 64, 64, 3) or float32 vectors (B, D):
+    ``(total, metrics)`` with every term of ``losses.vae_loss`` (Appendix A.1 of Ha & Schmidhuber 2018) averaged
+    over the batch, ``total`` (their sum weighted by ``scales``, ``VAEConfig.loss_scales``) and the diagnostic
+    ``kl_raw``. The MLP autoencoder's reconstruction is compared with the standardised vector (its ``normalize``),
+    so the recon term is a sum of squared errors in units of each dimension's std."""
     x = to_float(frames)
     recon, mu, logvar = model(x, key=key)
+    if isinstance(model, MLPAutoencoder):
+        x = model.normalize(x)
     losses = jax.vmap(vae_loss, in_axes=(0, 0, 0, 0, None))(recon, x, mu, logvar, kl_tolerance)
     metrics = {k: jnp.mean(v) for k, v in losses.items()}
     metrics["total"] = weighted_total(metrics, scales)
@@ -92,14 +108,24 @@ def vae_batch_loss(model: ConvVAE, frames: jax.Array, key: jax.Array, kl_toleran
     return metrics["total"], metrics
 
 
-def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> ConvVAE:
-    """Train the VAE on uint8 frames (N, 64, 64, 3) or a ``FrameMix``; writes ``recon.png`` at the end.
+def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> ConvVAE | MLPAutoencoder:
+    """Train V on observations, or a ``FrameMix`` of them; writes ``recon.png`` at the end.
 
-    Loss: Appendix A.1 of Ha & Schmidhuber 2018 (L2 reconstruction + KL with free bits), see
-    ``losses.vae_loss``. With ``cfg.mirror`` half of each batch is flipped left-right.
+    uint8 frames (N, 64, 64, 3) train the ConvVAE; float32 vectors (N, D) train the MLP autoencoder
+    (``models.mlp_autoencoder``, standardised with the statistics of all N observations). Loss: Appendix A.1 of
+    Ha & Schmidhuber 2018 (L2 reconstruction + KL with free bits), see ``losses.vae_loss``; a non-variational
+    autoencoder has no KL term (``VAEConfig.loss_scales``). With ``cfg.mirror`` half of each batch is flipped
+    left-right (frames only).
     """
     mix = frames if isinstance(frames, FrameMix) else FrameMix.of([(frames, 1.0)])
-    model = ConvVAE(cfg.z_size, cfg.arch, key=jr.key(cfg.seed))
+    obs_shape = mix.frames.shape[1:]
+    kind = vision_kind(obs_shape)
+    if kind == "mlp_autoencoder":
+        hp = vae_hparams(cfg, obs_shape)
+        model = MLPAutoencoder(hp["obs_size"], cfg.z_size, cfg.mlp_hidden, cfg.variational, key=jr.key(cfg.seed))
+        model = model.with_statistics(mix.frames)
+    else:
+        model = ConvVAE(cfg.z_size, cfg.arch, key=jr.key(cfg.seed))
 
     def loss_fn(model, x, key):
         return vae_batch_loss(model, x, key, cfg.kl_tolerance, cfg.loss_scales)
@@ -114,17 +140,18 @@ def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> C
         make_batch=make_batch,
         steps=cfg.steps,
         out_dir=out_dir,
-        kind="vae",
-        hparams=vae_hparams(cfg),
+        kind=kind,
+        hparams=vae_hparams(cfg, obs_shape),
         seed=cfg.seed,
         log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every,
         items_per_step=cfg.batch_size,
-        desc="train VAE",
+        desc="train VAE" if kind == "vae" else "train MLP autoencoder",
     )
-    from worldmodels.viz import save_recon_grid
+    from worldmodels.viz import save_recon_grid, save_vector_recon
 
-    save_recon_grid(out_dir / "recon.png", model, mix.sample(np.random.default_rng(cfg.seed + 1), 8))
+    sample = mix.sample(np.random.default_rng(cfg.seed + 1), 8 if kind == "vae" else 500)
+    (save_recon_grid if kind == "vae" else save_vector_recon)(out_dir / "recon.png", model, sample)
     return model
 
 
@@ -315,13 +342,14 @@ def encode_episodes(
     )
 
 
-def rnn_hparams(cfg: RNNConfig, z_size: int) -> dict[str, Any]:
+def rnn_hparams(cfg: RNNConfig, z_size: int, action_size: int = 3) -> dict[str, Any]:
     """Keyword arguments that rebuild the stage's dynamics (an ``MDNRNN``, an ``RSSM`` for ``kind rssm``, or a
-    ``TransformerDynamics`` for ``kind transformer``)."""
+    ``TransformerDynamics`` for ``kind transformer``) on latents of ``z_size`` and actions of ``action_size``."""
+    a = action_size
     if cfg.kind == "rssm":
-        return {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "latent": cfg.latent,
+        return {"z_size": z_size, "action_size": a, "hidden_size": cfg.hidden_size, "latent": cfg.latent,
                 "stoch": cfg.stoch, "classes": cfg.classes, "units": cfg.units}  # fmt: skip
-    mdn = {"z_size": z_size, "action_size": 3, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
+    mdn = {"z_size": z_size, "action_size": a, "hidden_size": cfg.hidden_size, "num_mixtures": cfg.num_mixtures}
     if cfg.kind == "transformer":
         return {**mdn, "layers": cfg.layers, "heads": cfg.heads, "context": cfg.context}
     return mdn
@@ -437,7 +465,7 @@ def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RS
     """Train M on latent sequences of the frozen VAE: the MDN-RNN (Ha & Schmidhuber 2018, Sec. 2.2), with
     ``cfg.kind == "rssm"`` the RSSM (Hafner et al. 2019; losses of Hafner et al. 2023, Eq. 5), or with
     ``cfg.kind == "transformer"`` the causal transformer (``models.transformer``; the MDN-RNN's loss)."""
-    hparams = rnn_hparams(cfg, data.mu.shape[-1])
+    hparams = rnn_hparams(cfg, data.mu.shape[-1], data.actions.shape[-1])
     if cfg.kind == "rssm":
         model, loss = RSSM(**hparams, key=jr.key(cfg.seed)), rssm_loss
     elif cfg.kind == "transformer":

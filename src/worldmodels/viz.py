@@ -49,6 +49,93 @@ def save_recon_grid(path: Path, model, frames: np.ndarray) -> None:
     iio.imwrite(path, grid)
 
 
+def save_vector_recon(path: Path, model, observations: np.ndarray, names: tuple[str, ...] = ()) -> None:
+    """PNG of an MLP autoencoder's reconstruction, one panel per observation dimension: the decoded value of V's
+    posterior mean against the real one (the diagonal is perfect), titled with that dimension's MSE.
+
+    Args:
+        path: output PNG.
+        model: an ``MLPAutoencoder``.
+        observations: float32 (N, D) real observations.
+        names: optional names of the D dimensions.
+    """
+    import jax.numpy as jnp
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    obs = np.asarray(observations, np.float32)
+    mu, _ = model.encode(jnp.asarray(obs))
+    recon = np.asarray(model.decode(mu))
+    d = obs.shape[1]
+    cols = min(d, 4)
+    rows = -(-d // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= d:
+            ax.axis("off")
+            continue
+        lo, hi = float(min(obs[:, i].min(), recon[:, i].min())), float(max(obs[:, i].max(), recon[:, i].max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.scatter(obs[:, i], recon[:, i], s=3, alpha=0.5)
+        name = names[i] if i < len(names) else f"dim {i}"
+        ax.set_title(f"{name}: MSE {np.mean((obs[:, i] - recon[:, i]) ** 2):.2g}", fontsize=9)
+        ax.set_xlabel("real", fontsize=8)
+        ax.set_ylabel("decoded", fontsize=8)
+    fig.suptitle(f"V's reconstruction of {len(obs)} observations (z = posterior mean)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def vector_panel(
+    rendered: np.ndarray,
+    real: np.ndarray,
+    recon: np.ndarray,
+    predicted: np.ndarray,
+    names: tuple[str, ...] = (),
+    height: int = 256,
+    scale: float = 2.0,
+) -> np.ndarray:
+    """One video frame of a vector environment: the rendered frame | a bar chart of the observation.
+
+    Each dimension gets three bars: the real value (white), V's reconstruction (blue) and M's prediction of it
+    made one step before (orange), each of height value / ``scale`` of the half panel (clipped), around a zero line.
+
+    Args:
+        rendered: uint8 (H, W, 3) the environment's RGB render.
+        real, recon, predicted: float (D,) the observation, its decoding and M's predicted decoding.
+        names: optional names of the D dimensions, written under the bars.
+        height: the frame's height in pixels (the render is resized to it).
+        scale: observation units at the full half-height of a bar.
+
+    Returns:
+        uint8 (height, W', 3).
+    """
+    frame = np.asarray(rendered, np.uint8)
+    width = int(round(frame.shape[1] * height / frame.shape[0]))
+    frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+    d = len(real)
+    slot = 36
+    chart_width = -(-(width + slot * d + 8) // 16) * 16 - width  # the whole frame a multiple of 16 wide (H.264)
+    chart = np.zeros((height, chart_width, 3), np.uint8)
+    mid = height // 2
+    cv2.line(chart, (0, mid), (chart.shape[1], mid), (90, 90, 90), 1)
+    colours = ((255, 255, 255), (80, 160, 255), (255, 150, 40))
+    for i in range(d):
+        for j, (value, colour) in enumerate(zip((real[i], recon[i], predicted[i]), colours, strict=True)):
+            v = float(np.clip(value / scale, -1.0, 1.0)) if np.isfinite(value) else 0.0
+            x = 4 + i * slot + j * 10
+            top, bottom = sorted((mid, int(mid - v * (mid - 24))))
+            cv2.rectangle(chart, (x, top), (x + 8, max(bottom, top + 1)), colour, -1)
+        name = names[i] if i < len(names) else str(i)
+        cv2.putText(chart, name[:5], (4 + i * slot, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.32, (220, 220, 220), 1)
+    chart = label(chart, "real | V | M")
+    return np.concatenate([frame, chart], axis=1)
+
+
 def side_by_side(panels: list[np.ndarray], names: list[str], factor: int = 4) -> np.ndarray:
     """One video frame: HWC uint8 panels upscaled and labelled, left to right."""
     return np.concatenate([label(upscale(p, factor), n) for p, n in zip(panels, names, strict=True)], axis=1)

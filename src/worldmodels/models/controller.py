@@ -1,9 +1,11 @@
 """The linear controller C (Ha & Schmidhuber 2018, Sec. 2.3, Eq. 1): a_t = W_c [z_t h_t] + b_c.
 
-The raw outputs are squashed to CarRacing's action box as in the paper's code: steer = tanh(o_0),
-gas = (tanh(o_1) + 1) / 2, brake = clip(tanh(o_2), 0, 1). At paper sizes (Z = 32, H = 256, 3 actions)
-it has 3 * 288 + 3 = 867 parameters. CMA-ES works on the flat vector; ``from_flat`` / ``to_flat`` are
-the views between the two.
+The raw outputs are squashed to the environment's action box (``squash``, from its ``env.EnvSpec``):
+``carracing`` as in the paper's code, steer = tanh(o_0), gas = (tanh(o_1) + 1) / 2, brake =
+clip(tanh(o_2), 0, 1); ``tanh`` for a box of [-1, 1] in every dimension (LunarLander). At paper sizes
+(Z = 32, H = 256, 3 actions) it has 3 * 288 + 3 = 867 parameters. With ``inputs="z"`` it reads the
+latent alone, a_t = W_c z_t + b_c: the paper's "V model only" agent (Sec. 3.4, Table 1). CMA-ES works on
+the flat vector; ``from_flat`` / ``to_flat`` are the views between the two.
 """
 
 from __future__ import annotations
@@ -12,51 +14,83 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+CONTROLLER_INPUTS = ("zh", "z")
+"""What the controller reads: [z, h] (V + M, the paper's agent) or z alone (V only)."""
 
-def squash_action(o: Float[Array, " 3"]) -> Float[Array, " 3"]:
-    """Raw controller outputs (3,) -> CarRacing action (steer in [-1, 1], gas and brake in [0, 1])."""
+
+def squash_action(o: Float[Array, " A"], squash: str = "carracing") -> Float[Array, " A"]:
+    """Raw controller outputs (A,) -> an action in the environment's box.
+
+    ``carracing`` (A = 3): steer in [-1, 1], gas and brake in [0, 1] (the paper's code); ``tanh``: tanh(o),
+    every dimension in [-1, 1].
+
+    Raises:
+        ValueError: for another ``squash``.
+    """
     t = jnp.tanh(o)
+    if squash == "tanh":
+        return t
+    if squash != "carracing":
+        raise ValueError(f"unknown action squash {squash!r}; expected 'carracing' or 'tanh'")
     return jnp.stack([t[0], (t[1] + 1.0) / 2.0, jnp.clip(t[2], 0.0, 1.0)])
 
 
 class LinearController(eqx.Module):
-    """a = squash(W [z, h] + b) for one example.
+    """a = squash(W [z, h] + b) (or W z + b with ``inputs="z"``) for one example.
 
     Attributes:
-        weight: float32 (A, Z + H).
+        weight: float32 (A, Z + H), or (A, Z) with ``inputs="z"``.
         bias: float32 (A,).
+        squash: ``squash_action``'s mapping into the action box.
+        inputs: ``zh`` or ``z`` (``CONTROLLER_INPUTS``).
     """
 
     weight: Float[Array, "A I"]
     bias: Float[Array, " A"]
+    squash: str = eqx.field(static=True, default="carracing")
+    inputs: str = eqx.field(static=True, default="zh")
 
     @staticmethod
-    def num_params(z_size: int, hidden_size: int, action_size: int = 3) -> int:
-        """Length of the flat parameter vector: A * (Z + H) + A."""
-        return action_size * (z_size + hidden_size) + action_size
+    def num_params(
+        z_size: int, hidden_size: int, action_size: int = 3, inputs: str = "zh", squash: str = "carracing"
+    ) -> int:
+        """Length of the flat parameter vector: A * (Z + H) + A (A * Z + A with ``inputs="z"``); ``squash`` does not
+        change it (accepted so a controller's hparams can be passed whole)."""
+        n_in = z_size + (hidden_size if inputs == "zh" else 0)
+        return action_size * n_in + action_size
 
     @classmethod
     def from_flat(
-        cls, flat: Float[Array, " N"], z_size: int, hidden_size: int, action_size: int = 3
+        cls,
+        flat: Float[Array, " N"],
+        z_size: int,
+        hidden_size: int,
+        action_size: int = 3,
+        squash: str = "carracing",
+        inputs: str = "zh",
     ) -> LinearController:
         """Controller from a flat vector of length ``num_params`` (weights row-major, then biases).
 
         Raises:
-            ValueError: if the vector has the wrong length.
+            ValueError: if the vector has the wrong length or ``inputs`` is unknown.
         """
-        n_in = z_size + hidden_size
-        expected = cls.num_params(z_size, hidden_size, action_size)
+        if inputs not in CONTROLLER_INPUTS:
+            raise ValueError(f"controller inputs must be one of {CONTROLLER_INPUTS}, got {inputs!r}")
+        n_in = z_size + (hidden_size if inputs == "zh" else 0)
+        expected = cls.num_params(z_size, hidden_size, action_size, inputs)
         if flat.shape != (expected,):
             raise ValueError(
-                f"controller vector has shape {flat.shape}, expected ({expected},) for Z={z_size}, H={hidden_size}"
+                f"controller vector has shape {flat.shape}, expected ({expected},) for Z={z_size}, H={hidden_size}, "
+                f"A={action_size}, inputs {inputs}"
             )
         weight = flat[: action_size * n_in].reshape(action_size, n_in)
-        return cls(weight=weight, bias=flat[action_size * n_in :])
+        return cls(weight=weight, bias=flat[action_size * n_in :], squash=squash, inputs=inputs)
 
     def to_flat(self) -> Float[Array, " N"]:
         """The flat parameter vector (weights row-major, then biases)."""
         return jnp.concatenate([self.weight.reshape(-1), self.bias])
 
-    def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " 3"]:
-        """Action (3,) for latent z (Z,) and LSTM hidden state h (H,)."""
-        return squash_action(self.weight @ jnp.concatenate([z, h]) + self.bias)
+    def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " A"]:
+        """Action (A,) for latent z (Z,) and the memory's hidden state h (H,) (ignored with ``inputs="z"``)."""
+        x = z if self.inputs == "z" else jnp.concatenate([z, h])
+        return squash_action(self.weight @ x + self.bias, self.squash)

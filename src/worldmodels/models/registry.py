@@ -21,6 +21,7 @@ from worldmodels.errors import CheckpointError
 from worldmodels.models.actor import build_actor_critic
 from worldmodels.models.controller import LinearController
 from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.models.mlp_autoencoder import DEFAULT_HIDDEN, MLPAutoencoder
 from worldmodels.models.rssm import RSSM
 from worldmodels.models.transformer import TransformerDynamics
 from worldmodels.models.transition import GRUTransition
@@ -108,6 +109,13 @@ def build_vae(z_size: int = 32, arch: str = "conv") -> ConvVAE:
     return ConvVAE(z_size, arch, key=jr.key(0))
 
 
+def build_mlp_autoencoder(
+    obs_size: int, z_size: int = 16, hidden: tuple[int, ...] = DEFAULT_HIDDEN, variational: bool = True
+) -> MLPAutoencoder:
+    """MLP autoencoder skeleton for loading (kind ``mlp_autoencoder``): V of a vector environment."""
+    return MLPAutoencoder(obs_size, z_size, tuple(hidden), variational, key=jr.key(0))
+
+
 # M
 
 
@@ -150,18 +158,34 @@ def build_transformer(
 # C
 
 
-def controller_hparams(dynamics: Any) -> dict:
-    """Sizes that rebuild the linear controller acting on ``dynamics``' [z, h] (``Dynamics``)."""
-    return {"z_size": dynamics.z_size, "hidden_size": dynamics.hidden_size, "action_size": dynamics.action_size}
+def controller_hparams(dynamics: Any, squash: str = "carracing", inputs: str = "zh") -> dict:
+    """Keyword arguments that rebuild the linear controller acting on ``dynamics``' [z, h] (``Dynamics``), or on z
+    alone (``inputs="z"``), with the environment's action ``squash`` (``env.EnvSpec.squash``)."""
+    return {
+        "z_size": dynamics.z_size,
+        "hidden_size": dynamics.hidden_size,
+        "action_size": dynamics.action_size,
+        "squash": squash,
+        "inputs": inputs,
+    }
 
 
-def build_controller(z_size: int, hidden_size: int, action_size: int = 3) -> LinearController:
-    """Linear controller skeleton (zeros) for loading (kind ``controller``)."""
-    n = LinearController.num_params(z_size, hidden_size, action_size)
-    return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size)
+def build_controller(
+    z_size: int, hidden_size: int, action_size: int = 3, squash: str = "carracing", inputs: str = "zh"
+) -> LinearController:
+    """Linear controller skeleton (zeros) for loading (kind ``controller``); checkpoints written before ``squash``
+    and ``inputs`` existed are CarRacing's [z, h] controllers."""
+    n = LinearController.num_params(z_size, hidden_size, action_size, inputs)
+    return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size, squash, inputs)
 
 
 register("vae", "vision", build_vae, "convolutional VAE on 64x64x3 frames (train_vae.py)")
+register(
+    "mlp_autoencoder",
+    "vision",
+    build_mlp_autoencoder,
+    "MLP (variational) autoencoder on vector observations (train_vae.py on a vector environment)",
+)
 register("mdnrnn", "dynamics", build_mdnrnn, "MDN-RNN: LSTM + mixture of Gaussians (train_rnn.py, gossip export)")
 register(
     "rssm", "dynamics", build_rssm, "RSSM: GRU + stochastic latent, prior and posterior (train_rnn.py --kind rssm)"

@@ -32,9 +32,12 @@ from jaxtyping import Array, Float, PRNGKeyArray
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-def to_float(frame: Array) -> Float[Array, "... 64 64 3"]:
-    """uint8 HWC frames in [0, 255] -> float32 in [0, 1] (any leading axes)."""
-    return frame.astype(jnp.float32) / 255.0
+def to_float(frame: Array) -> Float[Array, "..."]:
+    """Observations as V reads them: uint8 HWC frames in [0, 255] -> float32 in [0, 1] (any leading axes); an
+    observation that is already a float (a vector environment's, ``models.mlp_autoencoder``) -> float32 as is."""
+    if frame.dtype == jnp.uint8:
+        return frame.astype(jnp.float32) / 255.0
+    return frame.astype(jnp.float32)
 
 
 def _conv_transpose_impl(x: Array, w: Array) -> Array:
