@@ -101,8 +101,8 @@ def test_mlp_autoencoder_reconstructs_better_than_the_mean_observation(tmp_path)
 
     rng = np.random.default_rng(0)
     s = rng.uniform(-1, 1, (3000, 2))
-    x = np.concatenate([s, np.sin(2 * s), s**2, s[:, :1] * s[:, 1:], np.cos(s[:, :1])], axis=1) * [1, 2, 1, 1, 3, 1, 1, 1]
-    x = x.astype(np.float32)
+    x = np.concatenate([s, np.sin(2 * s), s**2, s[:, :1] * s[:, 1:], np.cos(s[:, :1])], axis=1)
+    x = (x * [1, 2, 1, 1, 3, 1, 1, 1]).astype(np.float32)
     cfg = VAEConfig(z_size=4, mlp_hidden=(64, 64), beta=0.01, batch_size=64, steps=400, learning_rate=3e-3,
                     checkpoint_every=400, log_every=100)  # fmt: skip
     train_vae(tmp_path / "vae", x[:2500], cfg)

@@ -166,7 +166,7 @@ def run_vae(run_dir: Path, cfg: VAEConfig) -> None:
     names = ", ".join(f"{p.name} (p {q:.2f})" for (p, _), q in zip(sources, mix.probs, strict=True))
     what = "the VAE" if spec.observation == "pixels" else "the MLP autoencoder"
     print(f"training {what} on {len(mix.frames)} observations from {names}" + (", mirrored" if cfg.mirror else ""))
-    train_vae(run_dir / "vae", mix, cfg)
+    train_vae(run_dir / "vae", mix, cfg, spec.obs_names)
     _finish(run_dir / "vae", ["total", "recon", "kl_raw"], "VAE training", "recon.png")
 
 

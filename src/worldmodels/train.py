@@ -108,14 +108,16 @@ def vae_batch_loss(
     return metrics["total"], metrics
 
 
-def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> ConvVAE | MLPAutoencoder:
+def train_vae(
+    out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig, obs_names: tuple[str, ...] = ()
+) -> ConvVAE | MLPAutoencoder:
     """Train V on observations, or a ``FrameMix`` of them; writes ``recon.png`` at the end.
 
     uint8 frames (N, 64, 64, 3) train the ConvVAE; float32 vectors (N, D) train the MLP autoencoder
     (``models.mlp_autoencoder``, standardised with the statistics of all N observations). Loss: Appendix A.1 of
     Ha & Schmidhuber 2018 (L2 reconstruction + KL with free bits), see ``losses.vae_loss``; a non-variational
     autoencoder has no KL term (``VAEConfig.loss_scales``). With ``cfg.mirror`` half of each batch is flipped
-    left-right (frames only).
+    left-right (frames only). ``obs_names`` label a vector's dimensions in ``recon.png``.
     """
     mix = frames if isinstance(frames, FrameMix) else FrameMix.of([(frames, 1.0)])
     obs_shape = mix.frames.shape[1:]
@@ -151,7 +153,10 @@ def train_vae(out_dir: Path, frames: np.ndarray | FrameMix, cfg: VAEConfig) -> C
     from worldmodels.viz import save_recon_grid, save_vector_recon
 
     sample = mix.sample(np.random.default_rng(cfg.seed + 1), 8 if kind == "vae" else 500)
-    (save_recon_grid if kind == "vae" else save_vector_recon)(out_dir / "recon.png", model, sample)
+    if kind == "vae":
+        save_recon_grid(out_dir / "recon.png", model, sample)
+    else:
+        save_vector_recon(out_dir / "recon.png", model, sample, obs_names)
     return model
 
 
