@@ -88,11 +88,10 @@ def latent_sizes(args: Args) -> None:
                           "mean_relative_mse": float((mse / np.maximum(obs.var(0), 1e-8)).mean())}  # fmt: skip
     result = {"held_out": held or "training data", "observations": len(obs), **table}
     (args.out / "latent_sizes.json").write_text(json.dumps(result, indent=2))
-    print(f"{len(obs)} observations of {held or 'the training data'}; MSE per dimension (relative to its variance):")
-    print(f"{'V':<6}" + "".join(f"{n:>14}" for n in names) + f"{'mean rel.':>11}")
+    print(f"{len(obs)} observations of {held or 'the training data'}; MSE per dimension; mean MSE / variance:")
+    print(f"{'V':<6}" + "".join(f"{n:>9}" for n in names) + f"{'rel.':>8}")
     for name, r in table.items():
-        cells = "".join(f"{r['mse'][n]:>7.1e} ({r['relative_mse'][n]:.0e})"[:14].rjust(14) for n in names)
-        print(f"{name:<6}{cells}{r['mean_relative_mse']:>11.1e}")
+        print(f"{name:<6}" + "".join(f"{r['mse'][n]:>9.1e}" for n in names) + f"{r['mean_relative_mse']:>8.3f}")
 
 
 def v_only(args: Args) -> None:
