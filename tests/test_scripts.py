@@ -195,21 +195,20 @@ def test_every_script_end_to_end(tmp_path):
     assert delusion["episodes"] == 1 and "reward_delusion" in delusion  # smoke holds out 1 of 4 episodes
     assert "reward_delusion" in results
 
-    # A Sim2Real2Sim iteration: on-policy data from the controller, MDN-RNN fine-tuned, CMA-ES continued.
+    # Two Sim2Real2Sim iterations: on-policy data from the controller, MDN-RNN fine-tuned, CMA-ES continued.
     # The smoke controller has (32 + 96) x 3 + 3 = 387 parameters, above pycma's TPA switch at 300, so
     # this is the path that crashed the README's command when CMA-ES resumed at the first iteration.
-    # (A second iteration takes the same path; tests/test_lunar.py runs the loop on LunarLander too.)
-    out = run("pipeline.py", *common, "--iterations", "1").stdout
+    out = run("pipeline.py", *common, "--iterations", "2").stdout
     rows = json.loads((run_dir / "iterations" / "scores.json").read_text())
-    assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["onpolicy_episodes"] == 2
+    assert [r["iteration"] for r in rows] == [0, 1, 2] and rows[2]["onpolicy_episodes"] == 4
     assert (run_dir / "iterations" / "scores.png").is_file()
     assert json.loads((run_dir / "config.json").read_text())["rnn"]["dataset"].endswith("controller:1")
-    assert checkpoint_step(run_dir / "rnn" / "ckpt") == 15  # 10 + 5 fine-tuning updates
+    assert checkpoint_step(run_dir / "rnn" / "ckpt") == 20  # 10 + 2 x 5 fine-tuning updates
     with np.load(run_dir / "controller" / "es_state.npz") as state:
         assert state["mean"].shape == (387,) and str(state["adaptation"]) == "tpa"
-        assert int(state["generation"]) == 5  # 3 + 2 generations
+        assert int(state["generation"]) == 7  # 3 + 2 x 2 generations
     generations = [json.loads(x) for x in (run_dir / "controller" / "metrics.jsonl").read_text().splitlines()]
-    assert [g["generation"] for g in generations] == list(range(1, 6))
+    assert [g["generation"] for g in generations] == list(range(1, 8))
 
     # The dream-levers experiment: fresh controllers in this world model, one per arm, the source untouched.
     before = snapshot()
