@@ -1,5 +1,6 @@
-"""Collect CarRacing-v3 rollouts into Minari datasets in RUN_DIR/data/POLICY (resumable), with one policy or a mix;
-or, with --stats, print statistics of the datasets already there."""
+"""Collect rollouts of CarRacing-v3 (--env carracing) or LunarLander-v3 (--env lunarlander) into Minari datasets in
+RUN_DIR/data/POLICY (resumable), with one policy or a mix; or, with --stats, print statistics of the datasets already
+there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Score V + M + C on real CarRacing-v3 episodes (unseen seeds).
+"""Score V + M + C on real episodes (unseen seeds) of the run's environment (CarRacing-v3, or LunarLander-v3).
 
 Writes RUN_DIR/eval/results.json and, with --video, side-by-side mp4 files; with --out, writes there instead and
 leaves the run directory untouched (a read-only or shared run can be evaluated). A shipped agent (a run directory

@@ -1,4 +1,5 @@
-"""Train the vision model V (convolutional VAE) on the collected frames; writes RUN_DIR/vae/."""
+"""Train the vision model V on the collected observations (a convolutional VAE on CarRacing's frames, an MLP
+autoencoder on a vector environment's observations); writes RUN_DIR/vae/."""
 
 from __future__ import annotations
 
