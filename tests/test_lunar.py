@@ -175,3 +175,23 @@ def test_lunar_smoke_end_to_end(tmp_path):
     with np.load(v_only / "controller" / "es_state.npz") as state:
         assert state["mean"].shape == (2 * 4 + 2,)  # A x Z + A with lunar_smoke's Z = 4
     assert json.loads((v_only / "eval" / "results.json").read_text())["n"] == 2
+
+
+def test_terminal_weight_scales_only_terminal_steps():
+    """``RNNConfig.terminal_weight``: a terminal step's reward and done terms count w times; other steps as before."""
+    from worldmodels.losses import rnn_step_loss
+    from worldmodels.models.mdnrnn import MDNOutput
+
+    out = MDNOutput(jnp.log(jnp.ones(2) / 2), jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.float32(1.0), jnp.float32(-2.0))
+    for done in (0.0, 1.0):
+        one = rnn_step_loss(out, jnp.zeros(3), jnp.float32(-100.0), jnp.float32(done), reward_overpredict_weight=1.0)
+        w = rnn_step_loss(out, jnp.zeros(3), jnp.float32(-100.0), jnp.float32(done), reward_overpredict_weight=1.0,
+                          terminal_weight=50.0)  # fmt: skip
+        scale = 50.0 if done else 1.0
+        for k in ("reward", "done"):
+            np.testing.assert_allclose(w[k], scale * one[k], rtol=1e-6)
+        np.testing.assert_allclose(w["mdn_nll"], one["mdn_nll"])
+    with pytest.raises(ValueError, match="rnn.terminal_weight must be > 0"):
+        from worldmodels.config import RNNConfig
+
+        RNNConfig(terminal_weight=0.0)

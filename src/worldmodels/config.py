@@ -278,6 +278,10 @@ class RNNConfig:
     """Asymmetric reward MSE: squared errors where the prediction exceeds the truth are multiplied by this."""
     done_weight: float = 1.0
     """Weight of the done (termination) BCE in the total."""
+    terminal_weight: float = 1.0
+    """MDN-RNN and transformer: how many times a terminal step (done = 1, one per episode) counts in the reward and
+    done losses, against the rarity of terminations (LunarLander's landing and crash are such steps, with their
+    +-100 rewards). 1: every step alike."""
     checkpoint_every: int = 500
     """Save a checkpoint every this many updates (and at the end)."""
     log_every: int = 50
@@ -301,6 +305,7 @@ class RNNConfig:
                 "reward_weight": ">= 0",
                 "reward_overpredict_weight": ">= 0",
                 "done_weight": ">= 0",
+                "terminal_weight": "> 0",
                 "checkpoint_every": ">= 1",
                 "log_every": ">= 1",
                 "stoch": ">= 1",

@@ -83,16 +83,22 @@ def rnn_step_loss(
     done: Float[Array, ""],
     *,
     reward_overpredict_weight: float,
+    terminal_weight: float = 1.0,
 ) -> dict[str, Array]:
     """MDN-RNN loss terms of one step: mixture NLL of z_{t+1}, asymmetric reward MSE, done BCE.
+
+    A terminal step (done = 1) counts ``terminal_weight`` times in the reward and done terms: terminations are
+    rare, one per episode, and on LunarLander they carry the +-100 rewards (a class weight, as in a weighted
+    cross-entropy for imbalanced labels, King & Zeng 2001).
 
     Returns:
         dict of loss terms ``mdn_nll``, ``reward``, ``done`` (float32 scalars), weighted by
         ``RNNConfig.loss_scales``.
     """
     nll = mdn_nll(out, z_next)
-    r = asymmetric_mse(out.reward, reward, reward_overpredict_weight)
-    d = binary_cross_entropy(out.done_logit, done)
+    w = 1.0 + (terminal_weight - 1.0) * done
+    r = w * asymmetric_mse(out.reward, reward, reward_overpredict_weight)
+    d = w * binary_cross_entropy(out.done_logit, done)
     return {"mdn_nll": nll, "reward": r, "done": d}
 
 

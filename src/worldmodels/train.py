@@ -414,11 +414,11 @@ def rnn_loss(model: MDNRNN | TransformerDynamics, batch: dict[str, jax.Array], k
     re-sampled from (mu, sigma) each call."""
     z = batch["mu"] + jnp.exp(0.5 * batch["logvar"]) * jr.normal(key, batch["mu"].shape)
 
+    weights = {"reward_overpredict_weight": cfg.reward_overpredict_weight, "terminal_weight": cfg.terminal_weight}
+
     def one(z, actions, rewards, dones):
         out = mdn_sequence(model, z[:-1], actions)
-        return jax.vmap(
-            lambda o, zn, r, d: rnn_step_loss(o, zn, r, d, reward_overpredict_weight=cfg.reward_overpredict_weight)
-        )(out, z[1:], rewards, dones)
+        return jax.vmap(lambda o, zn, r, d: rnn_step_loss(o, zn, r, d, **weights))(out, z[1:], rewards, dones)
 
     losses = jax.vmap(one)(z, batch["actions"], batch["rewards"], batch["dones"])
     mask = batch["mask"]
