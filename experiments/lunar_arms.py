@@ -82,10 +82,11 @@ def latent_sizes(args: Args) -> None:
         mu, _ = vae.encode(jnp.asarray(obs))
         recon = np.asarray(vae.decode(mu))
         mse = ((recon - obs) ** 2).mean(0)
+        relative = mse / np.maximum(obs.var(0), 1e-8)
         table[f"z{z}"] = {"z_size": z, "step": meta["step"], "seconds": time.perf_counter() - t0,
                           "mse": dict(zip(names, mse.tolist(), strict=True)),
-                          "relative_mse": dict(zip(names, (mse / np.maximum(obs.var(0), 1e-8)).tolist(), strict=True)),
-                          "mean_relative_mse": float((mse / np.maximum(obs.var(0), 1e-8)).mean())}  # fmt: skip
+                          "relative_mse": dict(zip(names, relative.tolist(), strict=True)),
+                          "mean_relative_mse": float(relative.mean())}  # fmt: skip
     result = {"held_out": held or "training data", "observations": len(obs), **table}
     (args.out / "latent_sizes.json").write_text(json.dumps(result, indent=2))
     print(f"{len(obs)} observations of {held or 'the training data'}; MSE per dimension; mean MSE / variance:")

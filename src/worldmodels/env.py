@@ -1,11 +1,11 @@
 """Environments as data: one ``EnvSpec`` per environment, and the factories that build them.
 
 An ``EnvSpec`` says everything the pipeline needs to know about an environment: its Gymnasium id and
-arguments, whether the agent sees pixels or a vector (which chooses V's kind: the convolutional VAE or the
-MLP autoencoder), the action box and how a controller's raw outputs are squashed into it, the reward
-that counts as solved, and the collection policies that apply. Stages read the spec of their run
-(``run_dir.env_spec``, recorded by the collection stage as ``collect.env``); nothing else branches on
-an environment's name.
+arguments, whether the agent sees pixels or a vector (the observations' shape chooses V's kind: the
+convolutional VAE or the MLP autoencoder, ``train.vision_kind``), the action box and how a controller's raw
+outputs are squashed into it, the reward that counts as solved, and the collection policies that apply.
+Stages read the spec of their run (``run_dir.env_spec``, recorded by the collection stage as
+``collect.env``); nothing else branches on an environment's name.
 
 ``carracing`` (the default, Ha & Schmidhuber 2018): frames are cropped above the HUD (rows 0:84 of the
 96x96 render) and resized to 64x64 with ``cv2.INTER_AREA`` (Sec. 3.1); actions steer in [-1, 1], gas
@@ -32,11 +32,6 @@ HUD_ROW = 84
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 ACTION_SIZE = 3
-
-OBSERVATIONS = ("pixels", "vector")
-"""What an agent sees: 64x64x3 uint8 frames, or a float32 vector."""
-SQUASHES = ("carracing", "tanh")
-"""How a controller's raw outputs become actions (``models.controller.squash_action``)."""
 
 
 def preprocess(frame: np.ndarray) -> np.ndarray:
@@ -67,10 +62,10 @@ class EnvSpec:
         observation: ``pixels`` (uint8 (64, 64, 3) after ``preprocess``) or ``vector`` (float32 (obs_size,)).
         obs_shape: shape of one observation as the models see it.
         action_low, action_high: the action box, float (A,) each.
-        squash: how raw controller outputs map into the box (``SQUASHES``).
+        squash: how raw controller outputs map into the box (``models.controller.squash_action``: ``carracing``
+            or ``tanh``).
         reward_threshold: the return at which the task counts as solved (Gymnasium's, CarRacing's 900).
         policies: the collection policies that apply (``config.COLLECTION_POLICIES``).
-        vision_kind: the V checkpoint kind trained on its observations (``models.registry``).
         obs_names: short names of a vector observation's dimensions (for plots and videos).
     """
 
@@ -84,7 +79,6 @@ class EnvSpec:
     squash: str
     reward_threshold: float
     policies: tuple[str, ...]
-    vision_kind: str
     obs_names: tuple[str, ...] = ()
 
     @property
@@ -113,12 +107,11 @@ ENVS: dict[str, EnvSpec] = {
         gym_kwargs=(("continuous", True),),
         observation="pixels",
         obs_shape=(FRAME_SIZE, FRAME_SIZE, 3),
-        action_low=(-1.0, 0.0, 0.0),
-        action_high=(1.0, 1.0, 1.0),
+        action_low=tuple(ACTION_LOW.tolist()),
+        action_high=tuple(ACTION_HIGH.tolist()),
         squash="carracing",
         reward_threshold=900.0,
         policies=("brownian", "random_controller", "heuristic", "recovery", "aggressive", "controller"),
-        vision_kind="vae",
     ),
     "lunarlander": EnvSpec(
         name="lunarlander",
@@ -131,7 +124,6 @@ ENVS: dict[str, EnvSpec] = {
         squash="tanh",
         reward_threshold=200.0,
         policies=("brownian", "heuristic", "controller"),
-        vision_kind="mlp_autoencoder",
         obs_names=("x", "y", "vx", "vy", "angle", "omega", "legL", "legR"),
     ),
 }

@@ -253,13 +253,12 @@ def make_policy(cfg: CollectConfig, run_dir: Path | None = None) -> Policy:
         run_dir: the run directory; the ``controller`` policy loads its agent from ``cfg.controller_run``
             or, when that is empty, from here.
 
+    ``CollectConfig`` has already refused a policy that does not apply to ``cfg.env`` (``config._check_policy``).
+
     Raises:
-        ValueError: for an unknown policy name, one that does not apply to ``cfg.env``, or ``controller`` without
-            a run directory.
+        ValueError: for an unknown policy name, or ``controller`` without a run directory.
     """
     name, spec = cfg.policy, get_spec(cfg.env)
-    if name not in spec.policies:
-        raise ValueError(f"collection policy {name!r} does not apply to {spec.name}; available: {spec.policies}")
     box = (spec.action_low, spec.action_high)
     if name == "brownian":
         return BrownianPolicy(cfg.brownian_sigma, cfg.brownian_theta, tuple(cfg.brownian_mean), *box)

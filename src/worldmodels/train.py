@@ -123,9 +123,7 @@ def train_vae(
     obs_shape = mix.frames.shape[1:]
     kind = vision_kind(obs_shape)
     if kind == "mlp_autoencoder":
-        hp = vae_hparams(cfg, obs_shape)
-        model = MLPAutoencoder(hp["obs_size"], cfg.z_size, cfg.mlp_hidden, cfg.variational, key=jr.key(cfg.seed))
-        model = model.with_statistics(mix.frames)
+        model = MLPAutoencoder(**vae_hparams(cfg, obs_shape), key=jr.key(cfg.seed)).with_statistics(mix.frames)
     else:
         model = ConvVAE(cfg.z_size, cfg.arch, key=jr.key(cfg.seed))
 
