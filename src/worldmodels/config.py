@@ -783,6 +783,217 @@ class GossipConfig:
         return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
 
 
+MARL_VARIANTS = ("full", "no_tom", "no_factorisation", "repeat_teammate", "ppo")
+"""The Dreaming-of-Others model and its ablations (``MARLConfig.variant``)."""
+SCRIPTED_PARTNERS = ("random", "stay", "cook", "cook_eps")
+"""Scripted teammates by name; a learned teammate is named ``ppo_SEED`` (self-play PPO with that seed)."""
+
+
+def _check_partner_names(names: tuple[str, ...], flag: str) -> None:
+    for name in names:
+        seed = name[4:] if name.startswith("ppo_") else ""
+        if name not in SCRIPTED_PARTNERS and not seed.isdigit():
+            raise ValueError(
+                f"--marl.{flag}: unknown teammate {name!r}; use {', '.join(SCRIPTED_PARTNERS)} or ppo_SEED (ppo_0, ...)"
+            )
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Independent PPO (Schulman et al. 2017) on Overcooked: the learned teammates and the model-free reference."""
+
+    total_steps: int = 3_000_000
+    """Environment steps to train for, summed over the parallel environments."""
+    num_envs: int = 16
+    """Parallel environments (vmapped)."""
+    num_steps: int = 128
+    """Steps per environment in each rollout before an update."""
+    epochs: int = 4
+    """Passes over each rollout."""
+    minibatches: int = 4
+    """Minibatches per pass; num_envs * num_steps must divide by it."""
+    lr: float = 2.5e-4
+    """Adam learning rate (annealed linearly to 0 when ``anneal_lr``)."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over training."""
+    gamma: float = 0.99
+    """Discount per step."""
+    gae_lambda: float = 0.95
+    """lambda of GAE (Schulman et al. 2016)."""
+    clip: float = 0.2
+    """PPO's ratio clip epsilon."""
+    ent_coef: float = 0.01
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    shaped_scale: float = 1.0
+    """Initial weight of Overcooked's shaped reward (added to the sparse soup reward)."""
+    shaped_anneal_steps: int = 2_500_000
+    """Steps over which the shaped reward's weight anneals linearly to 0 (JaxMARL's Overcooked IPPO; 0: never)."""
+    units: int = 64
+    """Hidden units of the policy and value MLP (two tanh layers)."""
+    seed: int = 0
+    """Seed of initialisation, environments and sampling."""
+
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "ppo",
+            {"total_steps": ">= 1", "num_envs": ">= 1", "num_steps": ">= 1", "epochs": ">= 1", "minibatches": ">= 1",
+             "lr": "> 0", "gamma": "in (0, 1]", "gae_lambda": "in [0, 1]", "clip": "> 0", "ent_coef": ">= 0",
+             "vf_coef": ">= 0", "max_grad_norm": "> 0", "shaped_scale": ">= 0", "shaped_anneal_steps": ">= 0",
+             "units": ">= 1"},
+        )  # fmt: skip
+        if self.steps_per_update % self.minibatches:
+            raise ValueError(
+                f"--ppo.minibatches {self.minibatches} must divide num_envs * num_steps = {self.steps_per_update}"
+            )
+        if self.total_steps < self.steps_per_update:
+            raise ValueError(
+                f"--ppo.total-steps {self.total_steps} is less than one update (num_envs * num_steps = "
+                f"{self.steps_per_update})"
+            )
+
+    @property
+    def steps_per_update(self) -> int:
+        """Environment steps collected by one update (num_envs * num_steps)."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Updates in a run (total_steps // steps_per_update)."""
+        return self.total_steps // self.steps_per_update
+
+
+@dataclass(frozen=True)
+class MARLConfig:
+    """Dreaming of Others on JaxMARL's Overcooked: a two-agent world model with a factorised latent, a
+    theory-of-mind head and social imagination, trained with a population of teammates (``worldmodels.marl``)."""
+
+    layout: str = "cramped_room"
+    """Overcooked layout (JaxMARL's ``overcooked_layouts``)."""
+    max_steps: int = 400
+    """Episode length in steps (Overcooked's standard: 400)."""
+    variant: Literal["full", "no_tom", "no_factorisation", "repeat_teammate", "ppo"] = "full"
+    """``full`` (joint-action RSSM, factorised latent, ToM head, social imagination); ``no_tom`` (a single-agent
+    Dreamer: the model never sees the teammate's action); ``no_factorisation`` (one latent of the same size, the ToM
+    head reads (h, z)); ``repeat_teammate`` (the full model, but in imagination the teammate repeats its last
+    action instead of sampling the ToM head); ``ppo`` (the model-free reference: independent PPO for the agent
+    with the same training teammates, for the environment steps this config's world-model run collects, with the
+    ``partner_ppo`` settings and this seed)."""
+    train_partners: tuple[str, ...] = ("ppo_0", "ppo_1", "cook", "random")
+    """Teammates the agent trains with (one drawn per episode): ``random``, ``stay``, ``cook`` (a scripted onion
+    cook), ``cook_eps`` (the cook with 20 % random actions), or ``ppo_SEED`` (self-play PPO with that seed)."""
+    heldout_partners: tuple[str, ...] = ("ppo_2", "cook_eps", "stay")
+    """Teammates never seen in training, for zero-shot evaluation."""
+    partners_dir: str = ""
+    """Load the teammate population from this directory (``RUN_DIR/partners`` of an earlier run) instead of
+    training it; empty: train it into RUN_DIR/partners (or reuse it there)."""
+    iterations: int = 30
+    """Collect-then-train iterations."""
+    prefill_episodes: int = 16
+    """Episodes collected first with uniformly random actions of the agent."""
+    episodes_per_iteration: int = 8
+    """Episodes collected per iteration with the current actor (one teammate drawn per episode)."""
+    updates_per_iteration: int = 100
+    """World-model + actor-critic updates per iteration."""
+    batch_size: int = 16
+    """Windows per update."""
+    seq_len: int = 64
+    """Window length in steps."""
+    deter: int = 128
+    """GRU state size D."""
+    units: int = 128
+    """Hidden width of the world model's MLPs and of the actor and critic."""
+    env_groups: int = 8
+    """Categorical groups of z^env."""
+    team_groups: int = 4
+    """Categorical groups of z^team (added to z^env when not factorised)."""
+    classes: int = 8
+    """Classes per categorical group."""
+    free_nats: float = 1.0
+    """Free bits of each KL term (DreamerV3: 1 nat)."""
+    tom_scale: float = 1.0
+    """Weight of the theory-of-mind loss L_ToM in the world model's loss."""
+    kl_dyn_scale: float = 0.5
+    """Weight of the dynamics KL (DreamerV3: 0.5)."""
+    kl_rep_scale: float = 0.1
+    """Weight of the representation KL (DreamerV3: 0.1)."""
+    shaped_scale: float = 1.0
+    """Weight of Overcooked's shaped reward (both cooks') in the reward the world model learns; returns are
+    reported as the sparse soup reward only."""
+    wm_lr: float = 3e-4
+    """Adam learning rate of the world model."""
+    horizon: int = 15
+    """Imagination horizon in steps."""
+    discount: float = 0.99
+    """Discount gamma per step."""
+    lambda_: float = 0.95
+    """lambda of the lambda-returns."""
+    entropy_scale: float = 3e-3
+    """Actor entropy bonus (on normalised returns)."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 1e-4
+    """Adam learning rate of the critic."""
+    starts: int = 256
+    """Imagination starts per update, drawn from the batch's posterior states."""
+    eval_episodes: int = 8
+    """Evaluation episodes with each teammate (training and held-out)."""
+    gif: bool = True
+    """Write eval/episode.gif: one evaluation episode with the first held-out teammate."""
+    partner_ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO settings of the learned teammates (``ppo_SEED`` uses that seed)."""
+    seed: int = 0
+    """Seed of initialisation, teammate draws, environments and sampling."""
+
+    def __post_init__(self):
+        _check_ranges(
+            self,
+            "marl",
+            {"max_steps": ">= 2", "iterations": ">= 0", "prefill_episodes": ">= 1", "episodes_per_iteration": ">= 1",
+             "updates_per_iteration": ">= 0", "batch_size": ">= 1", "seq_len": ">= 2", "deter": ">= 1",
+             "units": ">= 1", "env_groups": ">= 1", "team_groups": ">= 1", "classes": ">= 2", "free_nats": ">= 0",
+             "tom_scale": ">= 0", "kl_dyn_scale": ">= 0", "kl_rep_scale": ">= 0", "shaped_scale": ">= 0",
+             "wm_lr": "> 0", "horizon": ">= 1", "discount": "in (0, 1]", "lambda_": "in [0, 1]",
+             "entropy_scale": ">= 0", "actor_lr": "> 0", "critic_lr": "> 0", "starts": ">= 1",
+             "eval_episodes": ">= 1"},
+        )  # fmt: skip
+        if self.variant not in MARL_VARIANTS:
+            raise ValueError(f"--marl.variant {self.variant!r} is unknown; choose one of {', '.join(MARL_VARIANTS)}")
+        if self.seq_len > self.max_steps:
+            raise ValueError(
+                f"--marl.seq-len {self.seq_len} exceeds the episode length --marl.max-steps {self.max_steps}"
+            )
+        if not self.train_partners:
+            raise ValueError("--marl.train-partners is empty; name at least one teammate")
+        _check_partner_names(self.train_partners, "train-partners")
+        _check_partner_names(self.heldout_partners, "heldout-partners")
+        both = set(self.train_partners) & set(self.heldout_partners)
+        if both:
+            raise ValueError(
+                f"--marl.heldout-partners {sorted(both)} are also training teammates; held-out ones must be unseen"
+            )
+
+    @property
+    def factorised(self) -> bool:
+        """Whether the latent is split into z^env and z^team."""
+        return self.variant != "no_factorisation"
+
+    @property
+    def tom(self) -> bool:
+        """Whether the model sees the teammate's action and has a ToM head."""
+        return self.variant not in ("no_tom", "ppo")
+
+    @property
+    def imagined_teammate(self) -> str:
+        """Who acts for the teammate in imagination: ``tom`` (the ToM head), ``repeat`` (its last action) or
+        ``none`` (the model takes no teammate action)."""
+        return {"no_tom": "none", "repeat_teammate": "repeat"}.get(self.variant, "tom")
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named bundle of every stage's config, loaded from ``configs/NAME.json``."""
@@ -798,6 +1009,7 @@ class Preset:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     cem: CEMConfig = field(default_factory=CEMConfig)
+    marl: MARLConfig = field(default_factory=MARLConfig)
 
 
 _SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig, IterateConfig)}
@@ -805,6 +1017,8 @@ _SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamC
 _SECTIONS[GossipConfig.__name__] = GossipConfig
 _SECTIONS[ActorCriticConfig.__name__] = ActorCriticConfig
 _SECTIONS[CEMConfig.__name__] = CEMConfig
+_SECTIONS[MARLConfig.__name__] = MARLConfig
+_SECTIONS[PPOConfig.__name__] = PPOConfig
 
 
 def merge_config(cls: type, overrides: dict[str, Any], where: str) -> Any:

@@ -1,0 +1,251 @@
+"""Dreaming of Others: the environment wrapper, the joint-action RSSM, the ToM head, social imagination, the learner
+and ``train_marl.py`` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+from worldmodels.config import MARLConfig
+from worldmodels.marl import env as menv
+from worldmodels.marl.social import SocialActor, imagine, init_learner, make_train_step
+from worldmodels.marl.world_model import Sequence, SocialWorldModel, observe, sequence_terms
+
+ROOT = Path(__file__).resolve().parents[1]
+OBS = (4, 5, 26)
+PI = np.array([0.05, 0.1, 0.15, 0.2, 0.3, 0.2])
+"""A known teammate policy for the constructed cases."""
+
+
+def small_model(key=0, **kw) -> SocialWorldModel:
+    args = dict(deter=16, units=16, env_groups=3, team_groups=2, classes=4)
+    args.update(kw)
+    return SocialWorldModel(int(np.prod(OBS)), 6, **args, key=jr.PRNGKey(key))
+
+
+def random_sequence(key, T=12, pi=None) -> Sequence:
+    key = jr.PRNGKey(key) if isinstance(key, int) else key
+    k_obs, k_a, k_j, k_r = jr.split(key, 4)
+    a_team = jr.randint(k_j, (T,), 0, 6) if pi is None else jr.categorical(k_j, jnp.log(jnp.asarray(pi)), shape=(T,))
+    return Sequence(
+        obs=jr.randint(k_obs, (T, *OBS), 0, 3).astype(jnp.uint8),
+        a_self=jr.randint(k_a, (T,), 0, 6),
+        a_team=a_team.astype(jnp.int32),
+        reward=jr.normal(k_r, (T,)),
+        cont=jnp.ones((T,)),
+        first=jnp.zeros((T,), bool),
+    )
+
+
+def with_tom_policy(model: SocialWorldModel, pi) -> SocialWorldModel:
+    """The ToM head replaced by a constant distribution pi (last layer: zero weights, bias log pi)."""
+    last = model.tom_head.layers[-1]
+    last = eqx.tree_at(lambda m: (m.weight, m.bias), last, (jnp.zeros_like(last.weight), jnp.log(jnp.asarray(pi))))
+    return eqx.tree_at(lambda m: m.tom_head.layers[-1], model, last)
+
+
+# --- environment wrapper -------------------------------------------------------------------------------------------
+
+
+def test_wrapper_matches_jaxmarl():
+    """Stacked observations, joint actions, rewards and dones are JaxMARL's own, step by step."""
+    env = menv.make("cramped_room", max_steps=30)
+    key = jr.PRNGKey(3)
+    raw_obs, raw_state = env.reset(key)
+    obs, state = menv.reset(env, key)
+    for i, name in enumerate(env.agents):
+        np.testing.assert_array_equal(obs[i], raw_obs[name])
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        k = jr.fold_in(key, t)
+        acts = rng.integers(0, 6, 2)
+        raw_obs, raw_state, raw_rew, raw_done, raw_info = env.step(
+            k, raw_state, {env.agents[0]: jnp.int32(acts[0]), env.agents[1]: jnp.int32(acts[1])}
+        )
+        out, state = menv.step(env, k, state, jnp.asarray(acts, jnp.int32))
+        for i, name in enumerate(env.agents):
+            np.testing.assert_array_equal(out.obs[i], raw_obs[name])
+            assert float(out.shaped[i]) == float(raw_info["shaped_reward"][name])
+        assert float(out.reward) == float(raw_rew[env.agents[0]])
+        assert bool(out.done) == bool(raw_done["__all__"])
+    assert bool(out.done)  # the 30-step limit ends the episode
+    assert menv.obs_shape(env) == OBS
+    with pytest.raises(ValueError, match="layout"):
+        menv.make("no_such_kitchen")
+
+
+# --- the joint-action RSSM -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factorised", [True, False])
+def test_observe_scan_equals_loop(factorised):
+    model = small_model(factorised=factorised)
+    seq = random_sequence(1)
+    key = jr.PRNGKey(7)
+    scanned = observe(model, seq, key)
+    state = model.initial_state()
+    keys = jr.split(key, seq.a_self.shape[0])
+    for t in range(seq.a_self.shape[0]):
+        a0 = seq.a_self[t - 1] if t else 0
+        aj = seq.a_team[t - 1] if t else 0
+        state, post, _ = model.observe_step(state, a0, aj, seq.obs[t], jnp.asarray(t == 0), keys[t])
+        np.testing.assert_allclose(scanned.states.h[t], state.h, atol=1e-5)
+        np.testing.assert_allclose(scanned.states.z_env[t], state.z_env, atol=1e-6)
+        np.testing.assert_allclose(scanned.post.team[t], post.team, atol=1e-5)
+    assert scanned.states.z_team.shape[-1] == (2 * 4 if factorised else 0)
+    assert model.feature_size == 16 + 5 * 4
+
+
+def test_joint_action_drives_the_transition():
+    """The teammate's action changes h with the joint-action transition and is ignored without it."""
+    state = small_model().initial_state()
+    joint = small_model(key=1)
+    single = small_model(key=1, joint_action=False, tom=False)
+    assert not np.allclose(joint.transition(state, 2, 0), joint.transition(state, 2, 5))
+    np.testing.assert_array_equal(single.transition(state, 2, 0), single.transition(state, 2, 5))
+    with pytest.raises(ValueError, match="theory-of-mind"):
+        single.tom_logits(state)
+
+
+def test_tom_loss_minimal_at_true_policy_and_recovered_by_training():
+    """L_ToM on teammate actions drawn from a known pi is lowest when the head predicts pi, and gradient descent on
+    the world model's loss recovers pi from data."""
+    model = small_model()
+    seq = random_sequence(2, T=400, pi=PI)
+    key = jr.PRNGKey(0)
+    at_pi = float(sequence_terms(with_tom_policy(model, PI), seq, key, 1.0)[0]["tom"])
+    for other in (np.full(6, 1 / 6), np.roll(PI, 1), 0.5 * PI + 0.5 * np.eye(6)[4]):
+        assert at_pi < float(sequence_terms(with_tom_policy(model, other), seq, key, 1.0)[0]["tom"])
+
+    opt = optax.adam(1e-2)
+
+    @eqx.filter_jit
+    def step(model, state, key):
+        k_data, k_model = jr.split(key)
+        batch = jax.vmap(lambda k: random_sequence(k, T=16, pi=PI))(jr.split(k_data, 8))  # fresh data: no memorising
+
+        def loss(m):
+            terms = jax.vmap(lambda s, k: sequence_terms(m, s, k, 1.0)[0])(batch, jr.split(k_model, 8))
+            return jnp.mean(terms["tom"])
+
+        value, grads = eqx.filter_value_and_grad(loss)(model)
+        updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), state, value
+
+    state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+    for i in range(150):
+        model, state, value = step(model, state, jr.PRNGKey(i))
+    held_out = observe(model, random_sequence(999, T=64, pi=PI), jr.PRNGKey(1))
+    probs = jax.vmap(lambda s: jax.nn.softmax(model.tom_logits(s)))(held_out.states).mean(0)
+    np.testing.assert_allclose(probs, PI, atol=0.05)
+
+
+# --- social imagination ----------------------------------------------------------------------------------------------
+
+
+def test_social_imagination_samples_the_tom_head():
+    """Imagined teammate actions follow the ToM head's distribution; ``repeat`` keeps the last real action."""
+    model = with_tom_policy(small_model(), PI)
+    actor = SocialActor(model.feature_size, 6, 16, key=jr.PRNGKey(1))
+    starts = jax.vmap(lambda _: model.initial_state())(jnp.arange(400))
+    last = jnp.full((400,), 3, jnp.int32)
+    keys = jr.split(jr.PRNGKey(2), 400)
+    dreams = jax.vmap(lambda s, a, k: imagine(model, actor, s, a, k, 10, "tom"))(starts, last, keys)
+    freq = np.bincount(np.asarray(dreams.a_team).ravel(), minlength=6) / dreams.a_team.size
+    np.testing.assert_allclose(freq, PI, atol=0.02)  # 4000 draws: 3 standard errors of the largest p
+    assert dreams.features.shape == (400, 11, model.feature_size)
+    rep = jax.vmap(lambda s, a, k: imagine(model, actor, s, a, k, 10, "repeat"))(starts, last, keys)
+    assert np.all(np.asarray(rep.a_team) == 3)
+    with pytest.raises(ValueError, match="imagined teammate"):
+        imagine(model, actor, model.initial_state(), jnp.int32(0), jr.PRNGKey(0), 3, "oracle")
+
+
+def test_train_step_lowers_the_world_model_loss():
+    """The jitted learner step (world model + actor + critic) is finite and fits a fixed batch."""
+    cfg = MARLConfig(deter=16, units=16, env_groups=3, team_groups=2, classes=4, horizon=4, starts=16, seq_len=8,
+                     wm_lr=3e-3, max_steps=40)  # fmt: skip
+    learner = init_learner(cfg, int(np.prod(OBS)), 6, jr.PRNGKey(0))
+    batch = jax.tree.map(lambda *x: jnp.stack(x), *[random_sequence(20 + i, T=8) for i in range(4)])
+    step = make_train_step(cfg)
+    losses = []
+    for i in range(40):
+        learner, metrics = step(learner, batch, jr.PRNGKey(i))
+        assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+        losses.append(float(metrics["model_loss"]))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert int(learner.step) == 40
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="variant"):
+        MARLConfig(variant="telepathy")
+    with pytest.raises(ValueError, match="heldout-partners"):
+        MARLConfig(train_partners=("cook",), heldout_partners=("cook",))
+    with pytest.raises(ValueError, match="unknown teammate"):
+        MARLConfig(train_partners=("chef",))
+    with pytest.raises(ValueError, match="seq-len"):
+        MARLConfig(seq_len=500)
+    assert MARLConfig(variant="no_tom").imagined_teammate == "none"
+    assert not MARLConfig(variant="no_factorisation").factorised
+
+
+# --- train_marl.py end to end ----------------------------------------------------------------------------------------
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train_marl.py"), "--preset", "marl_smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+
+
+def test_train_marl_smoke_end_to_end(tmp_path):
+    """marl_smoke trains the teammates, the world model and the actor, evaluates with training and held-out
+    teammates, writes results.json and a GIF, resumes without redoing work, runs the PPO reference on the same
+    population, and refuses a run directory that holds another variant's run."""
+    run = tmp_path / "run"
+    proc = run_script("--run-dir", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["variant"] == "full"
+    assert results["env_steps"] == (4 + 2 * 2) * 40
+    assert set(results["partners"]) == {"ppo_0", "cook", "random", "ppo_1", "stay"}
+    for name, r in results["partners"].items():
+        assert len(r["returns"]) == 2 and all(v % 20 == 0 for v in r["returns"]), name
+        assert 0.0 <= r["tom_top1"] <= 1.0 and r["tom_ce"] > 0.0
+        assert r["tom_policy_ce"] >= r["teammate_entropy"] - 1e-6  # cross-entropy is at least the entropy
+    assert results["partners"]["stay"]["teammate_entropy"] == 0.0
+    assert (run / "eval" / "episode.gif").stat().st_size > 1000
+    rows = [json.loads(line) for line in (run / "marl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2] and "real_tom_top1" in rows[0] and "kl_team" in rows[0]
+
+    again = run_script("--run-dir", str(run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "teammate ppo_0 trained" not in again.stdout  # the population is reused
+    assert len((run / "marl" / "metrics.jsonl").read_text().splitlines()) == 2  # nothing retrained
+
+    ref = tmp_path / "ppo"
+    proc = run_script("--run-dir", str(ref), "--marl.variant", "ppo", "--marl.partners-dir", str(run / "partners"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ppo = json.loads((ref / "eval" / "results.json").read_text())
+    assert ppo["variant"] == "ppo" and "tom_top1" not in ppo["partners"]["cook"]
+    assert not (ref / "partners").exists()
+
+    bad = run_script("--run-dir", str(run), "--marl.variant", "no_tom")
+    assert bad.returncode == 1 and "marl.variant='full'" in bad.stderr, bad.stderr
+    missing = run_script("--run-dir", str(tmp_path / "x"), "--marl.partners-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "missing partner pool" in missing.stderr, missing.stderr
+    assert not (tmp_path / "x").exists()  # nothing written
