@@ -17,8 +17,8 @@ with ``done`` are the next episode's first.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import os
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -66,17 +66,42 @@ def make(layout: str = "cramped_room", max_steps: int = 400) -> Any:
         raise ValueError(f"--env.layout {layout!r} is not an Overcooked layout; choose one of {', '.join(LAYOUTS)}")
     if max_steps < 1:
         raise ValueError(f"--env.max-steps must be >= 1, got {max_steps}")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # JaxMARL's import banner and Overcooked v1's deprecation notice
-        import jaxmarl
-        from jaxmarl.environments.overcooked import overcooked_layouts
+    jaxmarl = _import_jaxmarl()
+    from jaxmarl.environments.overcooked import overcooked_layouts
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Overcooked v1's deprecation notice
         return jaxmarl.make("overcooked", layout=overcooked_layouts[layout], max_steps=max_steps)
 
 
+def _import_jaxmarl() -> Any:
+    """``import jaxmarl`` without its banner. Its import prints to file descriptor 1 and, on the way, resets
+    ``sys.stdout`` / ``sys.stderr`` to the interpreter's originals (its MABrax module does), so the descriptor is
+    pointed at /dev/null and both streams are put back afterwards."""
+    if "jaxmarl" in sys.modules:
+        return sys.modules["jaxmarl"]
+    streams = sys.stdout, sys.stderr
+    for stream in streams:
+        stream.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import jaxmarl
+    finally:
+        sys.__stdout__.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+        sys.stdout, sys.stderr = streams
+    return jaxmarl
+
+
 def obs_shape(env: Any) -> tuple[int, int, int]:
-    """(H, W, C) of one agent's observation (from a reset: JaxMARL's declared space has H and W swapped)."""
-    obs, _ = reset(env, jax.random.PRNGKey(0))
+    """(H, W, C) of one agent's observation (from a reset's shape, traced only: JaxMARL's declared space has H and W
+    swapped)."""
+    obs, _ = jax.eval_shape(lambda k: reset(env, k), jax.random.PRNGKey(0))
     return tuple(int(d) for d in obs.shape[1:])  # type: ignore[return-value]
 
 

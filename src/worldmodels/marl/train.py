@@ -116,6 +116,7 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
                 "env_steps": replay.steps,
                 "return": float(np.asarray(eps.reward).sum(-1).mean()),
                 "shaped_return": float(np.asarray(eps.shaped).sum((-1, -2)).mean()),
+                "own_shaped_return": float(np.asarray(eps.shaped)[..., 0].sum(-1).mean()),
                 **({f"real_{k}": v for k, v in tom_scores(eps).items()} if cfg.tom else {}),
                 **means,
                 "collect_s": collect_s,
@@ -248,9 +249,16 @@ def evaluate(
 
 
 def episode_stats(eps: Episodes, tom: bool) -> dict[str, Any]:
-    """Per-episode sparse returns and soups, their mean with a 95 % interval, and the ToM scores (``tom_scores``)."""
+    """Per-episode sparse returns and soups, their mean with a 95 % interval, the agent's own shaped return (its
+    onions into pots, plates and soups picked up), and the ToM scores (``tom_scores``)."""
     returns = np.asarray(eps.reward, np.float64).sum(-1)
-    out = {"returns": returns.tolist(), "soups": (returns / menv.SOUP_REWARD).tolist(), **_mean_ci(returns)}
+    own = np.asarray(eps.shaped, np.float64)[..., 0].sum(-1)
+    out = {
+        "returns": returns.tolist(),
+        "soups": (returns / menv.SOUP_REWARD).tolist(),
+        **_mean_ci(returns),
+        "own_shaped_return": float(own.mean()),
+    }
     if tom:
         out.update(tom_scores(eps))
     return out

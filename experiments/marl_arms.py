@@ -1,0 +1,199 @@
+"""Dreaming of Others (issue 17): the full model against its ablations and the PPO reference, over seeds.
+
+Every arm is one ``train_marl.py`` run directory ``OUT/VARIANT_sSEED``; all of them share the teammate population
+trained by the first run (``OUT/full_s0/partners``), so every arm meets the same training and held-out teammates.
+Runs go two at a time (``--jobs``); a run whose ``eval/results.json`` exists is skipped and an interrupted one
+resumes, so rerunning the command continues where it stopped. Then ``OUT/summary.json``, ``OUT/report.md`` and
+``OUT/curves.png`` (return with the training teammates and ToM top-1 / cross-entropy on the real steps, per
+iteration) are written from the runs' files.
+
+    uv run python experiments/marl_arms.py --out runs/marl --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from worldmodels.evaluate import ci95
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("full", "no_tom", "no_factorisation", "repeat_teammate", "ppo")
+
+
+@dataclass(frozen=True)
+class Args:
+    out: Path
+    """Directory of the arms' run directories and the summary."""
+    preset: str = "marl_quick"
+    """Preset of every run."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of every arm (``--marl.seed``)."""
+    variants: tuple[str, ...] = VARIANTS
+    """Arms to run (``--marl.variant``)."""
+    jobs: int = 2
+    """Runs at once."""
+    extra: tuple[str, ...] = ()
+    """Extra flags passed to every run (e.g. ``--marl.iterations 10``)."""
+
+
+def command(args: Args, variant: str, seed: int) -> list[str]:
+    """The ``train_marl.py`` command of one arm."""
+    cmd = [sys.executable, str(ROOT / "train_marl.py"), "--preset", args.preset]
+    cmd += ["--run-dir", str(args.out / f"{variant}_s{seed}"), "--marl.variant", variant, "--marl.seed", str(seed)]
+    first = args.out / f"full_s{args.seeds[0]}"
+    if (variant, seed) != ("full", args.seeds[0]):
+        cmd += ["--marl.partners-dir", str(first / "partners")]
+    return cmd + list(args.extra)
+
+
+def run_all(args: Args) -> None:
+    """Run every arm not finished yet, ``args.jobs`` at a time (the population's run first, alone)."""
+    todo = [(v, s) for s in args.seeds for v in args.variants]
+    todo = [(v, s) for v, s in todo if not (args.out / f"{v}_s{s}" / "eval" / "results.json").is_file()]
+    first = ("full", args.seeds[0])
+    args.out.mkdir(parents=True, exist_ok=True)
+    if first in todo:
+        todo.remove(first)
+        _run([command(args, *first)], args.out)
+    for i in range(0, len(todo), args.jobs):
+        _run([command(args, v, s) for v, s in todo[i : i + args.jobs]], args.out)
+
+
+def _run(cmds: list[list[str]], out: Path) -> None:
+    procs = []
+    for cmd in cmds:
+        name = Path(cmd[cmd.index("--run-dir") + 1]).name
+        log = (out / f"{name}.log").open("a")
+        print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
+        procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+    for name, proc, log in procs:
+        rc = proc.wait()
+        log.close()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} finished, exit {rc}", flush=True)
+
+
+def summarize(args: Args) -> dict:
+    """Per arm: mean over seeds of the mean return with training and held-out teammates (95 % interval over
+    seeds), the pooled episodes' mean, ToM top-1 and cross-entropy at evaluation, and per-seed values."""
+    summary: dict = {}
+    for variant in args.variants:
+        rows = []
+        for seed in args.seeds:
+            path = args.out / f"{variant}_s{seed}" / "eval" / "results.json"
+            if path.is_file():
+                rows.append((seed, json.loads(path.read_text())))
+        if not rows:
+            continue
+        arm: dict = {"seeds": [s for s, _ in rows], "env_steps": rows[0][1]["env_steps"]}
+        for group in ("train", "heldout"):
+            per_seed = [r[f"{group}_return"]["mean"] for _, r in rows]
+            episodes = [x for _, r in rows for p in r["partners"].values() if p["group"] == group for x in p["returns"]]
+            arm[group] = {
+                "per_seed": per_seed,
+                "mean": float(np.mean(per_seed)),
+                "ci95_over_seeds": ci95(np.array(per_seed)),
+                "episodes": len(episodes),
+            }
+        names = list(rows[0][1]["partners"])
+        arm["per_partner"] = {
+            n: {
+                "group": rows[0][1]["partners"][n]["group"],
+                "mean": float(np.mean([r["partners"][n]["mean"] for _, r in rows])),
+                "ci95_over_seeds": ci95(np.array([r["partners"][n]["mean"] for _, r in rows])),
+                **{
+                    k: float(np.mean([r["partners"][n][k] for _, r in rows]))
+                    for k in ("tom_top1", "tom_ce", "tom_policy_ce", "teammate_entropy")
+                    if k in rows[0][1]["partners"][n]
+                },
+            }
+            for n in names
+        }
+        summary[variant] = arm
+    return summary
+
+
+def report(args: Args, summary: dict) -> str:
+    """A markdown table of the arms."""
+    lines = [
+        f"# Dreaming of Others: arms on `{args.preset}`, seeds {', '.join(map(str, args.seeds))}",
+        "",
+        "Sparse return per episode (20 per soup), the mean over seeds of each seed's mean, +- the 95 % interval",
+        "over seeds.",
+        "",
+        "| arm | env steps | training teammates | held-out teammates | ToM top-1 (train / held-out) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant, arm in summary.items():
+        tom = {}
+        for group in ("train", "heldout"):
+            vals = [p["tom_top1"] for p in arm["per_partner"].values() if p["group"] == group and "tom_top1" in p]
+            tom[group] = f"{np.mean(vals):.3f}" if vals else "-"
+        lines.append(
+            f"| {variant} | {arm['env_steps']} | {arm['train']['mean']:.1f} +- {arm['train']['ci95_over_seeds']:.1f} "
+            f"| {arm['heldout']['mean']:.1f} +- {arm['heldout']['ci95_over_seeds']:.1f} "
+            f"| {tom['train']} / {tom['heldout']} |"
+        )
+    lines += ["", "Per teammate (mean over seeds):", ""]
+    names = list(next(iter(summary.values()))["per_partner"])
+    lines.append("| arm | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---:|" * len(names))
+    for variant, arm in summary.items():
+        lines.append(f"| {variant} | " + " | ".join(f"{arm['per_partner'][n]['mean']:.1f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(args: Args, path: Path) -> None:
+    """Return with the training teammates and ToM top-1 / cross-entropy over iterations, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    colours = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for variant in args.variants:
+        for seed in args.seeds:
+            path_m = args.out / f"{variant}_s{seed}" / "marl" / "metrics.jsonl"
+            if variant == "ppo" or not path_m.is_file():
+                continue
+            rows = [json.loads(line) for line in path_m.read_text().splitlines()]
+            it = [r["iteration"] for r in rows]
+            label = variant if seed == args.seeds[0] else None
+            axes[0].plot(it, [r["return"] for r in rows], color=colours[variant], alpha=0.7, label=label)
+            if "real_tom_top1" in rows[0]:
+                axes[1].plot(it, [r["real_tom_top1"] for r in rows], color=colours[variant], alpha=0.7, label=label)
+                axes[2].plot(it, [r["real_tom_ce"] for r in rows], color=colours[variant], alpha=0.7, label=label)
+    axes[0].set(title="return with training teammates (collection)", xlabel="iteration", ylabel="sparse return")
+    axes[1].set(title="ToM top-1 on real steps", xlabel="iteration")
+    axes[2].set(title="ToM cross-entropy on real steps (nats)", xlabel="iteration")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = tyro.cli(Args, description=__doc__)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"error: --variants {sorted(unknown)} unknown; choose from {', '.join(VARIANTS)}")
+    run_all(args)
+    summary = summarize(args)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = report(args, summary)
+    (args.out / "report.md").write_text(text)
+    plot_curves(args, args.out / "curves.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
