@@ -195,6 +195,8 @@ def test_config_refuses_bad_values():
         MARLConfig(train_partners=("chef",))
     with pytest.raises(ValueError, match="seq-len"):
         MARLConfig(seq_len=500)
+    with pytest.raises(ValueError, match="starts"):
+        MARLConfig(starts=5000)
     assert MARLConfig(variant="no_tom").imagined_teammate == "none"
     assert not MARLConfig(variant="no_factorisation").factorised
 
@@ -236,6 +238,7 @@ def test_train_marl_smoke_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "teammate ppo_0 trained" not in again.stdout  # the population is reused
     assert len((run / "marl" / "metrics.jsonl").read_text().splitlines()) == 2  # nothing retrained
+    assert "is up to date with the learner; kept" in again.stdout  # nor evaluated again
 
     ref = tmp_path / "ppo"
     proc = run_script("--run-dir", str(ref), "--marl.variant", "ppo", "--marl.partners-dir", str(run / "partners"))

@@ -970,6 +970,11 @@ class MARLConfig:
             raise ValueError(
                 f"--marl.seq-len {self.seq_len} exceeds the episode length --marl.max-steps {self.max_steps}"
             )
+        if self.starts > self.batch_size * self.seq_len:
+            raise ValueError(
+                f"--marl.starts {self.starts} exceeds the batch's states, batch_size x seq_len = "
+                f"{self.batch_size * self.seq_len}"
+            )
         if not self.train_partners:
             raise ValueError("--marl.train-partners is empty; name at least one teammate")
         _check_partner_names(self.train_partners, "train-partners")

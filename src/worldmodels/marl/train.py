@@ -126,8 +126,23 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
             log.log(record, it)
             bar.set_postfix(ret=f"{record['return']:.1f}", tom=f"{record.get('real_tom_top1', 0):.2f}")
 
-    results = evaluate(run_dir, cfg, env, pool, (learner.model, learner.actor), "dreamer", jr.fold_in(key, 2))
+    results = finished_results(run_dir, cfg)
+    if results is None:
+        results = evaluate(run_dir, cfg, env, pool, (learner.model, learner.actor), "dreamer", jr.fold_in(key, 2))
     print_summary(results)
+    return results
+
+
+def finished_results(run_dir: Path, cfg: MARLConfig) -> dict[str, Any] | None:
+    """eval/results.json when it was written by this very config after the learner's last save, else None."""
+    path = run_dir / "eval" / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if results.get("config") != json.loads(json.dumps(to_dict(cfg))) or results.get("env_steps") != _env_steps(run_dir):
+        return None
+    print(f"marl: {path} is up to date with the learner; kept")
     return results
 
 
@@ -154,7 +169,9 @@ def run_ppo_reference(run_dir: Path, cfg: MARLConfig, env: Any, pool: mpartners.
                 )
         extra = {"env_steps": int(history["env_steps"][-1])}
         checkpoint.save(out / "ppo_ckpt", 0, net, kind=PPO_KIND, hparams=hparams, extra=extra)
-    results = evaluate(run_dir, cfg, env, pool, net, "ppo", jr.fold_in(jr.PRNGKey(cfg.seed), 2))
+    results = finished_results(run_dir, cfg)
+    if results is None:
+        results = evaluate(run_dir, cfg, env, pool, net, "ppo", jr.fold_in(jr.PRNGKey(cfg.seed), 2))
     print_summary(results)
     return results
 
