@@ -2,7 +2,7 @@
 theory-of-mind head) and an actor-critic in social imagination on JaxMARL's Overcooked, with a population of
 teammates; score it zero-shot with held-out teammates. Writes RUN_DIR/partners, RUN_DIR/marl and RUN_DIR/eval
 (results.json with returns and ToM accuracy, episode.gif). --marl.variant selects the ablations: no_tom,
-no_factorisation, repeat_teammate. Rerunning the same command resumes."""
+no_factorisation, repeat_teammate, and ppo, the model-free reference. Rerunning the same command resumes."""
 
 from __future__ import annotations
 

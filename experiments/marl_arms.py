@@ -120,6 +120,35 @@ def summarize(args: Args) -> dict:
     return summary
 
 
+def random_reference(args: Args, episodes: int = 16) -> dict:
+    """The floor: an agent acting uniformly at random beside each teammate of the shared population (``episodes``
+    per teammate, key ``PRNGKey(12345)``), as a summary arm."""
+    import jax.random as jr
+
+    from worldmodels.config import load_preset
+    from worldmodels.marl import env as menv
+    from worldmodels.marl.partners import load_pool
+    from worldmodels.marl.rollout import run_episodes
+
+    cfg = load_preset(args.preset).marl
+    pool = load_pool(args.out / f"full_s{args.seeds[0]}" / "partners")
+    env = menv.make(cfg.layout, cfg.max_steps)
+    arm: dict = {"seeds": [12345], "env_steps": 0, "per_partner": {}}
+    pooled: dict[str, list[float]] = {"train": [], "heldout": []}
+    for group, names in (("train", cfg.train_partners), ("heldout", cfg.heldout_partners)):
+        for name in names:
+            member = pool.names.index(name)
+            members = np.full((episodes,), member, np.int32)
+            eps, _ = run_episodes(env, None, pool, members, jr.fold_in(jr.PRNGKey(12345), member), ego_kind="random")
+            returns = np.asarray(eps.reward, np.float64).sum(-1)
+            arm["per_partner"][name] = {"group": group, "mean": float(returns.mean()), "ci95_over_seeds": ci95(returns)}
+            pooled[group] += returns.tolist()
+    for group, values in pooled.items():
+        arm[group] = {"per_seed": [float(np.mean(values))], "mean": float(np.mean(values)), "ci95_over_seeds": 0.0,
+                      "episodes": len(values)}  # fmt: skip
+    return arm
+
+
 def report(args: Args, summary: dict) -> str:
     """A markdown table of the arms."""
     lines = [
@@ -188,6 +217,8 @@ def main() -> None:
         sys.exit(f"error: --variants {sorted(unknown)} unknown; choose from {', '.join(VARIANTS)}")
     run_all(args)
     summary = summarize(args)
+    if (args.out / f"full_s{args.seeds[0]}" / "partners").is_dir():
+        summary["random_agent"] = random_reference(args)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     text = report(args, summary)
     (args.out / "report.md").write_text(text)

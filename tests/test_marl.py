@@ -170,20 +170,22 @@ def test_social_imagination_samples_the_tom_head():
         imagine(model, actor, model.initial_state(), jnp.int32(0), jr.PRNGKey(0), 3, "oracle")
 
 
-def test_train_step_lowers_the_world_model_loss():
-    """The jitted learner step (world model + actor + critic) is finite and fits a fixed batch."""
+@pytest.mark.parametrize("variant", ["full", "no_factorisation", "no_tom", "repeat_teammate"])
+def test_train_step_lowers_the_world_model_loss(variant):
+    """The jitted learner step (world model + actor + critic) of every variant is finite and fits a fixed batch."""
     cfg = MARLConfig(deter=16, units=16, env_groups=3, team_groups=2, classes=4, horizon=4, starts=16, seq_len=8,
-                     wm_lr=3e-3, max_steps=40)  # fmt: skip
+                     wm_lr=3e-3, max_steps=40, variant=variant)  # fmt: skip
     learner = init_learner(cfg, int(np.prod(OBS)), 6, jr.PRNGKey(0))
     batch = jax.tree.map(lambda *x: jnp.stack(x), *[random_sequence(20 + i, T=8) for i in range(4)])
     step = make_train_step(cfg)
     losses = []
-    for i in range(40):
+    for i in range(40 if variant == "full" else 10):
         learner, metrics = step(learner, batch, jr.PRNGKey(i))
         assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
         losses.append(float(metrics["model_loss"]))
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
-    assert int(learner.step) == 40
+    if variant == "full":
+        assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert int(learner.step) == len(losses)
 
 
 def test_config_refuses_bad_values():

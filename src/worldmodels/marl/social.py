@@ -288,7 +288,8 @@ def make_train_step(cfg: MARLConfig) -> Callable[..., tuple[Learner, dict[str, A
         model = eqx.apply_updates(learner.model, updates)
 
         # Imagination starts: posterior states of the batch (stop-gradient), each with the teammate's last action
-        flat = jax.tree.map(lambda x: jax.lax.stop_gradient(x.reshape(-1, *x.shape[2:])), states)
+        n = batch.a_self.shape[0] * batch.a_self.shape[1]  # explicit: z^team may have no elements
+        flat = jax.tree.map(lambda x: jax.lax.stop_gradient(x.reshape(n, *x.shape[2:])), states)
         last_team = jnp.concatenate([jnp.zeros_like(batch.a_team[:, :1]), batch.a_team[:, :-1]], axis=1).reshape(-1)
         idx = jr.choice(k_starts, last_team.shape[0], (cfg.starts,), replace=False)
         starts = jax.tree.map(lambda x: x[idx], flat)
