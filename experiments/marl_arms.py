@@ -2,10 +2,10 @@
 
 Every arm is one ``train_marl.py`` run directory ``OUT/VARIANT_sSEED``; all of them share the teammate population
 trained by the first run (``OUT/full_s0/partners``), so every arm meets the same training and held-out teammates.
-Runs go two at a time (``--jobs``); a run whose ``eval/results.json`` exists is skipped and an interrupted one
-resumes, so rerunning the command continues where it stopped. Then ``OUT/summary.json``, ``OUT/report.md`` and
-``OUT/curves.png`` (return with the training teammates and ToM top-1 / cross-entropy on the real steps, per
-iteration) are written from the runs' files.
+Runs go two at a time (``--jobs``, the next starting when one ends); a run whose ``eval/results.json`` exists is
+skipped and an interrupted one resumes, so rerunning the command continues where it stopped. Then
+``OUT/summary.json``, ``OUT/report.md`` and ``OUT/curves.png`` (return with the training teammates and ToM top-1 /
+cross-entropy on the real steps, per iteration) are written from the runs' files.
 
     uv run python experiments/marl_arms.py --out runs/marl --seeds 0 1 2
 """
@@ -42,6 +42,8 @@ class Args:
     """Runs at once."""
     extra: tuple[str, ...] = ()
     """Extra flags passed to every run (e.g. ``--marl.iterations 10``)."""
+    skip: tuple[str, ...] = ()
+    """Runs (``VARIANT_sSEED``) to leave alone, e.g. ones running in another process."""
 
 
 def command(args: Args, variant: str, seed: int) -> list[str]:
@@ -55,29 +57,37 @@ def command(args: Args, variant: str, seed: int) -> list[str]:
 
 
 def run_all(args: Args) -> None:
-    """Run every arm not finished yet, ``args.jobs`` at a time (the population's run first, alone)."""
-    todo = [(v, s) for s in args.seeds for v in args.variants]
+    """Run every arm not finished yet, ``args.jobs`` at a time, a new one starting as soon as one ends (the
+    population's run first, alone: every other arm reads its teammates)."""
+    todo = [(v, s) for s in args.seeds for v in args.variants if f"{v}_s{s}" not in args.skip]
     todo = [(v, s) for v, s in todo if not (args.out / f"{v}_s{s}" / "eval" / "results.json").is_file()]
     first = ("full", args.seeds[0])
     args.out.mkdir(parents=True, exist_ok=True)
     if first in todo:
         todo.remove(first)
-        _run([command(args, *first)], args.out)
-    for i in range(0, len(todo), args.jobs):
-        _run([command(args, v, s) for v, s in todo[i : i + args.jobs]], args.out)
+        _wait(_start(command(args, *first), args.out))
+    running: list = []
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            running.append(_start(command(args, *todo.pop(0)), args.out))
+        time.sleep(5)
+        for job in [j for j in running if j[1].poll() is not None]:
+            _wait(job)
+            running.remove(job)
 
 
-def _run(cmds: list[list[str]], out: Path) -> None:
-    procs = []
-    for cmd in cmds:
-        name = Path(cmd[cmd.index("--run-dir") + 1]).name
-        log = (out / f"{name}.log").open("a")
-        print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
-        procs.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-    for name, proc, log in procs:
-        rc = proc.wait()
-        log.close()
-        print(f"[{time.strftime('%H:%M:%S')}] {name} finished, exit {rc}", flush=True)
+def _start(cmd: list[str], out: Path) -> tuple:
+    name = Path(cmd[cmd.index("--run-dir") + 1]).name
+    log = (out / f"{name}.log").open("a")
+    print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
+    return name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log
+
+
+def _wait(job: tuple) -> None:
+    name, proc, log = job
+    rc = proc.wait()
+    log.close()
+    print(f"[{time.strftime('%H:%M:%S')}] {name} finished, exit {rc}", flush=True)
 
 
 def summarize(args: Args) -> dict:
