@@ -254,3 +254,40 @@ def test_train_marl_smoke_end_to_end(tmp_path):
     missing = run_script("--run-dir", str(tmp_path / "x"), "--marl.partners-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "missing partner pool" in missing.stderr, missing.stderr
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_replay_windows_roundtrip_and_damage(tmp_path):
+    """Windows stay inside one episode with the right first flags and training reward; save/load is exact; a damaged
+    file is a DatasetError naming it."""
+    from worldmodels.errors import DatasetError
+    from worldmodels.marl.rollout import Episodes, Replay
+
+    E, T = 3, 20
+    rng = np.random.default_rng(0)
+    eps = Episodes(
+        obs=rng.integers(0, 3, (E, T, *OBS)).astype(np.uint8),
+        a_self=np.tile(np.arange(T), (E, 1)) + 100 * np.arange(E)[:, None],  # encodes (episode, step)
+        a_team=rng.integers(0, 6, (E, T)),
+        reward=rng.normal(size=(E, T)).astype(np.float32),
+        shaped=rng.normal(size=(E, T, 2)).astype(np.float32),
+        tom_logp=np.zeros((E, T, 6)),
+        true_probs=np.zeros((E, T, 6)),
+        member=np.arange(E),
+    )
+    replay = Replay()
+    replay.add(eps)
+    assert len(replay) == E and replay.steps == E * T
+    batch = replay.sample(np.random.default_rng(1), 64, 8, shaped_scale=0.5)
+    ep, step = batch.a_self // 100, batch.a_self % 100
+    assert np.all(ep == ep[:, :1]) and np.all(np.diff(step, axis=1) == 1)  # one episode, consecutive steps
+    np.testing.assert_array_equal(batch.first, step == 0)
+    e, t = ep[:, 0], step[:, 0]
+    expected = eps.reward[e, t] + 0.5 * eps.shaped[e, t].sum(-1)
+    np.testing.assert_allclose(batch.reward[:, 0], expected, rtol=1e-6)
+    replay.save(tmp_path / "replay.npz")
+    again = Replay.load(tmp_path / "replay.npz")
+    for k, v in replay.data.items():
+        np.testing.assert_array_equal(again.data[k], v)
+    (tmp_path / "bad.npz").write_bytes(b"not a replay")
+    with pytest.raises(DatasetError, match="bad.npz"):
+        Replay.load(tmp_path / "bad.npz")

@@ -15,6 +15,7 @@ head's predictions are scored against.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
+from worldmodels.errors import DatasetError
 from worldmodels.marl import env as menv
 from worldmodels.marl import partners as mpartners
 from worldmodels.marl.world_model import Sequence
@@ -217,11 +219,17 @@ class Replay:
 
     @classmethod
     def load(cls, path: Path) -> Replay:
-        """Read a replay written by ``save`` (no pickle). Raises ValueError naming the file if it is damaged."""
+        """Read a replay written by ``save`` (no pickle).
+
+        Raises:
+            DatasetError: the file is missing or damaged (named, with what to do).
+        """
         replay = cls()
         try:
             with np.load(path, allow_pickle=False) as f:
                 replay.data = {k: f[k] for k in REPLAY_FIELDS}
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable replay ({err}); move it aside to start collection again") from err
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise DatasetError(
+                f"{path}: unreadable replay ({err}); move the run's marl/ directory aside to train again from scratch"
+            ) from err
         return replay
