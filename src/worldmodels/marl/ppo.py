@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -34,10 +34,6 @@ from tqdm.auto import tqdm
 
 from worldmodels.config import PPOConfig
 from worldmodels.marl import env as menv
-
-if TYPE_CHECKING:
-    from worldmodels.marl.partners import PartnerPool
-
 
 _GAINS = (math.sqrt(2.0), math.sqrt(2.0))
 """Orthogonal gains of the two hidden layers; the heads use 0.01 (policy) and 1 (value)."""
@@ -320,7 +316,7 @@ def train_ppo(
     cfg: PPOConfig,
     env: Any,
     key: PRNGKeyArray,
-    partners: PartnerPool | None = None,
+    partners: Any = None,
     *,
     progress: bool = True,
 ) -> tuple[PolicyNet, dict[str, np.ndarray]]:
