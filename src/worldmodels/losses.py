@@ -10,7 +10,8 @@ to the terms but never summed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -132,12 +133,21 @@ def kl_balance(model: RSSM, post: Stats, prior: Stats, free_nats: float) -> dict
     Returns:
         dict with ``kl_dyn``, ``kl_rep`` (loss terms) and ``kl`` (the KL itself, a diagnostic), float32 scalars.
     """
+    return balanced_kl(model.kl, post, prior, free_nats)
+
+
+def balanced_kl(kl: Callable[[Any, Any], Array], post: Any, prior: Any, free_nats: float) -> dict[str, Array]:
+    """``kl_balance`` for any distributions: ``kl(q, p)`` gives KL(q || p) of the pytrees ``post`` and ``prior``.
+
+    Returns:
+        dict with ``kl_dyn`` = max(free, KL(sg q || p)), ``kl_rep`` = max(free, KL(q || sg p)) and ``kl``, the KL
+        itself, float32 scalars (DreamerV3 Eqs. 3 and 5).
+    """
     sg = jax.lax.stop_gradient
-    kl = model.kl(post, prior)
     return {
-        "kl_dyn": jnp.maximum(free_nats, model.kl(jax.tree.map(sg, post), prior)),
-        "kl_rep": jnp.maximum(free_nats, model.kl(post, jax.tree.map(sg, prior))),
-        "kl": kl,
+        "kl_dyn": jnp.maximum(free_nats, kl(jax.tree.map(sg, post), prior)),
+        "kl_rep": jnp.maximum(free_nats, kl(post, jax.tree.map(sg, prior))),
+        "kl": kl(post, prior),
     }
 
 

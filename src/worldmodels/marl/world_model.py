@@ -21,7 +21,7 @@ One example, one step (Equinox style); ``observe`` scans a sequence. Observation
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from worldmodels.losses import binary_cross_entropy
+from worldmodels.losses import balanced_kl, binary_cross_entropy
 from worldmodels.models import twohot
-from worldmodels.models.rssm import MLP
+from worldmodels.models.rssm import MLP, categorical_kl, categorical_logp, categorical_sample
 
 
 class JointState(NamedTuple):
@@ -53,24 +53,6 @@ class Posterior(NamedTuple):
 
     env: Float[Array, "Ge K"]
     team: Float[Array, "Gt K"]
-
-
-def categorical_logp(raw: Float[Array, " N"], groups: int, classes: int, unimix: float) -> Float[Array, "G K"]:
-    """log((1 - unimix) softmax(raw) + unimix / K) per group (DreamerV3 Sec. 3, 1 % uniform mix)."""
-    probs = (1.0 - unimix) * jax.nn.softmax(raw.reshape(groups, classes), -1) + unimix / classes
-    return jnp.log(probs)
-
-
-def categorical_sample(logp: Float[Array, "G K"], key: PRNGKeyArray) -> Float[Array, " GK"]:
-    """One-hot samples, flat (G * K,), with straight-through gradients onehot + p - sg(p) (DreamerV2 Sec. 2)."""
-    onehot = jax.nn.one_hot(jr.categorical(key, logp, axis=-1), logp.shape[-1])
-    probs = jnp.exp(logp)
-    return (onehot + probs - jax.lax.stop_gradient(probs)).reshape(-1)
-
-
-def categorical_kl(q: Float[Array, "G K"], p: Float[Array, "G K"]) -> Float[Array, ""]:
-    """KL(q || p) in nats summed over groups, from log-probabilities."""
-    return jnp.sum(jnp.exp(q) * (q - p))
 
 
 class SocialWorldModel(eqx.Module):
@@ -261,33 +243,6 @@ class SocialWorldModel(eqx.Module):
         return jnp.zeros((0, self.classes))
 
 
-def world_model_hparams(
-    obs_size: int,
-    num_actions: int,
-    deter: int,
-    units: int,
-    env_groups: int,
-    team_groups: int,
-    classes: int,
-    factorised: bool,
-    joint_action: bool,
-    tom: bool,
-) -> dict[str, Any]:
-    """Keyword arguments that rebuild a ``SocialWorldModel`` (a checkpoint's ``hparams``)."""
-    return {
-        "obs_size": obs_size,
-        "num_actions": num_actions,
-        "deter": deter,
-        "units": units,
-        "env_groups": env_groups,
-        "team_groups": team_groups,
-        "classes": classes,
-        "factorised": factorised,
-        "joint_action": joint_action,
-        "tom": tom,
-    }
-
-
 class Sequence(NamedTuple):
     """A window of joint experience (``vmap`` adds a batch axis): the replay's record per step t.
 
@@ -371,7 +326,6 @@ def sequence_terms(
     cont_logit = jax.vmap(model.cont_head)(feats[1:])[:, 0]
     cont = binary_cross_entropy(cont_logit, seq.cont[:-1])
 
-    sg = jax.lax.stop_gradient
     kl_dyn = kl_rep = 0.0
     terms: dict[str, Array] = {}
     for name in ("env", "team"):
@@ -379,9 +333,9 @@ def sequence_terms(
         if q.shape[-2] == 0:
             terms[f"kl_{name}"] = jnp.zeros(())
             continue
-        kl_dyn = kl_dyn + jnp.maximum(free_nats, jax.vmap(categorical_kl)(sg(q), p))
-        kl_rep = kl_rep + jnp.maximum(free_nats, jax.vmap(categorical_kl)(q, sg(p)))
-        terms[f"kl_{name}"] = jnp.mean(jax.vmap(categorical_kl)(q, p))
+        kls = jax.vmap(lambda q_t, p_t: balanced_kl(categorical_kl, q_t, p_t, free_nats))(q, p)
+        kl_dyn, kl_rep = kl_dyn + kls["kl_dyn"], kl_rep + kls["kl_rep"]
+        terms[f"kl_{name}"] = jnp.mean(kls["kl"])
     if model.tom_head is not None:
         logits = jax.vmap(model.tom_logits)(states)
         logp = jax.nn.log_softmax(logits)

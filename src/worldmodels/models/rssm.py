@@ -65,6 +65,25 @@ class Stats(NamedTuple):
     logits: Array
 
 
+def categorical_logp(raw: Float[Array, " N"], groups: int, classes: int, unimix: float) -> Float[Array, "G K"]:
+    """log((1 - unimix) softmax(raw) + unimix / K) per group of K classes (DreamerV3 Sec. 3, the 1 % uniform mix)."""
+    probs = (1.0 - unimix) * jax.nn.softmax(raw.reshape(groups, classes), -1) + unimix / classes
+    return jnp.log(probs)
+
+
+def categorical_sample(logp: Float[Array, "G K"], key: PRNGKeyArray) -> Float[Array, " GK"]:
+    """One-hot samples of G categoricals, flat (G * K,), with straight-through gradients onehot + p - sg(p)
+    (Bengio et al. 2013; DreamerV2 Sec. 2, Algorithm 1)."""
+    onehot = jax.nn.one_hot(jr.categorical(key, logp, axis=-1), logp.shape[-1])
+    probs = jnp.exp(logp)
+    return (onehot + probs - jax.lax.stop_gradient(probs)).reshape(-1)
+
+
+def categorical_kl(q: Float[Array, "G K"], p: Float[Array, "G K"]) -> Float[Array, ""]:
+    """KL(q || p) in nats, summed over groups, from log-probabilities: sum q_c (log q_c - log p_c)."""
+    return jnp.sum(jnp.exp(q) * (q - p))
+
+
 class MLP(eqx.Module):
     """Dense layers with SiLU between them (batch-major, ``mdnrnn.batch_major_linear``); linear output."""
 
@@ -162,9 +181,7 @@ class RSSM(eqx.Module):
         if self.latent == "gaussian":
             mean, raw_std = jnp.split(raw, 2)
             return Stats(mean, jax.nn.softplus(raw_std) + MIN_STD, jnp.zeros((0,)))
-        logits = raw.reshape(self.stoch, self.classes)
-        probs = (1.0 - self.unimix) * jax.nn.softmax(logits, -1) + self.unimix / self.classes
-        return Stats(jnp.zeros((0,)), jnp.zeros((0,)), jnp.log(probs))
+        return Stats(jnp.zeros((0,)), jnp.zeros((0,)), categorical_logp(raw, self.stoch, self.classes, self.unimix))
 
     def mode(self, stats: Stats) -> Float[Array, " S"]:
         """The distribution's most likely value as a flat latent: the Gaussian mean, or each group's most likely
@@ -181,10 +198,7 @@ class RSSM(eqx.Module):
         """
         if self.latent == "gaussian":
             return stats.mean + stats.std * jr.normal(key, stats.mean.shape)
-        idx = jr.categorical(key, stats.logits, axis=-1)
-        onehot = jax.nn.one_hot(idx, self.classes)
-        probs = jnp.exp(stats.logits)
-        return (onehot + probs - jax.lax.stop_gradient(probs)).reshape(-1)
+        return categorical_sample(stats.logits, key)
 
     def kl(self, post: Stats, prior: Stats) -> Float[Array, ""]:
         """KL(post || prior) in nats, summed over the latent's dimensions or groups.
@@ -195,8 +209,7 @@ class RSSM(eqx.Module):
         if self.latent == "gaussian":
             var_q, var_p = post.std**2, prior.std**2
             return 0.5 * jnp.sum(jnp.log(var_p / var_q) + (var_q + (post.mean - prior.mean) ** 2) / var_p - 1.0)
-        q = jnp.exp(post.logits)
-        return jnp.sum(q * (post.logits - prior.logits))
+        return categorical_kl(post.logits, prior.logits)
 
     # the core shared by observe and imagine
 
