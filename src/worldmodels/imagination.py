@@ -307,6 +307,57 @@ def continue_weights(continues: Float[Array, "... H"]) -> Float[Array, "... H"]:
     return jnp.cumprod(jnp.concatenate([jnp.ones_like(c[..., :1]), c[..., :-1]], axis=-1), axis=-1)
 
 
+def imagined_targets(
+    rewards: Float[Array, "N H"],
+    continues: Float[Array, "N H"],
+    slow_values: Float[Array, "N H1"],
+    cfg: Any,
+    norm: ReturnNorm,
+    norm_decay: float | Array,
+) -> tuple[Float[Array, "N H"], ReturnNorm, Float[Array, "N H"]]:
+    """What the actor and the critic learn from on N imagined trajectories: the lambda-returns bootstrapped from
+    the slow critic's values (``lambda_returns``, with ``cfg.discount`` and ``cfg.lambda_``), the return scale
+    updated on them (``update_return_norm``) and the continue weights of the states (``continue_weights``).
+
+    Returns:
+        (returns float32 (N, H), the new ``ReturnNorm``, weights float32 (N, H)).
+    """
+    returns = jax.vmap(lambda r, c, v: lambda_returns(r, c, v, cfg.discount, cfg.lambda_))(
+        rewards, continues, slow_values
+    )
+    return returns, update_return_norm(norm, returns, norm_decay), continue_weights(continues)
+
+
+def critic_loss(
+    critic: Critic,
+    z: Float[Array, "N H Z"],
+    h: Float[Array, "N H Hd"],
+    returns: Float[Array, "N H"],
+    slow_values: Float[Array, "N H"],
+    weights: Float[Array, "N H"],
+) -> tuple[Float[Array, ""], Float[Array, "N H"]]:
+    """The critic's loss (DreamerV1 Eq. 8 with DreamerV3's two-hot loss): mean_{n,t} w_t [twohot.loss(critic(s_t),
+    R_t) + twohot.loss(critic(s_t), v_slow_t)], the second term DreamerV3's regulariser towards the slow critic.
+
+    Returns:
+        (loss float32 scalar, the critic's values float32 (N, H)).
+    """
+    logits = jax.vmap(jax.vmap(critic))(z, h)  # (N, H, B)
+    per_state = jax.vmap(jax.vmap(twohot.loss))(logits, returns) + jax.vmap(jax.vmap(twohot.loss))(logits, slow_values)
+    return jnp.mean(weights * per_state), jax.vmap(jax.vmap(twohot.decode))(logits)
+
+
+def ema_update(slow: eqx.Module, new: eqx.Module, decay: float | Array) -> eqx.Module:
+    """The slow critic's EMA step: its parameters become decay * slow + (1 - decay) * new (DreamerV3 Sec. 3); the
+    rest of the module is ``new``'s."""
+    slow_params = jax.tree.map(
+        lambda s, c: decay * s + (1.0 - decay) * c,
+        eqx.filter(slow, eqx.is_inexact_array),
+        eqx.filter(new, eqx.is_inexact_array),
+    )
+    return eqx.combine(slow_params, eqx.filter(new, eqx.is_inexact_array, inverse=True))
+
+
 def make_update(
     cfg: ActorCriticConfig, temperature: float, done_threshold: float | None = None
 ) -> Callable[..., tuple[ACState, dict[str, Array]]]:
@@ -357,11 +408,9 @@ def make_update(
     def actor_loss_fn(actor, ac_state, dynamics, z_starts, state_starts, keys):
         traj = imagine_all(actor, dynamics, z_starts, state_starts, keys)
         slow_values = jax.vmap(jax.vmap(ac_state.slow_critic.value))(traj.z, traj.h)  # (N, H + 1)
-        returns = jax.vmap(lambda r, c, v: lambda_returns(r, c, v, cfg.discount, cfg.lambda_))(
-            traj.rewards, traj.continues, slow_values
-        )  # (N, H)
-        norm = update_return_norm(ac_state.return_norm, returns, cfg.return_norm_decay)
-        weights = continue_weights(traj.continues)
+        returns, norm, weights = imagined_targets(
+            traj.rewards, traj.continues, slow_values, cfg, ac_state.return_norm, cfg.return_norm_decay
+        )
         if reinforce:
             advantage = jax.lax.stop_gradient((returns - slow_values[:, :-1]) / norm.divisor)
             objective = traj.log_probs * advantage
@@ -370,13 +419,6 @@ def make_update(
         loss = -jnp.mean(weights * objective) - cfg.entropy_scale * jnp.mean(weights * traj.entropies)
         aux = (jax.lax.stop_gradient(traj), jax.lax.stop_gradient(returns), jax.lax.stop_gradient(slow_values))
         return loss, (aux, norm, weights)
-
-    def critic_loss_fn(critic, z, h, returns, slow_values, weights):
-        logits = jax.vmap(jax.vmap(critic))(z, h)  # (N, H, B)
-        per_state = jax.vmap(jax.vmap(twohot.loss))(logits, returns) + jax.vmap(jax.vmap(twohot.loss))(
-            logits, slow_values
-        )
-        return jnp.mean(weights * per_state), jax.vmap(jax.vmap(twohot.decode))(logits)
 
     @eqx.filter_jit
     def update(ac_state: ACState, dynamics: Dynamics, z_starts, state_starts, key):
@@ -390,7 +432,7 @@ def make_update(
         actor = eqx.apply_updates(ac_state.actor, updates)
 
         z, h = traj.z[:, :-1], traj.h[:, :-1]  # states 0 .. H-1, stop-gradient already
-        (critic_loss, values), critic_grads = eqx.filter_value_and_grad(critic_loss_fn, has_aux=True)(
+        (critic_loss_value, values), critic_grads = eqx.filter_value_and_grad(critic_loss, has_aux=True)(
             ac_state.critic, z, h, returns, slow_values[:, :-1], weights
         )
         updates, critic_opt_state = critic_tx.update(
@@ -398,13 +440,7 @@ def make_update(
         )
         critic = eqx.apply_updates(ac_state.critic, updates)
 
-        decay = cfg.slow_critic_decay
-        slow_params = jax.tree.map(
-            lambda s, c: decay * s + (1.0 - decay) * c,
-            eqx.filter(ac_state.slow_critic, eqx.is_inexact_array),
-            eqx.filter(critic, eqx.is_inexact_array),
-        )
-        slow_critic = eqx.combine(slow_params, eqx.filter(critic, eqx.is_inexact_array, inverse=True))
+        slow_critic = ema_update(ac_state.slow_critic, critic, cfg.slow_critic_decay)
 
         new_state = ACState(
             actor=actor,
@@ -417,7 +453,7 @@ def make_update(
         )
         metrics = {
             "actor_loss": actor_loss,
-            "critic_loss": critic_loss,
+            "critic_loss": critic_loss_value,
             "imagined_return": jnp.mean(returns[:, 0]),
             "imagined_reward": jnp.mean(traj.rewards),
             "entropy": jnp.mean(traj.entropies),

@@ -32,10 +32,9 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from worldmodels.config import MARLConfig
-from worldmodels.imagination import ReturnNorm, continue_weights, lambda_returns, update_return_norm
+from worldmodels.imagination import ReturnNorm, critic_loss, ema_update, imagined_targets
 from worldmodels.losses import weighted_total
 from worldmodels.marl.world_model import JointState, Sequence, SocialWorldModel, sequence_terms
-from worldmodels.models import twohot
 from worldmodels.models.actor import Critic
 from worldmodels.models.rssm import MLP
 
@@ -227,10 +226,6 @@ def loss_scales(cfg: MARLConfig) -> dict[str, float]:
     }
 
 
-def _value(critic: Critic, d: int, feats: Array) -> Array:
-    return twohot.decode(critic(feats[d:], feats[:d]))
-
-
 def make_train_step(cfg: MARLConfig) -> Callable[..., tuple[Learner, dict[str, Array]]]:
     """The jitted update ``train_step(learner, batch, key) -> (learner, metrics)`` (module docstring, steps 1-4).
 
@@ -260,22 +255,15 @@ def make_train_step(cfg: MARLConfig) -> Callable[..., tuple[Learner, dict[str, A
             starts, last_team, keys
         )
         d = model.deter
-        slow = jax.vmap(jax.vmap(lambda f: _value(learner.slow_critic, d, f)))(dreams.features)  # (N, H + 1)
-        returns = jax.vmap(lambda r, c, v: lambda_returns(r, c, v, cfg.discount, cfg.lambda_))(
-            dreams.rewards, dreams.continues, slow
+        slow = jax.vmap(jax.vmap(lambda f: learner.slow_critic.value(f[d:], f[:d])))(dreams.features)  # (N, H + 1)
+        returns, norm, weights = imagined_targets(
+            dreams.rewards, dreams.continues, slow, cfg, learner.return_norm, RETURN_NORM_DECAY
         )
-        norm = update_return_norm(learner.return_norm, returns, RETURN_NORM_DECAY)
-        weights = continue_weights(dreams.continues)
         advantage = jax.lax.stop_gradient((returns - slow[:, :-1]) / norm.divisor)
         loss = -jnp.mean(weights * dreams.log_probs * advantage) - cfg.entropy_scale * jnp.mean(
             weights * dreams.entropies
         )
         return loss, (jax.lax.stop_gradient(dreams), returns, slow, norm, weights)
-
-    def critic_loss(critic, d, feats, returns, slow, weights):
-        logits = jax.vmap(jax.vmap(lambda f: critic(f[d:], f[:d])))(feats)
-        per_state = jax.vmap(jax.vmap(twohot.loss))(logits, returns) + jax.vmap(jax.vmap(twohot.loss))(logits, slow)
-        return jnp.mean(weights * per_state), jax.vmap(jax.vmap(twohot.decode))(logits)
 
     @eqx.filter_jit
     def train_step(learner: Learner, batch: Sequence, key: PRNGKeyArray):
@@ -303,17 +291,14 @@ def make_train_step(cfg: MARLConfig) -> Callable[..., tuple[Learner, dict[str, A
         actor = eqx.apply_updates(learner.actor, updates)
 
         # Critic
+        d = model.deter
+        feats = dreams.features[:, :-1]  # states 0 .. H-1 as the critic's (z, h) = (features[D:], features[:D])
         (c_loss, values), c_grads = eqx.filter_value_and_grad(critic_loss, has_aux=True)(
-            learner.critic, model.deter, dreams.features[:, :-1], returns, slow[:, :-1], weights
+            learner.critic, feats[..., d:], feats[..., :d], returns, slow[:, :-1], weights
         )
         updates, critic_opt = critic_tx.update(c_grads, learner.critic_opt, params(learner.critic))
         critic = eqx.apply_updates(learner.critic, updates)
-        slow_params = jax.tree.map(
-            lambda s, c: SLOW_CRITIC_DECAY * s + (1.0 - SLOW_CRITIC_DECAY) * c,
-            params(learner.slow_critic),
-            params(critic),
-        )
-        slow_critic = eqx.combine(slow_params, eqx.filter(critic, eqx.is_inexact_array, inverse=True))
+        slow_critic = ema_update(learner.slow_critic, critic, SLOW_CRITIC_DECAY)
 
         new = Learner(model, actor, critic, slow_critic, model_opt, actor_opt, critic_opt, norm, learner.step + 1)
         metrics = dict(terms)
