@@ -12,6 +12,7 @@ cross-entropy on the real steps, per iteration) are written from the runs' files
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from worldmodels.config import MARL_VARIANTS
 from worldmodels.evaluate import ci95
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("full", "no_tom", "no_factorisation", "repeat_teammate", "ppo")
+VARIANTS = MARL_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -138,21 +140,15 @@ def random_reference(args: Args, episodes: int = 16) -> dict:
     from worldmodels.config import load_preset
     from worldmodels.marl import env as menv
     from worldmodels.marl.partners import load_pool
-    from worldmodels.marl.rollout import run_episodes
+    from worldmodels.marl.train import score_partners
 
-    cfg = load_preset(args.preset).marl
+    cfg = dataclasses.replace(load_preset(args.preset).marl, eval_episodes=episodes)
     pool = load_pool(args.out / f"full_s{args.seeds[0]}" / "partners")
     env = menv.make(cfg.layout, cfg.max_steps)
+    per_partner, pooled = score_partners(cfg, env, pool, None, "random", jr.PRNGKey(12345))
     arm: dict = {"seeds": [12345], "env_steps": 0, "per_partner": {}}
-    pooled: dict[str, list[float]] = {"train": [], "heldout": []}
-    for group, names in (("train", cfg.train_partners), ("heldout", cfg.heldout_partners)):
-        for name in names:
-            member = pool.names.index(name)
-            members = np.full((episodes,), member, np.int32)
-            eps, _ = run_episodes(env, None, pool, members, jr.fold_in(jr.PRNGKey(12345), member), ego_kind="random")
-            returns = np.asarray(eps.reward, np.float64).sum(-1)
-            arm["per_partner"][name] = {"group": group, "mean": float(returns.mean()), "ci95_over_seeds": ci95(returns)}
-            pooled[group] += returns.tolist()
+    for name, r in per_partner.items():
+        arm["per_partner"][name] = {"group": r["group"], "mean": r["mean"], "ci95_over_seeds": r["ci95"]}
     for group, values in pooled.items():
         arm[group] = {"per_seed": [float(np.mean(values))], "mean": float(np.mean(values)), "ci95_over_seeds": 0.0,
                       "episodes": len(values)}  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 from worldmodels.config import PPOConfig
 from worldmodels.errors import MissingInput
 from worldmodels.marl import env as menv
+from worldmodels.marl.env import obs_size
 from worldmodels.marl.partners import (
     SCRIPTED,
     build_population,
@@ -19,7 +20,7 @@ from worldmodels.marl.partners import (
     scripted_act,
     subset,
 )
-from worldmodels.marl.ppo import PolicyNet, gae, obs_size, train_ppo
+from worldmodels.marl.ppo import PolicyNet, gae, train_ppo
 
 
 @pytest.fixture(scope="module")

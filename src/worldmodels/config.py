@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 """Where the named presets live (``configs/NAME.json`` next to the scripts)."""
@@ -783,8 +783,9 @@ class GossipConfig:
         return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
 
 
-MARL_VARIANTS = ("full", "no_tom", "no_factorisation", "repeat_teammate", "ppo")
-"""The Dreaming-of-Others model and its ablations (``MARLConfig.variant``)."""
+MARLVariant = Literal["full", "no_tom", "no_factorisation", "repeat_teammate", "ppo"]
+MARL_VARIANTS: tuple[str, ...] = get_args(MARLVariant)
+"""The Dreaming-of-Others model, its ablations and the PPO reference (``MARLConfig.variant``)."""
 SCRIPTED_PARTNERS = ("random", "stay", "cook", "cook_eps")
 """Scripted teammates by name; a learned teammate is named ``ppo_SEED`` (self-play PPO with that seed)."""
 
@@ -879,7 +880,7 @@ class MARLConfig:
     """Overcooked layout (JaxMARL's ``overcooked_layouts``)."""
     max_steps: int = 400
     """Episode length in steps (Overcooked's standard: 400)."""
-    variant: Literal["full", "no_tom", "no_factorisation", "repeat_teammate", "ppo"] = "full"
+    variant: MARLVariant = "full"
     """``full`` (joint-action RSSM, factorised latent, ToM head, social imagination); ``no_tom`` (a single-agent
     Dreamer: the model never sees the teammate's action); ``no_factorisation`` (one latent of the same size, the ToM
     head reads (h, z)); ``repeat_teammate`` (the full model, but in imagination the teammate repeats its last

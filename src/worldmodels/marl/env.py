@@ -17,6 +17,7 @@ with ``done`` are the next episode's first.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -103,6 +104,11 @@ def obs_shape(env: Any) -> tuple[int, int, int]:
     swapped)."""
     obs, _ = jax.eval_shape(lambda k: reset(env, k), jax.random.PRNGKey(0))
     return tuple(int(d) for d in obs.shape[1:])  # type: ignore[return-value]
+
+
+def obs_size(env: Any) -> int:
+    """H * W * C, the flat size of one agent's observation (``obs_shape``)."""
+    return math.prod(obs_shape(env))
 
 
 def reset(env: Any, key: PRNGKeyArray) -> tuple[UInt8[Array, "2 H W C"], Any]:

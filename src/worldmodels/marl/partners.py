@@ -31,16 +31,15 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from worldmodels import checkpoint
-from worldmodels.config import PPOConfig
+from worldmodels.config import SCRIPTED_PARTNERS, PPOConfig
 from worldmodels.errors import MissingInput
 from worldmodels.marl import env as menv
 from worldmodels.marl.ppo import PolicyNet, build_policy, policy_hparams, train_ppo
-from worldmodels.marl.ppo import obs_size as env_obs_size
 
 KIND_LEARNED, KIND_RANDOM, KIND_STAY, KIND_COOK, KIND_COOK_EPS = 0, 1, 2, 3, 4
 """Member kind codes (``PartnerPool.kind``)."""
-SCRIPTED = {"random": KIND_RANDOM, "stay": KIND_STAY, "cook": KIND_COOK, "cook_eps": KIND_COOK_EPS}
-"""The scripted members by name."""
+SCRIPTED = dict(zip(SCRIPTED_PARTNERS, (KIND_RANDOM, KIND_STAY, KIND_COOK, KIND_COOK_EPS), strict=True))
+"""The scripted members by name (the names the config accepts, ``config.SCRIPTED_PARTNERS``)."""
 COOK_EPS = 0.2
 """Probability that ``cook_eps`` acts uniformly at random instead of as the cook."""
 INTERACT = 5
@@ -407,4 +406,4 @@ def build_population(
         nets[name], history = train_ppo(ppo_cfg, env, jr.fold_in(key, seed), progress=progress)
         if on_trained is not None:
             on_trained(name, history)
-    return make_pool(names, nets, obs_size=env_obs_size(env), units=ppo_cfg.units)
+    return make_pool(names, nets, obs_size=menv.obs_size(env), units=ppo_cfg.units)

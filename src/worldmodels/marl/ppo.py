@@ -95,12 +95,6 @@ class PolicyNet(eqx.Module):
         return run(self.actor), run(self.critic)[0]
 
 
-def obs_size(env: Any) -> int:
-    """H * W * C of one agent's observation in ``env``, from the shapes a reset returns (traced, not run)."""
-    obs, _ = jax.eval_shape(lambda k: menv.reset(env, k), jr.PRNGKey(0))
-    return math.prod(obs.shape[1:])
-
-
 def policy_hparams(obs_size: int, num_actions: int = menv.NUM_ACTIONS, units: int = 64) -> dict[str, int]:
     """The JSON-able keyword arguments that rebuild a ``PolicyNet`` (stored in checkpoints)."""
     return {"obs_size": int(obs_size), "num_actions": int(num_actions), "units": int(units)}
@@ -338,7 +332,7 @@ def train_ppo(
     """
     selfplay = partners is None
     k_net, k_reset, k_member, k_train = jr.split(key, 4)
-    net = PolicyNet(obs_size(env), menv.NUM_ACTIONS, cfg.units, key=k_net)
+    net = PolicyNet(menv.obs_size(env), menv.NUM_ACTIONS, cfg.units, key=k_net)
     params, static = eqx.partition(net, eqx.is_array)
     n_grad_steps = cfg.num_updates * cfg.epochs * cfg.minibatches
     lr = optax.linear_schedule(cfg.lr, 0.0, n_grad_steps) if cfg.anneal_lr else cfg.lr

@@ -66,7 +66,7 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
 
     out = run_dir / "marl"
     out.mkdir(exist_ok=True)
-    obs_size = int(np.prod(menv.obs_shape(env)))
+    obs_size = menv.obs_size(env)
     key = jr.PRNGKey(cfg.seed)
     learner = init_learner(cfg, obs_size, menv.NUM_ACTIONS, jr.fold_in(key, 0))
     hparams = model_hparams(cfg, obs_size, menv.NUM_ACTIONS)
@@ -111,12 +111,13 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
                     raise TrainingDiverged(
                         f"marl iteration {it}: {name} is {means[name]}; the last good iteration is saved in {out}/ckpt"
                     )
+            stats = episode_stats(eps, tom=False)
             record = {
                 "iteration": it,
                 "env_steps": replay.steps,
-                "return": float(np.asarray(eps.reward).sum(-1).mean()),
+                "return": stats["mean"],
                 "shaped_return": float(np.asarray(eps.shaped).sum((-1, -2)).mean()),
-                "own_shaped_return": float(np.asarray(eps.shaped)[..., 0].sum(-1).mean()),
+                "own_shaped_return": stats["own_shaped_return"],
                 **({f"real_{k}": v for k, v in tom_scores(eps).items()} if cfg.tom else {}),
                 **means,
                 "collect_s": collect_s,
@@ -153,7 +154,7 @@ def run_ppo_reference(run_dir: Path, cfg: MARLConfig, env: Any, pool: mpartners.
     out = run_dir / "marl"
     out.mkdir(exist_ok=True)
     ppo_cfg = dataclasses.replace(cfg.partner_ppo, total_steps=env_steps_budget(cfg), seed=cfg.seed)
-    obs_size = int(np.prod(menv.obs_shape(env)))
+    obs_size = menv.obs_size(env)
     hparams = policy_hparams(obs_size, menv.NUM_ACTIONS, ppo_cfg.units)
     if checkpoint.latest_step(out / "ppo_ckpt") is not None:
         net, _ = checkpoint.load_module(out / "ppo_ckpt", build_policy, kind=PPO_KIND, expected=hparams)
@@ -233,19 +234,9 @@ def evaluate(
     """``cfg.eval_episodes`` episodes with each training and each held-out teammate; writes eval/results.json and
     eval/episode.gif. ``ego`` and ``ego_kind`` as ``rollout.run_episodes``. Returns are sparse (20 per soup);
     intervals are 95 % Student-t over episodes."""
-    tom = ego_kind == "dreamer" and cfg.tom
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(exist_ok=True)
-    groups = {"train": cfg.train_partners, "heldout": cfg.heldout_partners}
-    per_partner: dict[str, Any] = {}
-    pooled: dict[str, list[float]] = {"train": [], "heldout": []}
-    for group, names in groups.items():
-        for name in names:
-            member = pool.names.index(name)
-            members = np.full((cfg.eval_episodes,), member, np.int32)
-            eps, _ = run_episodes(env, ego, pool, members, jr.fold_in(key, member), ego_kind=ego_kind)
-            per_partner[name] = {"group": group, **episode_stats(eps, tom)}
-            pooled[group] += per_partner[name]["returns"]
+    per_partner, pooled = score_partners(cfg, env, pool, ego, ego_kind, key)
     results = {
         "variant": cfg.variant,
         "layout": cfg.layout,
@@ -263,6 +254,29 @@ def evaluate(
         name = (cfg.heldout_partners or cfg.train_partners)[0]
         write_gif(eval_dir / "episode.gif", env, pool, ego, ego_kind, pool.names.index(name), jr.fold_in(key, 999))
     return results
+
+
+def score_partners(
+    cfg: MARLConfig, env: Any, pool: mpartners.PartnerPool, ego: Any, ego_kind: str, key: jax.Array
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """``cfg.eval_episodes`` episodes of ``ego`` (as ``rollout.run_episodes``) with each training and each held-out
+    teammate, the episodes with teammate m keyed ``fold_in(key, m)``.
+
+    Returns:
+        (per teammate: its group and ``episode_stats``; per group, ``train`` and ``heldout``, every episode's
+        return).
+    """
+    tom = ego_kind == "dreamer" and cfg.tom
+    per_partner: dict[str, Any] = {}
+    pooled: dict[str, list[float]] = {"train": [], "heldout": []}
+    for group, names in (("train", cfg.train_partners), ("heldout", cfg.heldout_partners)):
+        for name in names:
+            member = pool.names.index(name)
+            members = np.full((cfg.eval_episodes,), member, np.int32)
+            eps, _ = run_episodes(env, ego, pool, members, jr.fold_in(key, member), ego_kind=ego_kind)
+            per_partner[name] = {"group": group, **episode_stats(eps, tom)}
+            pooled[group] += per_partner[name]["returns"]
+    return per_partner, pooled
 
 
 def episode_stats(eps: Episodes, tom: bool) -> dict[str, Any]:
