@@ -48,8 +48,8 @@ class JointState(NamedTuple):
     z_team: Float[Array, " Zt"]
 
 
-class Posterior(NamedTuple):
-    """Log-probabilities of one step's categorical distributions, float32 (G, K) per latent group."""
+class LatentDists(NamedTuple):
+    """Log-probabilities of one step's categorical prior or posterior, float32 (G, K) per latent: z^env and z^team."""
 
     env: Float[Array, "Ge K"]
     team: Float[Array, "Gt K"]
@@ -175,18 +175,18 @@ class SocialWorldModel(eqx.Module):
         x = jax.nn.silu(self.trans_in(jnp.concatenate([state.z_env, state.z_team, *acts])))
         return self.gru(x, state.h)
 
-    def prior(self, h: Float[Array, " D"]) -> Posterior:
+    def prior(self, h: Float[Array, " D"]) -> LatentDists:
         """p(z^env | h), p(z^team | h) as log-probabilities (G, K) each (team (0, K) when not factorised)."""
         team = self._logp(self.prior_team(h), self.team_groups) if self.prior_team is not None else self._no_team()
-        return Posterior(self._logp(self.prior_env(h), self.env_groups), team)
+        return LatentDists(self._logp(self.prior_env(h), self.env_groups), team)
 
-    def posterior(self, h: Float[Array, " D"], embedding: Float[Array, " U"]) -> Posterior:
+    def posterior(self, h: Float[Array, " D"], embedding: Float[Array, " U"]) -> LatentDists:
         """q(z^env | h, x), q(z^team | h, x) as log-probabilities (G, K) each."""
         x = jnp.concatenate([h, embedding])
         team = self._logp(self.post_team(x), self.team_groups) if self.post_team is not None else self._no_team()
-        return Posterior(self._logp(self.post_env(x), self.env_groups), team)
+        return LatentDists(self._logp(self.post_env(x), self.env_groups), team)
 
-    def sample(self, h: Float[Array, " D"], dist: Posterior, key: PRNGKeyArray) -> JointState:
+    def sample(self, h: Float[Array, " D"], dist: LatentDists, key: PRNGKeyArray) -> JointState:
         """A state (h, z^env, z^team) with both latents sampled (straight-through) from ``dist``."""
         k_env, k_team = jr.split(key)
         team = categorical_sample(dist.team, k_team) if self.team_groups else jnp.zeros((0,))
@@ -200,7 +200,7 @@ class SocialWorldModel(eqx.Module):
         obs: Array,
         first: Bool[Array, ""],
         key: PRNGKeyArray,
-    ) -> tuple[JointState, Posterior, Posterior]:
+    ) -> tuple[JointState, LatentDists, LatentDists]:
         """Filter one real step: h_t from the previous state and joint action (h = 0 where ``first``, an episode's
         start), then z_t ~ q(z | h_t, x_t).
 
@@ -268,8 +268,8 @@ class Observed(NamedTuple):
     """``observe``'s output: the filtered states and both distributions at every step (leading axis T)."""
 
     states: JointState
-    post: Posterior
-    prior: Posterior
+    post: LatentDists
+    prior: LatentDists
 
 
 def observe(model: SocialWorldModel, seq: Sequence, key: PRNGKeyArray) -> Observed:
