@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 from worldmodels.config import CollectConfig
-from worldmodels.data import DatasetError, collect, dataset_dir, load_episodes, open_dataset
-from worldmodels.train import FrameMix
+from worldmodels.data import (
+    DatasetError,
+    Episode,
+    append_episode,
+    collect,
+    dataset_dir,
+    load_episodes,
+    open_dataset,
+    open_for_collection,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +88,6 @@ def test_interrupted_collection_keeps_finished_episodes(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if stored() >= 2:
             break
-        assert not (dataset_dir(run) / "metadata.json").exists() or (dataset_dir(run) / "main_data.hdf5").exists()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -123,28 +130,107 @@ def test_mirror_flips_frames_and_negates_steer():
     # In a VAE batch about half of the frames come out flipped.
     asym = np.zeros((1, 4, 4, 3), np.uint8)
     asym[0, :, 0] = 255
+    from worldmodels.train import FrameMix  # here, not at the top: the killed writers import this module
+
     drawn = FrameMix.of([(asym, 1.0)]).sample(np.random.default_rng(1), 1000, mirror=True)
     assert abs((drawn[:, 0, -1, 0] == 255).mean() - 0.5) < 0.05
 
 
+def synthetic_episode(seed, steps=3):
+    """An episode whose arrays all derive from its seed (frames filled with ``seed % 256``, rewards ``seed``)."""
+    return Episode(
+        seed=seed,
+        observations=np.full((steps + 1, 64, 64, 3), seed % 256, np.uint8),
+        actions=np.zeros((steps, 3), np.float32),
+        rewards=np.full(steps, float(seed), np.float32),
+        terminations=np.zeros(steps, bool),
+        truncations=np.arange(steps) == steps - 1,
+    )
+
+
 def write_episodes(path, seeds, steps=3):
     """Episodes appended to a real Minari dataset in the given order (as workers finishing out of order do)."""
-    from minari.data_collector import EpisodeBuffer
-
-    from worldmodels.data import _open_or_create
-
-    storage = _open_or_create(path, CollectConfig(max_steps=steps))
+    storage = open_for_collection(path, CollectConfig(max_steps=steps))
     for seed in seeds:
-        obs = np.full((steps + 1, 64, 64, 3), seed % 256, np.uint8)
-        buffer = EpisodeBuffer(
-            seed=seed,
-            observations=obs,
-            actions=np.zeros((steps, 3), np.float32),
-            rewards=np.full(steps, float(seed), np.float32),
-            terminations=np.zeros(steps, bool),
-            truncations=np.arange(steps) == steps - 1,
-        )
-        storage.update_episodes([buffer])
+        append_episode(storage, synthetic_episode(seed, steps))
+
+
+# Kills at random instants, many of them cheaply: a driver process forks a writer that opens the dataset and
+# appends the missing ones of seeds 0..N-1 (the calls `collect` makes), SIGKILLs it after a random delay (opening
+# and one write take some 10-30 ms each, so the kills land in both), then forks a reader that must load the
+# dataset. Minari and pyarrow are imported before the forks but used only in forked children (a fork would not
+# inherit their thread pools cleanly). Exit 0: every seed stored once, equal to the original, after the last
+# writer ran uninterrupted.
+_KILLER = """
+import os, signal, sys, time, traceback
+import numpy as np
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_data import synthetic_episode
+from worldmodels.config import CollectConfig
+from worldmodels.data import append_episode, load_episodes, open_dataset, open_for_collection, stored_seeds
+
+import minari, minari.data_collector, minari.dataset._storages.arrow_storage  # imported, never used, before forking
+
+path, n, steps = Path({path!r}), {n}, {steps}
+
+def append_missing(count=None):
+    storage = open_for_collection(path, CollectConfig(max_steps=steps))
+    done = set(stored_seeds(storage))
+    for seed in [s for s in range(n) if s not in done][:count]:
+        append_episode(storage, synthetic_episode(seed, steps))
+
+def check(final):
+    if final:
+        episodes = load_episodes(path)
+        assert [ep.seed for ep in episodes] == list(range(n)), [ep.seed for ep in episodes]
+        for ep in episodes:
+            want = synthetic_episode(ep.seed, steps)
+            assert (ep.observations == want.observations).all() and (ep.rewards == want.rewards).all(), ep.seed
+    else:  # readable: every counted episode's metadata, and the newest episode's arrays
+        storage = open_dataset(path).storage
+        stored = len(stored_seeds(storage))
+        assert stored < n, "the writers finished before the last kill"
+        last = next(iter(storage.get_episodes([stored - 1])))
+        assert len(last["observations"]) == steps + 1
+
+def forked(fn, *args):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn(*args)
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    return pid
+
+def exit_code(pid):
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+assert exit_code(forked(append_missing, 1)) == 0  # the dataset and its first episode
+rng = np.random.default_rng(0)
+for k in range({kills}):
+    pid = forked(append_missing)
+    time.sleep(rng.uniform(0.0, 0.06))
+    os.kill(pid, signal.SIGKILL)
+    exit_code(pid)
+    if exit_code(forked(check, False)) != 0:
+        sys.exit(f"unreadable after kill {{k}}")
+if exit_code(forked(append_missing)) != 0 or exit_code(forked(check, True)) != 0:
+    sys.exit("the resumed collection did not end with every episode once")
+"""
+
+
+def test_a_collection_killed_at_any_instant_resumes_to_the_complete_dataset(tmp_path):
+    path = dataset_dir(tmp_path, "brownian")
+    path.parent.mkdir(parents=True)
+    n, steps, kills = 60, 300, 40  # 3.7 MB an episode
+    code = _KILLER.format(tests=str(ROOT / "tests"), path=str(path), n=n, steps=steps, kills=kills)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stored = json.loads((path / "metadata.json").read_text())
+    assert stored["data_format"] == "arrow" and stored["total_episodes"] == n
 
 
 def test_episodes_load_in_seed_order_whatever_order_they_were_stored_in(tmp_path):

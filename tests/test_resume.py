@@ -1,5 +1,7 @@
-"""Kill -9 at a point between checkpoints, run the same command again: the stage ends exactly where an
-uninterrupted run ends (same arrays, same CMA-ES state, each metrics row once), for V, M and CMA-ES."""
+"""Kill -9 in the middle of a stage, run the same command again: it ends exactly where an uninterrupted run
+ends (same episodes, same arrays, same CMA-ES state, each metrics row once), for collection, V, M, CMA-ES and
+a Sim2Real2Sim iteration, each at the smoke preset's own sizes. (Kills at random instants inside the
+dataset's writes: tests/test_data.py.)"""
 
 import json
 import os
@@ -16,8 +18,10 @@ from worldmodels import run_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def script(name, run_dir, *args):
-    return [sys.executable, str(ROOT / name), "--preset", "smoke", "--run-dir", str(run_dir), *args]
+def script(name, *args):
+    """The command line of a project script at the smoke preset: ``script(NAME, [FLAGS...,] RUN_DIR)``."""
+    *flags, run_dir = args
+    return [sys.executable, str(ROOT / name), "--preset", "smoke", "--run-dir", str(run_dir), *flags]
 
 
 def ok(cmd):
@@ -51,37 +55,74 @@ def rows(path, key):
     return [json.loads(line)[key] for line in path.read_text().splitlines()]
 
 
-def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    ok(script("collect_data.py", a))
-    b.mkdir()
-    os.symlink(a / "data", b / "data")
+def es_state(run_dir):
+    with np.load(run_dir / "controller" / "es_state.npz") as f:
+        return {k: f[k] for k in f.files}
 
-    # V (40 updates, a checkpoint every 10), then M on it (40 updates, every 5; b's V is a's to the bit): each
-    # killed after its first checkpoint, resumed, and compared with the uninterrupted run.
-    for name, every, load in (("vae", 10, run_dir.load_vae), ("rnn", 5, run_dir.load_dynamics)):
-        stage = (f"train_{name}.py", "--steps", "40", "--checkpoint-every", str(every))
-        ok(script(stage[0], a, *stage[1:]))
-        killed_when(script(stage[0], b, *stage[1:]), lambda n=name, e=every: (b / n / "ckpt" / str(e)).is_dir())
-        ok(script(stage[0], b, *stage[1:]))
-        same_arrays(load, a, b, 40)
+
+def generation(run_dir):
+    """The CMA-ES state's generation, 0 while there is none (or it is being written)."""
+    try:
+        return int(es_state(run_dir)["generation"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def same_es_state(a, b):
+    sa, sb = es_state(a), es_state(b)
+    assert set(sa) == set(sb)
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def counted_episodes(path):
+    try:
+        return json.loads((path / "metadata.json").read_text())["total_episodes"]
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
+    from worldmodels.data import load_episodes
+
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    # Collection (4 episodes, 2 workers), killed once the first episode is stored.
+    ok(script("collect_data.py", a))
+    killed_when(script("collect_data.py", b), lambda: counted_episodes(b / "data" / "brownian") >= 1)
+    ok(script("collect_data.py", b))
+    for ea, eb in zip(load_episodes(a / "data" / "brownian"), load_episodes(b / "data" / "brownian"), strict=True):
+        assert ea.seed == eb.seed
+        np.testing.assert_array_equal(ea.observations, eb.observations)
+        np.testing.assert_array_equal(ea.actions, eb.actions)
+
+    # V (20 updates, a checkpoint every 10), then M on it (10 updates, every 5): each killed after its first
+    # checkpoint, resumed, and compared with the uninterrupted run.
+    for name, every, steps, load in (("vae", 10, 20, run_dir.load_vae), ("rnn", 5, 10, run_dir.load_dynamics)):
+        ok(script(f"train_{name}.py", a))
+        killed_when(script(f"train_{name}.py", b), lambda n=name, e=every: (b / n / "ckpt" / str(e)).is_dir())
+        ok(script(f"train_{name}.py", b))
+        same_arrays(load, a, b, steps)
         assert rows(b / name / "metrics.jsonl", "step") == rows(a / name / "metrics.jsonl", "step")
 
-    # CMA-ES: 10 generations, state saved every generation; killed after the second.
-    def generation(run_dir):
-        try:
-            with np.load(run_dir / "controller" / "es_state.npz") as f:
-                return int(f["generation"])
-        except (OSError, KeyError, ValueError):
-            return 0
+    # CMA-ES: 3 generations, the state saved every generation; killed after the first.
+    ok(script("train_dream.py", a))
+    killed_when(script("train_dream.py", b), lambda: generation(b) >= 1)
+    ok(script("train_dream.py", b))
+    same_es_state(a, b)
+    assert rows(b / "controller" / "metrics.jsonl", "generation") == [1, 2, 3]
+    assert rows(b / "controller" / "metrics.jsonl", "best") == rows(a / "controller" / "metrics.jsonl", "best")
 
-    dream = ("--generations", "10", "--checkpoint-every", "1")
-    ok(script("train_dream.py", a, *dream))
-    killed_when(script("train_dream.py", b, *dream), lambda: generation(b) >= 2)
-    ok(script("train_dream.py", b, *dream))
-    with np.load(a / "controller" / "es_state.npz") as fa, np.load(b / "controller" / "es_state.npz") as fb:
-        assert set(fa.files) == set(fb.files)
-        for k in fa.files:
-            np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
-    ma, mb = (rows(d / "controller" / "metrics.jsonl", "best") for d in (a, b))
-    assert rows(b / "controller" / "metrics.jsonl", "generation") == list(range(1, 11)) and ma == mb
+    # The pipeline with one Sim2Real2Sim iteration (real test; on-policy collection; M to 15 updates; CMA-ES to
+    # generation 5; real test), killed once in the on-policy collection and once between the new generations.
+    loop = ("pipeline.py", "--iterations", "1")
+    ok(script(*loop, a))
+    killed_when(script(*loop, b), lambda: (b / "data" / "controller").is_dir())
+    killed_when(script(*loop, b), lambda: generation(b) >= 4)
+    ok(script(*loop, b))
+    same_arrays(run_dir.load_dynamics, a, b, 15)
+    same_es_state(a, b)
+    assert rows(b / "controller" / "metrics.jsonl", "generation") == [1, 2, 3, 4, 5]
+    assert rows(b / "rnn" / "metrics.jsonl", "step") == rows(a / "rnn" / "metrics.jsonl", "step")
+    ra, rb = (json.loads((d / "iterations" / "1" / "results.json").read_text()) for d in (a, b))
+    assert [e["return"] for e in ra["episodes"]] == [e["return"] for e in rb["episodes"]]

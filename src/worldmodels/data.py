@@ -1,17 +1,26 @@
 """Rollout datasets: parallel collection into a Minari dataset, and loading it back as arrays.
 
-A dataset lives at ``RUN_DIR/data/NAME/`` in Minari's storage format (HDF5: raw uint8 frames, or float32
-vectors for a vector environment such as LunarLander), one episode per collection seed; its metadata names
-the environment (``env_id``), and a collection into a dataset of another environment is refused.
-Every finished episode is written as soon as it arrives, so an
-interrupted collection keeps what finished and a re-run continues with the seeds still missing.
+A dataset lives at ``RUN_DIR/data/NAME/`` in Minari's storage format, one episode per collection seed, raw
+uint8 frames (or float32 vectors for a vector environment such as LunarLander); its metadata names the
+environment (``env_id``), and a collection into a dataset of another environment is refused.
+Every finished episode is written as soon as it arrives, so an interrupted collection keeps what finished and
+a re-run continues with the seeds still missing.
+
+New datasets use Minari's Arrow format: one file per episode, counted in ``metadata.json`` only once it is
+complete, and ``metadata.json`` itself is replaced atomically, so a collection killed at any instant (even
+``kill -9`` in the middle of a write) leaves a readable dataset, and the re-run rewrites the episode that
+was in flight. (One HDF5 file, Minari's other format and this project's before, can be left unreadable by a
+kill in the middle of an append: measured, 2 of 100 kills. Datasets collected in HDF5 are still read and
+appended to.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import multiprocessing as mp
+import os
 import shutil
 import signal
 from contextlib import contextmanager
@@ -110,8 +119,9 @@ def _preprocessing(spec) -> str:
     return f"raw float32 vector {spec.obs_shape}"
 
 
-def _open_or_create(path: Path, cfg: CollectConfig):
-    """Open the Minari storage at ``path``, creating it first (atomically) if it does not exist.
+def open_for_collection(path: Path, cfg: CollectConfig):
+    """Open the Minari storage at ``path`` for appending episodes, creating it first (atomically, in Arrow
+    format) if it does not exist; the leftovers of an interrupted append are removed (``_drop_uncounted_episodes``).
 
     Raises:
         DatasetError: for a directory that holds files but no dataset, an unreadable dataset, or a dataset of
@@ -135,7 +145,7 @@ def _open_or_create(path: Path, cfg: CollectConfig):
             tmp,
             observation_space=env.observation_space,
             action_space=env.action_space,
-            data_format="hdf5",
+            data_format="arrow",
             jpeg_encoding=False,
         )
         env.close()
@@ -154,14 +164,65 @@ def _open_or_create(path: Path, cfg: CollectConfig):
     try:
         storage = MinariStorage.read(path)
     except Exception as err:
-        raise DatasetError(f"dataset {path} is unreadable ({err}); delete it and collect again") from err
+        raise DatasetError(f"dataset {path} is unreadable ({err}); move it aside and collect again") from err
     stored = storage.metadata.get("env_id")
     if stored is not None and stored != spec.gym_id:
         raise DatasetError(
             f"dataset {path} holds {stored} episodes, not {spec.gym_id} (--collect.env {spec.name}); nothing was "
             f"changed: collect into another run directory"
         )
+    storage.update_metadata = functools.partial(_update_metadata_atomically, storage)
+    try:
+        _drop_uncounted_episodes(storage)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise DatasetError(f"dataset {path} is unreadable ({err}); move it aside and collect again") from err
     return storage
+
+
+def _update_metadata_atomically(storage, metadata: dict) -> None:
+    """Minari's ``MinariStorage.update_metadata`` (merge ``metadata`` into ``metadata.json``), but written to a
+    temporary file and renamed over the old one. Minari rewrites the file in place, so a kill during that
+    write left an empty ``metadata.json`` and an unreadable dataset (13 of 60 kills, measured)."""
+    from minari.dataset.minari_storage import METADATA_FILE_NAME, MinariStorage, _json_converter
+
+    saved = MinariStorage.read_raw_metadata(storage.data_path)
+    saved.update(metadata)
+    path = Path(storage.data_path) / METADATA_FILE_NAME
+    tmp = path.with_name("." + METADATA_FILE_NAME + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(saved, f, default=_json_converter)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _drop_uncounted_episodes(storage) -> None:
+    """Remove what a collection killed in the middle of an append left of the episode it was writing.
+
+    An episode counts once ``metadata.json``'s ``total_episodes`` includes it, which Minari updates last. A kill
+    before that leaves an uncounted episode ``N >= total_episodes``: in Arrow format a directory ``N/`` that
+    may hold a truncated ``metadata.json`` (Minari merges into it, so the next append would fail on it); in HDF5
+    a group ``episode_N`` that Minari would count with the next append, storing its seed twice. Both are
+    removed, so the seed is collected again; nothing that was counted is touched."""
+    data_path, counted = Path(storage.data_path), storage.total_episodes
+    if storage.metadata.get("data_format") == "hdf5":
+        import h5py
+
+        path = data_path / "main_data.hdf5"
+        if not path.exists() or path.stat().st_size == 0:  # no episode written yet (Minari creates it empty)
+            return
+        with h5py.File(path, "r") as f:
+            extra = [k for k in f.keys() if k.startswith("episode_") and int(k.split("_")[1]) >= counted]
+        if extra:
+            with h5py.File(path, "a") as f:
+                for k in extra:
+                    del f[k]
+    else:
+        extra = [d for d in data_path.iterdir() if d.is_dir() and d.name.isdigit() and int(d.name) >= counted]
+        for d in extra:
+            shutil.rmtree(d)
+    if extra:
+        print(f"{data_path}: removed the partly written episode of an interrupted collection; it is collected again")
 
 
 def _minari_version() -> str:
@@ -190,11 +251,9 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
         DatasetError: if an existing dataset there cannot be read, or the directory holds files but no
             dataset (nothing is deleted).
     """
-    from minari.data_collector import EpisodeBuffer
-
     path = dataset_dir(run_dir, name or cfg.policy)
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = _open_or_create(path, cfg)
+    storage = open_for_collection(path, cfg)
     done = set(stored_seeds(storage))
     first = cfg.seed + seed_offset(cfg.policy)
     todo = [first + i for i in range(cfg.episodes) if first + i not in done]
@@ -209,16 +268,7 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
     job = functools.partial(_collect_episode, cfg=cfg, run_dir=Path(run_dir).resolve())
     try:
         for ep in pool.imap_unordered(job, todo):
-            buffer = EpisodeBuffer(
-                seed=ep.seed,
-                observations=ep.observations,
-                actions=ep.actions,
-                rewards=ep.rewards,
-                terminations=ep.terminations,
-                truncations=ep.truncations,
-            )
-            with _defer_sigint():
-                storage.update_episodes([buffer])
+            append_episode(storage, ep)
             bar.update(1)
             bar.set_postfix(ret=f"{float(ep.rewards.sum()):.0f}", steps=ep.length)
         pool.close()
@@ -229,6 +279,25 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
         pool.join()
         bar.close()
     return path
+
+
+def append_episode(storage, ep: Episode) -> None:
+    """Write one finished episode to a dataset opened by ``open_for_collection``; Ctrl-C waits for the write.
+
+    The episode counts (``stored_seeds``) only once it is complete; a kill during the write leaves the dataset
+    as it was before (Arrow format; see the module's docstring)."""
+    from minari.data_collector import EpisodeBuffer
+
+    buffer = EpisodeBuffer(
+        seed=ep.seed,
+        observations=ep.observations,
+        actions=ep.actions,
+        rewards=ep.rewards,
+        terminations=ep.terminations,
+        truncations=ep.truncations,
+    )
+    with _defer_sigint():
+        storage.update_episodes([buffer])
 
 
 def _ignore_sigint() -> None:
