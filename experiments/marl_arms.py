@@ -144,7 +144,7 @@ def random_reference(args: Args, episodes: int = 16) -> dict:
 
     cfg = dataclasses.replace(load_preset(args.preset).marl, eval_episodes=episodes)
     pool = load_pool(args.out / f"full_s{args.seeds[0]}" / "partners")
-    env = menv.make(cfg.layout, cfg.max_steps)
+    env = menv.make(cfg.layout, cfg.max_steps, cfg.env)
     per_partner, pooled = score_partners(cfg, env, pool, None, "random", jr.PRNGKey(12345))
     arm: dict = {"seeds": [12345], "env_steps": 0, "per_partner": {}}
     for name, r in per_partner.items():

@@ -84,6 +84,52 @@ def test_wrapper_matches_jaxmarl():
         menv.make("no_such_kitchen")
 
 
+def test_mpe_wrapper_matches_jaxmarl_and_its_scripted_teammates_reach_their_landmarks():
+    """MPE cooperative navigation: float32 (2, 12) observations and the agents' mean reward are JaxMARL's own, an
+    episode is exactly ``max_steps`` long; ``nearest`` and ``landmark_k`` bring the teammate within 0.1 of their
+    landmark within 20 steps while the ego agent stays."""
+    from worldmodels.marl.partners import make_pool
+    from worldmodels.marl.rollout import run_episodes
+
+    env = menv.make(max_steps=25, name="mpe_spread")
+    assert menv.env_name(env) == "mpe_spread" and menv.obs_shape(env) == (12,) and menv.num_actions(env) == 5
+    key = jr.PRNGKey(5)
+    raw_obs, raw_state = env.reset(key)
+    obs, state = menv.reset(env, key)
+    assert obs.dtype == jnp.float32
+    rng = np.random.default_rng(0)
+    dones = []
+    for t in range(25):
+        k = jr.fold_in(key, t)
+        acts = rng.integers(0, 5, 2)
+        raw_obs, raw_state, raw_rew, raw_done, _ = env.step(
+            k, raw_state, {env.agents[0]: jnp.int32(acts[0]), env.agents[1]: jnp.int32(acts[1])}
+        )
+        out, state = menv.step(env, k, state, jnp.asarray(acts, jnp.int32))
+        for i, name in enumerate(env.agents):
+            np.testing.assert_array_equal(out.obs[i], raw_obs[name])
+        np.testing.assert_allclose(out.reward, np.mean([raw_rew[a] for a in env.agents]), rtol=1e-6)
+        dones.append(bool(out.done))
+    assert dones == [False] * 24 + [True]
+    assert menv.render(env, jax.tree.map(np.asarray, state)).shape == (256, 256, 3)
+
+    pool = make_pool(["nearest", "landmark_0", "landmark_1", "stay"], obs_size=12, env="mpe_spread")
+    for m, name in enumerate(pool.names):
+        members = np.full(32, m, np.int32)
+        _, states = run_episodes(env, None, pool, members, jr.PRNGKey(m), ego_kind="random", record_states=True)
+        pos = np.asarray(states.p_pos)[19]  # (E, 4, 2) after 20 steps: agents 0-1, landmarks 2-3
+        gap = np.linalg.norm(pos[:, 1:2] - pos[:, 2:], axis=-1)  # the teammate's distance to each landmark
+        if name == "stay":
+            assert gap.min(-1).mean() > 0.3
+            continue
+        first = np.asarray(states.p_pos)[0]  # after one step: the nearest landmark is (almost always) the first's
+        nearest = np.linalg.norm(first[:, 1:2] - first[:, 2:], axis=-1).argmin(-1)
+        target = nearest if name == "nearest" else np.full(32, int(name[-1]))
+        assert np.median(gap[np.arange(32), target]) < 0.1, name
+    with pytest.raises(ValueError, match="marl.env"):
+        menv.make(name="mpe_nowhere")
+
+
 # --- the joint-action RSSM -----------------------------------------------------------------------------------------
 
 
@@ -254,6 +300,30 @@ def test_train_marl_smoke_end_to_end(tmp_path):
     missing = run_script("--run-dir", str(tmp_path / "x"), "--marl.partners-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "missing partner pool" in missing.stderr, missing.stderr
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_train_marl_mpe_smoke_end_to_end(tmp_path):
+    """marl_mpe_smoke (vector observations, five actions, 25-step episodes) trains and evaluates end to end; a run
+    directory of that environment refuses the Overcooked preset."""
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train_marl.py"), "--preset", "marl_mpe_smoke", "--run-dir", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["env"] == "mpe_spread" and results["env_steps"] == (4 + 2 * 2) * 25
+    assert set(results["partners"]) == {"ppo_0", "nearest", "random", "landmark_1", "stay"}
+    for name, r in results["partners"].items():
+        assert len(r["returns"]) == 2 and all(v < 0 for v in r["returns"]) and "soups" not in r, name
+        assert 0.0 <= r["tom_top1"] <= 1.0
+    assert "team return per episode" in proc.stdout
+    assert (run / "eval" / "episode.gif").stat().st_size > 1000
+    bad = run_script("--run-dir", str(run))
+    assert bad.returncode == 1 and "marl.env='mpe_spread'" in bad.stderr, bad.stderr
 
 
 def test_replay_windows_roundtrip_and_damage(tmp_path):

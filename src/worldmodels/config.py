@@ -787,15 +787,27 @@ MARLVariant = Literal["full", "no_tom", "no_factorisation", "repeat_teammate", "
 MARL_VARIANTS: tuple[str, ...] = get_args(MARLVariant)
 """The Dreaming-of-Others model, its ablations and the PPO reference (``MARLConfig.variant``)."""
 SCRIPTED_PARTNERS = ("random", "stay", "cook", "cook_eps")
-"""Scripted teammates by name; a learned teammate is named ``ppo_SEED`` (self-play PPO with that seed)."""
+"""Overcooked's scripted teammates by name; a learned teammate is named ``ppo_SEED`` (self-play PPO with that
+seed)."""
+MPE_SCRIPTED_PARTNERS = ("random", "stay", "nearest", "landmark_0", "landmark_1")
+"""MPE cooperative navigation's scripted teammates by name (``worldmodels.marl.partners``)."""
+MARLEnv = Literal["overcooked", "mpe_spread"]
+MARL_ENVS: tuple[str, ...] = get_args(MARLEnv)
+"""The two-agent environments (``worldmodels.marl.env.ENVS``)."""
 
 
-def _check_partner_names(names: tuple[str, ...], flag: str) -> None:
+def scripted_partners(env: str) -> tuple[str, ...]:
+    """The scripted teammates' names of environment ``env`` (one of ``MARL_ENVS``)."""
+    return MPE_SCRIPTED_PARTNERS if env == "mpe_spread" else SCRIPTED_PARTNERS
+
+
+def _check_partner_names(names: tuple[str, ...], flag: str, env: str = "overcooked") -> None:
+    scripted = scripted_partners(env)
     for name in names:
         seed = name[4:] if name.startswith("ppo_") else ""
-        if name not in SCRIPTED_PARTNERS and not seed.isdigit():
+        if name not in scripted and not seed.isdigit():
             raise ValueError(
-                f"--marl.{flag}: unknown teammate {name!r}; use {', '.join(SCRIPTED_PARTNERS)} or ppo_SEED (ppo_0, ...)"
+                f"--marl.{flag}: unknown {env} teammate {name!r}; use {', '.join(scripted)} or ppo_SEED (ppo_0, ...)"
             )
 
 
@@ -876,10 +888,13 @@ class MARLConfig:
     """Dreaming of Others on JaxMARL's Overcooked: a two-agent world model with a factorised latent, a
     theory-of-mind head and social imagination, trained with a population of teammates (``worldmodels.marl``)."""
 
+    env: MARLEnv = "overcooked"
+    """Two-agent environment: ``overcooked`` (JaxMARL's Overcooked, grid observations) or ``mpe_spread`` (the particle
+    world's cooperative navigation with two agents and two landmarks, vector observations)."""
     layout: str = "cramped_room"
-    """Overcooked layout (JaxMARL's ``overcooked_layouts``)."""
+    """Overcooked layout (JaxMARL's ``overcooked_layouts``; unused in MPE)."""
     max_steps: int = 400
-    """Episode length in steps (Overcooked's standard: 400)."""
+    """Episode length in steps (Overcooked's standard: 400; MPE's: 25)."""
     variant: MARLVariant = "full"
     """``full`` (joint-action RSSM, factorised latent, ToM head, social imagination); ``no_tom`` (a single-agent
     Dreamer: the model never sees the teammate's action); ``no_factorisation`` (one latent of the same size, the ToM
@@ -888,8 +903,10 @@ class MARLConfig:
     with the same training teammates, for the environment steps this config's world-model run collects, with the
     ``partner_ppo`` settings and this seed)."""
     train_partners: tuple[str, ...] = ("ppo_0", "ppo_1", "cook", "random")
-    """Teammates the agent trains with (one drawn per episode): ``random``, ``stay``, ``cook`` (a scripted onion
-    cook), ``cook_eps`` (the cook with 20 % random actions), or ``ppo_SEED`` (self-play PPO with that seed)."""
+    """Teammates the agent trains with (one drawn per episode): ``ppo_SEED`` (self-play PPO with that seed), or a
+    scripted one: in Overcooked ``random``, ``stay``, ``cook`` (a scripted onion cook), ``cook_eps`` (the cook with
+    20 % random actions); in MPE ``random``, ``stay``, ``nearest`` (heads for its nearest landmark), ``landmark_0``,
+    ``landmark_1`` (heads for that landmark)."""
     heldout_partners: tuple[str, ...] = ("ppo_2", "cook_eps", "stay")
     """Teammates never seen in training, for zero-shot evaluation."""
     partners_dir: str = ""
@@ -978,8 +995,10 @@ class MARLConfig:
             )
         if not self.train_partners:
             raise ValueError("--marl.train-partners is empty; name at least one teammate")
-        _check_partner_names(self.train_partners, "train-partners")
-        _check_partner_names(self.heldout_partners, "heldout-partners")
+        if self.env not in MARL_ENVS:
+            raise ValueError(f"--marl.env {self.env!r} is unknown; choose one of {', '.join(MARL_ENVS)}")
+        _check_partner_names(self.train_partners, "train-partners", self.env)
+        _check_partner_names(self.heldout_partners, "heldout-partners", self.env)
         both = set(self.train_partners) & set(self.heldout_partners)
         if both:
             raise ValueError(

@@ -1,8 +1,8 @@
-"""The teammate population: self-play PPO policies and scripted Overcooked partners, behind one ``PartnerPool``.
+"""The teammate population: self-play PPO policies and scripted partners, behind one ``PartnerPool``.
 
-Every member maps its OWN observation (uint8 (H, W, 26), JaxMARL's ``Overcooked.get_obs``) to an action
-distribution over the six actions (0 up, 1 down, 2 right, 3 left, 4 stay, 5 interact; the index of a move is its
-index into JaxMARL's ``DIR_TO_VEC``). Kinds, by code:
+Every member maps its OWN observation to an action distribution. In Overcooked the observation is uint8
+(H, W, 26) (JaxMARL's ``Overcooked.get_obs``) and the six actions are 0 up, 1 down, 2 right, 3 left, 4 stay,
+5 interact (the index of a move is its index into JaxMARL's ``DIR_TO_VEC``). Kinds, by code:
 
 0. ``learned``: a self-play IPPO ``PolicyNet`` (``worldmodels.marl.ppo``), sampled from its logits;
 1. ``random``: uniform over the six actions;
@@ -15,6 +15,11 @@ The observation channels the cook reads (``get_obs``'s docstring): 0 own positio
 orientation, 10 pots, 11 counters, 12 onion piles, 14 plate piles, 15 delivery, 16 onions in a pot not yet
 cooking, 20 cooking time left, 21 soup ready (in a pot or on a plate), 22 plates, 23 onions; items held by an agent
 show on its own tile.
+
+In MPE cooperative navigation (``mpe_spread``) the observation is float32 (12,) (``worldmodels.marl.env``) and the
+five actions are 0 stay, 1 left, 2 right, 3 down, 4 up. Scripted kinds there: 1 ``random``, 2 ``stay``, 3
+``nearest`` (steers to the landmark nearest to itself, ``steer_to``), 4 ``landmark_0`` and 5 ``landmark_1``
+(steer to that landmark whatever the agent does).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from worldmodels import checkpoint
-from worldmodels.config import SCRIPTED_PARTNERS, PPOConfig
+from worldmodels.config import MPE_SCRIPTED_PARTNERS, SCRIPTED_PARTNERS, PPOConfig
 from worldmodels.errors import MissingInput
 from worldmodels.marl import env as menv
 from worldmodels.marl.ppo import PolicyNet, build_policy, policy_hparams, train_ppo
@@ -39,7 +44,20 @@ from worldmodels.marl.ppo import PolicyNet, build_policy, policy_hparams, train_
 KIND_LEARNED, KIND_RANDOM, KIND_STAY, KIND_COOK, KIND_COOK_EPS = 0, 1, 2, 3, 4
 """Member kind codes (``PartnerPool.kind``)."""
 SCRIPTED = dict(zip(SCRIPTED_PARTNERS, (KIND_RANDOM, KIND_STAY, KIND_COOK, KIND_COOK_EPS), strict=True))
-"""The scripted members by name (the names the config accepts, ``config.SCRIPTED_PARTNERS``)."""
+"""Overcooked's scripted members by name (the names the config accepts, ``config.SCRIPTED_PARTNERS``)."""
+MPE_SCRIPTED = dict(zip(MPE_SCRIPTED_PARTNERS, range(1, 1 + len(MPE_SCRIPTED_PARTNERS)), strict=True))
+"""MPE's scripted members by name (``config.MPE_SCRIPTED_PARTNERS``): codes 1-5."""
+STEER_GAIN = 3.0
+"""``steer_to``'s weight of the velocity against the distance (a PD rule: the particle keeps momentum)."""
+ARRIVED = 0.05
+"""``steer_to`` stays when the steering vector is shorter than this."""
+
+
+def scripted(env: str) -> dict[str, int]:
+    """The scripted members' codes by name in environment ``env`` (``overcooked`` or ``mpe_spread``)."""
+    return MPE_SCRIPTED if env == "mpe_spread" else SCRIPTED
+
+
 COOK_EPS = 0.2
 """Probability that ``cook_eps`` acts uniformly at random instead of as the cook."""
 INTERACT = 5
@@ -190,10 +208,38 @@ def cook_action(obs: UInt8[Array, "H W C"]) -> Int[Array, ""]:
     return walk_to(obs, *cook_plan(obs))
 
 
-def scripted_probs(kind: Int[Array, ""], obs: UInt8[Array, "H W C"]) -> Float[Array, " 6"]:
-    """The action distribution float32 (6,) of scripted kind ``kind`` (1-4, traced ok) on its own observation:
-    uniform for ``random`` (and for the code 0 of a learned member, which has no script), one-hot for ``stay`` and
-    ``cook``, the cook mixed with uniform at ``COOK_EPS`` for ``cook_eps``."""
+def steer_to(obs: Float[Array, " 12"], landmark: Int[Array, ""] | int) -> Int[Array, ""]:
+    """MPE: the action int32 () that steers an agent towards landmark ``landmark`` (0 or 1) from its own observation
+    float32 (12,): the move along the larger axis of (relative position - ``STEER_GAIN`` x 0.1 s x velocity), a
+    proportional-derivative rule that brakes before it arrives; stay once that vector is shorter than ``ARRIVED``."""
+    vel, rel = obs[0:2], jnp.stack([obs[4:6], obs[6:8]])[landmark]
+    want = rel - STEER_GAIN * 0.1 * vel
+    axis = jnp.argmax(jnp.abs(want))
+    move = 1 + 2 * axis + (want[axis] > 0)  # 1 left, 2 right, 3 down, 4 up
+    return jnp.where(jnp.linalg.norm(want) < ARRIVED, 0, move).astype(jnp.int32)
+
+
+def nearest_landmark(obs: Float[Array, " 12"]) -> Int[Array, ""]:
+    """MPE: the index int32 () of the landmark nearest to the agent, from its own observation."""
+    return jnp.argmin(jnp.stack([jnp.linalg.norm(obs[4:6]), jnp.linalg.norm(obs[6:8])])).astype(jnp.int32)
+
+
+def _mpe_probs(kind: Int[Array, ""], obs: Float[Array, " 12"]) -> Float[Array, " 5"]:
+    n = len(menv.MPE_ACTION_NAMES)
+    uniform = jnp.full(n, 1.0 / n, jnp.float32)
+    hot = lambda a: jax.nn.one_hot(a, n, dtype=jnp.float32)  # noqa: E731
+    nearest = hot(steer_to(obs, nearest_landmark(obs)))
+    table = jnp.stack([uniform, uniform, hot(0), nearest, hot(steer_to(obs, 0)), hot(steer_to(obs, 1))])
+    return table[jnp.clip(kind, 0, len(table) - 1)]
+
+
+def scripted_probs(kind: Int[Array, ""], obs: Array, env: str = "overcooked") -> Float[Array, " A"]:
+    """The action distribution float32 (A,) of scripted kind ``kind`` (traced ok) on its own observation in
+    environment ``env`` (static). Overcooked (codes 1-4): uniform for ``random`` (and for the code 0 of a learned
+    member, which has no script), one-hot for ``stay`` and ``cook``, the cook mixed with uniform at ``COOK_EPS`` for
+    ``cook_eps``. MPE (codes 1-5): uniform for ``random``, one-hot for the others."""
+    if env == "mpe_spread":
+        return _mpe_probs(kind, obs)
     uniform = jnp.full(menv.NUM_ACTIONS, 1.0 / menv.NUM_ACTIONS, jnp.float32)
     cook = jax.nn.one_hot(cook_action(obs), menv.NUM_ACTIONS, dtype=jnp.float32)
     table = jnp.stack(
@@ -208,9 +254,9 @@ def scripted_probs(kind: Int[Array, ""], obs: UInt8[Array, "H W C"]) -> Float[Ar
     return table[jnp.clip(kind, 0, len(table) - 1)]
 
 
-def scripted_act(kind: Int[Array, ""], obs: UInt8[Array, "H W C"], key: PRNGKeyArray) -> Int[Array, ""]:
-    """An action int32 () of scripted kind ``kind`` (1-4, traced ok), sampled from ``scripted_probs``."""
-    return jr.categorical(key, jnp.log(scripted_probs(kind, obs))).astype(jnp.int32)
+def scripted_act(kind: Int[Array, ""], obs: Array, key: PRNGKeyArray, env: str = "overcooked") -> Int[Array, ""]:
+    """An action int32 () of scripted kind ``kind`` (traced ok), sampled from ``scripted_probs``."""
+    return jr.categorical(key, jnp.log(scripted_probs(kind, obs, env))).astype(jnp.int32)
 
 
 class PartnerPool(eqx.Module):
@@ -221,12 +267,14 @@ class PartnerPool(eqx.Module):
         kind: int32 (M,) each member's kind code (``KIND_LEARNED`` ... ``KIND_COOK_EPS``).
         net_index: int32 (M,) the stacked net a learned member uses (0 for scripted members).
         names: the members' names (static).
+        env: the environment whose scripted rules the kind codes name (static): ``overcooked`` or ``mpe_spread``.
     """
 
     nets: PolicyNet
     kind: Int[Array, " M"]
     net_index: Int[Array, " M"]
     names: tuple[str, ...] = eqx.field(static=True)
+    env: str = eqx.field(static=True, default="overcooked")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -249,13 +297,15 @@ class PartnerPool(eqx.Module):
         (H, W, C): the softmax of a learned net's logits, or ``scripted_probs``."""
         kind = self.kind[member]
         learned = jax.nn.softmax(self._learned_logits(member, obs))
-        return jnp.where(kind == KIND_LEARNED, learned, scripted_probs(kind, obs))
+        return jnp.where(kind == KIND_LEARNED, learned, scripted_probs(kind, obs, self.env))
 
     def act(self, member: Int[Array, ""], obs: UInt8[Array, "H W C"], key: PRNGKeyArray) -> Int[Array, ""]:
         """An action int32 () of member ``member`` (int32 (), traced ok) on its own observation uint8 (H, W, C),
         sampled from its logits (a learned net) or its scripted distribution."""
         kind = self.kind[member]
-        logits = jnp.where(kind == KIND_LEARNED, self._learned_logits(member, obs), jnp.log(scripted_probs(kind, obs)))
+        logits = jnp.where(
+            kind == KIND_LEARNED, self._learned_logits(member, obs), jnp.log(scripted_probs(kind, obs, self.env))
+        )
         return jr.categorical(key, logits).astype(jnp.int32)
 
 
@@ -272,31 +322,37 @@ def make_pool(
     *,
     obs_size: int,
     units: int = 64,
+    env: str = "overcooked",
 ) -> PartnerPool:
-    """A pool of ``names`` in that order: a name in ``SCRIPTED`` is that rule, any other must be a key of ``nets``.
+    """A pool of ``names`` in that order: a name in ``scripted(env)`` is that rule, any other must be a key of
+    ``nets``.
 
     Args:
         names: member names, unique.
         nets: the learned members' networks by name.
-        obs_size: H * W * C (for the dummy net of a pool with no learned member).
+        obs_size: the flat observation size (for the dummy net of a pool with no learned member).
         units: hidden units of the dummy net.
+        env: the environment (``overcooked`` or ``mpe_spread``).
 
     Raises:
         ValueError: a repeated name, or a name neither scripted nor in ``nets``.
     """
     nets = nets or {}
+    rules = scripted(env)
     if len(set(names)) != len(names):
         raise ValueError(f"partner names repeat: {', '.join(names)}")
-    unknown = [n for n in names if n not in SCRIPTED and n not in nets]
+    unknown = [n for n in names if n not in rules and n not in nets]
     if unknown:
-        raise ValueError(f"partners {', '.join(unknown)} are neither scripted ({', '.join(SCRIPTED)}) nor trained")
-    learned = [n for n in names if n not in SCRIPTED]
-    stacked = [nets[n] for n in learned] or [build_policy(obs_size, menv.NUM_ACTIONS, units)]
+        raise ValueError(f"partners {', '.join(unknown)} are neither scripted ({', '.join(rules)}) nor trained")
+    learned = [n for n in names if n not in rules]
+    num_actions = len(menv.MPE_ACTION_NAMES) if env == "mpe_spread" else menv.NUM_ACTIONS
+    stacked = [nets[n] for n in learned] or [build_policy(obs_size, num_actions, units)]
     return PartnerPool(
         nets=stack_nets(stacked),
-        kind=jnp.asarray([SCRIPTED.get(n, KIND_LEARNED) for n in names], jnp.int32),
+        kind=jnp.asarray([rules.get(n, KIND_LEARNED) for n in names], jnp.int32),
         net_index=jnp.asarray([learned.index(n) if n in learned else 0 for n in names], jnp.int32),
         names=tuple(names),
+        env=env,
     )
 
 
@@ -323,6 +379,7 @@ def subset(pool: PartnerPool, names: Sequence[str]) -> PartnerPool:
             [remap.get(int(index[m]), 0) if kinds[m] == KIND_LEARNED else 0 for m in members], jnp.int32
         ),
         names=tuple(names),
+        env=pool.env,
     )
 
 
@@ -334,6 +391,7 @@ def pool_hparams(pool: PartnerPool) -> dict[str, Any]:
         "kinds": [int(k) for k in np.asarray(pool.kind)],
         "net_index": [int(i) for i in np.asarray(pool.net_index)],
         "num_nets": pool.num_nets,
+        "env": pool.env,
         **policy_hparams(net.obs_size, net.num_actions, net.units),
     }
 
@@ -346,13 +404,16 @@ def build_pool(
     obs_size: int,
     num_actions: int = menv.NUM_ACTIONS,
     units: int = 64,
+    env: str = "overcooked",
 ) -> PartnerPool:
-    """A ``PartnerPool`` skeleton from ``pool_hparams`` (its net values are overwritten when a checkpoint loads)."""
+    """A ``PartnerPool`` skeleton from ``pool_hparams`` (its net values are overwritten when a checkpoint loads; a
+    pool saved before MPE has no ``env`` and is Overcooked's)."""
     return PartnerPool(
         nets=stack_nets([build_policy(obs_size, num_actions, units)] * num_nets),
         kind=jnp.asarray(list(kinds), jnp.int32),
         net_index=jnp.asarray(list(net_index), jnp.int32),
         names=tuple(names),
+        env=env,
     )
 
 
@@ -387,8 +448,8 @@ def build_population(
     """Train one self-play IPPO per learned member and add the scripted ones, in the order given.
 
     Args:
-        env: the Overcooked environment (``worldmodels.marl.env.make``).
-        names_and_seeds: (name, seed) pairs; a name in ``SCRIPTED`` adds that rule (its seed unused), any other
+        env: the environment (``worldmodels.marl.env.make``).
+        names_and_seeds: (name, seed) pairs; a name in ``scripted(env)`` adds that rule (its seed unused), any other
             name (e.g. ``ppo_0``) trains a self-play ``train_ppo`` with key ``fold_in(key, seed)``.
         ppo_cfg: the PPO hyperparameters of every learned member.
         key: the population's key.
@@ -399,11 +460,12 @@ def build_population(
         the ``PartnerPool``.
     """
     names = [n for n, _ in names_and_seeds]
+    env_name = menv.env_name(env)
     nets = {}
     for name, seed in names_and_seeds:
-        if name in SCRIPTED:
+        if name in scripted(env_name):
             continue
         nets[name], history = train_ppo(ppo_cfg, env, jr.fold_in(key, seed), progress=progress)
         if on_trained is not None:
             on_trained(name, history)
-    return make_pool(names, nets, obs_size=menv.obs_size(env), units=ppo_cfg.units)
+    return make_pool(names, nets, obs_size=menv.obs_size(env), units=ppo_cfg.units, env=env_name)

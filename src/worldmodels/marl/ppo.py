@@ -332,7 +332,7 @@ def train_ppo(
     """
     selfplay = partners is None
     k_net, k_reset, k_member, k_train = jr.split(key, 4)
-    net = PolicyNet(menv.obs_size(env), menv.NUM_ACTIONS, cfg.units, key=k_net)
+    net = PolicyNet(menv.obs_size(env), menv.num_actions(env), cfg.units, key=k_net)
     params, static = eqx.partition(net, eqx.is_array)
     n_grad_steps = cfg.num_updates * cfg.epochs * cfg.minibatches
     lr = optax.linear_schedule(cfg.lr, 0.0, n_grad_steps) if cfg.anneal_lr else cfg.lr

@@ -41,7 +41,7 @@ class Episodes(NamedTuple):
         obs: uint8 (E, T, H, W, C) the agent's observations x_t.
         a_self: int32 (E, T) the agent's actions.
         a_team: int32 (E, T) the teammate's actions.
-        reward: float32 (E, T) the sparse shared reward (20 per soup).
+        reward: float32 (E, T) the shared reward (Overcooked: sparse, 20 per soup; MPE: the agents' mean).
         shaped: float32 (E, T, 2) both cooks' shaped rewards.
         tom_logp: float32 (E, T, A) the ToM head's log-probabilities of the teammate's action (zeros without one).
         true_probs: float32 (E, T, A) the teammate's real action distribution at t.
@@ -68,7 +68,7 @@ def run_episodes(
     ego_kind: str,
     record_states: bool = False,
 ) -> tuple[Episodes, Any]:
-    """Play ``len(members)`` whole episodes of ``env.max_steps`` steps from fresh resets (module docstring).
+    """Play ``len(members)`` whole episodes of ``env.episode_steps(env)`` steps from fresh resets (module docstring).
 
     Args:
         env: a JaxMARL Overcooked (``marl.env.make``).
@@ -95,7 +95,7 @@ def _run(env, ego, pool, members, key, ego_kind, record_states):
     num = members.shape[0]
     k_reset, k_steps = jr.split(key)
     obs, env_state = jax.vmap(menv.reset, (None, 0))(env, jr.split(k_reset, num))
-    num_actions = menv.NUM_ACTIONS
+    num_actions = menv.num_actions(env)
 
     if ego_kind == "dreamer":
         model, actor = ego
@@ -135,7 +135,7 @@ def _run(env, ego, pool, members, key, ego_kind, record_states):
 
     zeros = jnp.zeros((num,), jnp.int32)
     carry = (env_state, obs, init, zeros, zeros, jnp.ones((num,), bool))
-    _, (record, states) = jax.lax.scan(step, carry, jr.split(k_steps, env.max_steps))
+    _, (record, states) = jax.lax.scan(step, carry, jr.split(k_steps, menv.episode_steps(env)))
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  (T, E, ...) -> (E, T, ...)
     obs_t, a0, aj, rew, shaped, tom, true = jax.tree.map(swap, record)
     return Episodes(obs_t, a0, aj, rew, shaped, tom, true, members), states
@@ -188,7 +188,6 @@ class Replay:
     def add(self, episodes: Episodes) -> None:
         """Append E episodes (any array type)."""
         new = {name: np.asarray(getattr(episodes, name)) for name in REPLAY_FIELDS}
-        new["obs"] = new["obs"].astype(np.uint8)
         if not self.data:
             self.data = new
         else:

@@ -54,7 +54,7 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
         TrainingDiverged: a non-finite world-model or actor loss (the last saved iteration is intact).
     """
     run_dir = Path(run_dir)
-    env = menv.make(cfg.layout, cfg.max_steps)
+    env = menv.make(cfg.layout, cfg.max_steps, cfg.env)
     pool = population(run_dir, cfg, env) if cfg.partners_dir else None  # checked before anything is written
     _check_recorded(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,8 +68,8 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
     out.mkdir(exist_ok=True)
     obs_size = menv.obs_size(env)
     key = jr.PRNGKey(cfg.seed)
-    learner = init_learner(cfg, obs_size, menv.NUM_ACTIONS, jr.fold_in(key, 0))
-    hparams = model_hparams(cfg, obs_size, menv.NUM_ACTIONS)
+    learner = init_learner(cfg, obs_size, menv.num_actions(env), jr.fold_in(key, 0))
+    hparams = model_hparams(cfg, obs_size, menv.num_actions(env))
     done_iters, replay = 0, Replay()
     if checkpoint.latest_step(out / "ckpt") is not None:
         learner, _, meta = checkpoint.load(out / "ckpt", learner, kind=LEARNER_KIND, expected=hparams)
@@ -111,7 +111,7 @@ def run_marl(run_dir: Path, cfg: MARLConfig, *, progress: bool = True) -> dict[s
                     raise TrainingDiverged(
                         f"marl iteration {it}: {name} is {means[name]}; the last good iteration is saved in {out}/ckpt"
                     )
-            stats = episode_stats(eps, tom=False)
+            stats = episode_stats(eps, tom=False, soups=cfg.env == "overcooked")
             record = {
                 "iteration": it,
                 "env_steps": replay.steps,
@@ -155,7 +155,7 @@ def run_ppo_reference(run_dir: Path, cfg: MARLConfig, env: Any, pool: mpartners.
     out.mkdir(exist_ok=True)
     ppo_cfg = dataclasses.replace(cfg.partner_ppo, total_steps=env_steps_budget(cfg), seed=cfg.seed)
     obs_size = menv.obs_size(env)
-    hparams = policy_hparams(obs_size, menv.NUM_ACTIONS, ppo_cfg.units)
+    hparams = policy_hparams(obs_size, menv.num_actions(env), ppo_cfg.units)
     if checkpoint.latest_step(out / "ppo_ckpt") is not None:
         net, _ = checkpoint.load_module(out / "ppo_ckpt", build_policy, kind=PPO_KIND, expected=hparams)
         print(f"marl: reusing the trained PPO reference in {out / 'ppo_ckpt'}")
@@ -196,6 +196,11 @@ def population(run_dir: Path, cfg: MARLConfig, env: Any) -> mpartners.PartnerPoo
         pool = mpartners.load_pool(
             Path(cfg.partners_dir), "uv run train_marl.py --run-dir DIR (it writes DIR/partners)"
         )
+        if pool.env != cfg.env:
+            raise MissingInput(
+                f"--marl.partners-dir {cfg.partners_dir} holds {pool.env} teammates, not {cfg.env}; name a population "
+                f"trained with --marl.env {cfg.env}"
+            )
         missing = [n for n in names if n not in pool.names]
         if missing:
             raise MissingInput(
@@ -205,6 +210,8 @@ def population(run_dir: Path, cfg: MARLConfig, env: Any) -> mpartners.PartnerPoo
     where = run_dir / "partners"
     if checkpoint.latest_step(where) is not None:
         pool = mpartners.load_pool(where, "uv run train_marl.py")
+        if pool.env != cfg.env:
+            raise MissingInput(f"{where} holds {pool.env} teammates, not {cfg.env}; use another --run-dir")
         if all(n in pool.names for n in names):
             return pool
         names = tuple(dict.fromkeys(pool.names + names))
@@ -232,13 +239,15 @@ def evaluate(
     run_dir: Path, cfg: MARLConfig, env: Any, pool: mpartners.PartnerPool, ego: Any, ego_kind: str, key: jax.Array
 ) -> dict[str, Any]:
     """``cfg.eval_episodes`` episodes with each training and each held-out teammate; writes eval/results.json and
-    eval/episode.gif. ``ego`` and ``ego_kind`` as ``rollout.run_episodes``. Returns are sparse (20 per soup);
+    eval/episode.gif. ``ego`` and ``ego_kind`` as ``rollout.run_episodes``. Returns are the environment's team
+    reward (Overcooked: sparse, 20 per soup);
     intervals are 95 % Student-t over episodes."""
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(exist_ok=True)
     per_partner, pooled = score_partners(cfg, env, pool, ego, ego_kind, key)
     results = {
         "variant": cfg.variant,
+        "env": cfg.env,
         "layout": cfg.layout,
         "seed": cfg.seed,
         "env_steps": _env_steps(run_dir),
@@ -274,19 +283,20 @@ def score_partners(
             member = pool.names.index(name)
             members = np.full((cfg.eval_episodes,), member, np.int32)
             eps, _ = run_episodes(env, ego, pool, members, jr.fold_in(key, member), ego_kind=ego_kind)
-            per_partner[name] = {"group": group, **episode_stats(eps, tom)}
+            per_partner[name] = {"group": group, **episode_stats(eps, tom, soups=cfg.env == "overcooked")}
             pooled[group] += per_partner[name]["returns"]
     return per_partner, pooled
 
 
-def episode_stats(eps: Episodes, tom: bool) -> dict[str, Any]:
-    """Per-episode sparse returns and soups, their mean with a 95 % interval, the agent's own shaped return (its
-    onions into pots, plates and soups picked up), and the ToM scores (``tom_scores``)."""
+def episode_stats(eps: Episodes, tom: bool, soups: bool = True) -> dict[str, Any]:
+    """Per-episode returns (and, with ``soups``, Overcooked's soups), their mean with a 95 % interval, the agent's
+    own shaped return (its onions into pots, plates and soups picked up; 0 in MPE), and the ToM scores
+    (``tom_scores``)."""
     returns = np.asarray(eps.reward, np.float64).sum(-1)
     own = np.asarray(eps.shaped, np.float64)[..., 0].sum(-1)
     out = {
         "returns": returns.tolist(),
-        "soups": (returns / menv.SOUP_REWARD).tolist(),
+        **({"soups": (returns / menv.SOUP_REWARD).tolist()} if soups else {}),
         **_mean_ci(returns),
         "own_shaped_return": float(own.mean()),
     }
@@ -304,7 +314,7 @@ def write_gif(
     members = np.array([member], np.int32)
     _, states = run_episodes(env, ego, pool, members, key, ego_kind=ego_kind, record_states=True)
     host = jax.tree.map(lambda x: np.asarray(x[:, 0]), states)
-    frames = [menv.render(env, jax.tree.map(lambda x, t=t: x[t], host)) for t in range(env.max_steps)]
+    frames = [menv.render(env, jax.tree.map(lambda x, t=t: x[t], host)) for t in range(menv.episode_steps(env))]
     tmp = path.with_name(path.name + ".tmp.gif")
     iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=100, loop=0)
     tmp.replace(path)
@@ -312,7 +322,8 @@ def write_gif(
 
 def print_summary(results: dict[str, Any]) -> None:
     """A table of return (mean +- 95 % interval) and ToM top-1 per teammate."""
-    print(f"\nDreaming of Others ({results['variant']}), sparse return per episode (20 per soup):")
+    unit = "sparse return (20 per soup)" if results.get("env", "overcooked") == "overcooked" else "team return"
+    print(f"\nDreaming of Others ({results['variant']}, {results.get('env', 'overcooked')}), {unit} per episode:")
     print(f"  {'teammate':<10} {'group':<8} {'return':>16} {'ToM top-1':>10}")
     for name, r in results["partners"].items():
         tom = f"{r['tom_top1']:.3f}" if "tom_top1" in r else "-"
@@ -363,7 +374,8 @@ def _check_recorded(run_dir: Path, cfg: MARLConfig) -> None:
         return
     if not old:
         return
-    for name in ("layout", "max_steps", "variant", "deter", "units", "env_groups", "team_groups", "classes", "seed"):
+    fields = ("env", "layout", "max_steps", "variant", "deter", "units", "env_groups", "team_groups", "classes", "seed")
+    for name in fields:
         if name in old and old[name] != getattr(cfg, name) and (run_dir / "marl" / "ckpt").exists():
             raise MissingInput(
                 f"{run_dir} holds a run with marl.{name}={old[name]!r}, not {getattr(cfg, name)!r}; "
