@@ -8,6 +8,7 @@ skipped and an interrupted one resumes, so rerunning the command continues where
 cross-entropy on the real steps, per iteration) are written from the runs' files.
 
     uv run python experiments/marl_arms.py --out runs/marl --seeds 0 1 2
+    uv run python experiments/marl_arms.py --out runs/marl_mpe --preset marl_mpe_quick
 """
 
 from __future__ import annotations
@@ -157,10 +158,14 @@ def random_reference(args: Args, episodes: int = 16) -> dict:
 
 def report(args: Args, summary: dict) -> str:
     """A markdown table of the arms."""
+    from worldmodels.config import load_preset
+
+    overcooked = load_preset(args.preset).marl.env == "overcooked"
+    unit = "Sparse return per episode (20 per soup)" if overcooked else "Team return per episode (the agents' mean)"
     lines = [
         f"# Dreaming of Others: arms on `{args.preset}`, seeds {', '.join(map(str, args.seeds))}",
         "",
-        "Sparse return per episode (20 per soup), the mean over seeds of each seed's mean, +- the 95 % interval",
+        f"{unit}, the mean over seeds of each seed's mean, +- the 95 % interval",
         "over seeds.",
         "",
         "| arm | env steps | training teammates | held-out teammates | ToM top-1 (train / held-out) |",
@@ -206,7 +211,7 @@ def plot_curves(args: Args, path: Path) -> None:
             if "real_tom_top1" in rows[0]:
                 axes[1].plot(it, [r["real_tom_top1"] for r in rows], color=colours[variant], alpha=0.7, label=label)
                 axes[2].plot(it, [r["real_tom_ce"] for r in rows], color=colours[variant], alpha=0.7, label=label)
-    axes[0].set(title="return with training teammates (collection)", xlabel="iteration", ylabel="sparse return")
+    axes[0].set(title="return with training teammates (collection)", xlabel="iteration", ylabel="return")
     axes[1].set(title="ToM top-1 on real steps", xlabel="iteration")
     axes[2].set(title="ToM cross-entropy on real steps (nats)", xlabel="iteration")
     for ax in axes:
