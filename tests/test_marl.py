@@ -57,24 +57,31 @@ def with_tom_policy(model: SocialWorldModel, pi) -> SocialWorldModel:
 # --- environment wrapper -------------------------------------------------------------------------------------------
 
 
-def test_wrapper_matches_jaxmarl():
-    """Stacked observations, joint actions, rewards and dones are JaxMARL's own, step by step."""
-    env = menv.make("cramped_room", max_steps=30)
-    key = jr.PRNGKey(3)
+def lockstep(env, key, steps):
+    """JaxMARL's own environment and the wrapper from one reset key, stepped with the same keys and random joint
+    actions; asserts the stacked observations equal JaxMARL's at every step and yields (JaxMARL's (obs, state,
+    rewards, dones, infos), the wrapper's ``Step``) per step."""
     raw_obs, raw_state = env.reset(key)
     obs, state = menv.reset(env, key)
     for i, name in enumerate(env.agents):
         np.testing.assert_array_equal(obs[i], raw_obs[name])
     rng = np.random.default_rng(0)
-    for t in range(30):
+    for t in range(steps):
         k = jr.fold_in(key, t)
-        acts = rng.integers(0, 6, 2)
-        raw_obs, raw_state, raw_rew, raw_done, raw_info = env.step(
-            k, raw_state, {env.agents[0]: jnp.int32(acts[0]), env.agents[1]: jnp.int32(acts[1])}
-        )
+        acts = rng.integers(0, menv.num_actions(env), 2)
+        raw = env.step(k, raw_state, {env.agents[0]: jnp.int32(acts[0]), env.agents[1]: jnp.int32(acts[1])})
+        raw_state = raw[1]
         out, state = menv.step(env, k, state, jnp.asarray(acts, jnp.int32))
         for i, name in enumerate(env.agents):
-            np.testing.assert_array_equal(out.obs[i], raw_obs[name])
+            np.testing.assert_array_equal(out.obs[i], raw[0][name])
+        yield raw, out
+
+
+def test_wrapper_matches_jaxmarl():
+    """Stacked observations, joint actions, rewards and dones are JaxMARL's own, step by step."""
+    env = menv.make("cramped_room", max_steps=30)
+    for (_, _, raw_rew, raw_done, raw_info), out in lockstep(env, jr.PRNGKey(3), 30):
+        for i, name in enumerate(env.agents):
             assert float(out.shaped[i]) == float(raw_info["shaped_reward"][name])
         assert float(out.reward) == float(raw_rew[env.agents[0]])
         assert bool(out.done) == bool(raw_done["__all__"])
@@ -87,31 +94,20 @@ def test_wrapper_matches_jaxmarl():
 def test_mpe_wrapper_matches_jaxmarl_and_its_scripted_teammates_reach_their_landmarks():
     """MPE cooperative navigation: float32 (2, 12) observations and the agents' mean reward are JaxMARL's own, an
     episode is exactly ``max_steps`` long; ``nearest`` and ``landmark_k`` bring the teammate within 0.1 of their
-    landmark within 20 steps while the ego agent stays."""
+    landmark within 20 steps beside a random ego agent."""
     from worldmodels.marl.partners import make_pool
     from worldmodels.marl.rollout import run_episodes
 
     env = menv.make(max_steps=25, name="mpe_spread")
     assert menv.env_name(env) == "mpe_spread" and menv.obs_shape(env) == (12,) and menv.num_actions(env) == 5
-    key = jr.PRNGKey(5)
-    raw_obs, raw_state = env.reset(key)
-    obs, state = menv.reset(env, key)
-    assert obs.dtype == jnp.float32
-    rng = np.random.default_rng(0)
+    assert menv.reset(env, jr.PRNGKey(5))[0].dtype == jnp.float32
     dones = []
-    for t in range(25):
-        k = jr.fold_in(key, t)
-        acts = rng.integers(0, 5, 2)
-        raw_obs, raw_state, raw_rew, raw_done, _ = env.step(
-            k, raw_state, {env.agents[0]: jnp.int32(acts[0]), env.agents[1]: jnp.int32(acts[1])}
-        )
-        out, state = menv.step(env, k, state, jnp.asarray(acts, jnp.int32))
-        for i, name in enumerate(env.agents):
-            np.testing.assert_array_equal(out.obs[i], raw_obs[name])
+    for (_, raw_state, raw_rew, _, _), out in lockstep(env, jr.PRNGKey(5), 25):
         np.testing.assert_allclose(out.reward, np.mean([raw_rew[a] for a in env.agents]), rtol=1e-6)
         dones.append(bool(out.done))
+        last = raw_state
     assert dones == [False] * 24 + [True]
-    assert menv.render(env, jax.tree.map(np.asarray, state)).shape == (256, 256, 3)
+    assert menv.render(env, jax.tree.map(np.asarray, last)).shape == (256, 256, 3)
 
     pool = make_pool(["nearest", "landmark_0", "landmark_1", "stay"], obs_size=12, env="mpe_spread")
     for m, name in enumerate(pool.names):
