@@ -208,7 +208,7 @@ MPE_COLOURS = ((66, 133, 244), (234, 134, 0), (90, 90, 90))
 """RGB of the ego agent, its teammate and the landmarks in ``render_mpe``."""
 
 
-def render_mpe(state: Any, radii: Any, size: int = 256, extent: float = 1.6) -> Any:
+def render_mpe(state: Any, radii: Any, size: int = 256, extent: float = 2.0) -> Any:
     """One RGB frame uint8 (size, size, 3) of an MPE (host) state: every entity a disc of its radius ``radii``
     (float (N,), JaxMARL's ``env.rad``: agents 0.15, landmarks 0.05), ego blue, teammate orange, landmarks grey, on
     the square [-extent, extent]^2 with y up."""
