@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 FIGURES = [
@@ -39,6 +41,7 @@ FIGURES = [
 ]
 
 
+@pytest.mark.heavy(seconds=60)
 def test_small_run_writes_every_figure(tmp_path):
     out = tmp_path / "x.json"
     proc = subprocess.run(

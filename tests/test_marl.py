@@ -258,6 +258,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.heavy(seconds=175)
 def test_train_marl_smoke_end_to_end(tmp_path):
     """marl_smoke trains the teammates, the world model and the actor, evaluates with training and held-out
     teammates, writes results.json and a GIF, resumes without redoing work, runs the PPO reference on the same
@@ -298,6 +299,7 @@ def test_train_marl_smoke_end_to_end(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
+@pytest.mark.heavy(seconds=85)
 def test_train_marl_mpe_smoke_end_to_end(tmp_path):
     """marl_mpe_smoke (vector observations, five actions, 25-step episodes) trains and evaluates end to end; a run
     directory of that environment refuses the Overcooked preset."""

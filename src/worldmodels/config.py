@@ -807,7 +807,7 @@ def _check_partner_names(names: tuple[str, ...], flag: str, env: str = "overcook
         seed = name[4:] if name.startswith("ppo_") else ""
         if name not in scripted and not seed.isdigit():
             raise ValueError(
-                f"--marl.{flag}: unknown {env} teammate {name!r}; use {', '.join(scripted)} or ppo_SEED (ppo_0, ...)"
+                f"--marl.{flag}: unknown teammate {name!r} in {env}; use {', '.join(scripted)} or ppo_SEED (ppo_0, ...)"
             )
 
 
