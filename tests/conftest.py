@@ -13,10 +13,12 @@ if "WORLDMODELS_JAX_CACHE" not in os.environ:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests marked ``heavy(seconds=S)`` first, longest first, then the rest in their collected order (a stable
-    sort, the same on both xdist workers; ``--maxschedchunk 1`` in pyproject hands them out one at a time). Started last, a five-minute test
-    leaves the other worker idle until it ends; started first, the short tests fill in beside it (longest
-    processing time first). S is the test's measured duration on the 2-core machine, loaded."""
+    """The tests marked ``heavy(seconds=S)`` first, longest first, then the rest in their collected order.
+
+    A stable sort, the same on both xdist workers; ``--maxschedchunk 1`` in pyproject hands the tests out one at
+    a time. Started last, a five-minute test leaves the other worker idle until it ends; started first, the short
+    tests fill in beside it (longest processing time first). S is the test's measured duration on the 2-core
+    machine, loaded."""
 
     def seconds(item) -> float:
         marker = item.get_closest_marker("heavy")
