@@ -126,7 +126,8 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     assert [r["iteration"] for r in scores] == [0, 1] and scores[1]["onpolicy_episodes"] == 2
     assert (a / "iterations" / "scores.png").is_file()
     assert json.loads((a / "config.json").read_text())["rnn"]["dataset"].endswith("controller:1")
-    assert str(es_state(a)["adaptation"]) == "tpa" and es_state(a)["mean"].shape == (387,)
+    state = es_state(a)
+    assert str(state["adaptation"]) == "tpa" and state["mean"].shape == (387,)
     killed_when(script(*loop, b), lambda: generation(b) >= 4)
     ok(script(*loop, b))
     same_arrays(run_dir.load_dynamics, a, b, 15)

@@ -40,8 +40,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
-ENVS = ("overcooked", "mpe_spread")
-"""The environments this wrapper knows (``MARLConfig.env``)."""
+from worldmodels.config import MARL_ENVS
+
+ENVS = MARL_ENVS
+"""The environments this wrapper knows (``MARLConfig.env``, ``config.MARL_ENVS``)."""
 NUM_ACTIONS = 6
 """Overcooked's discrete actions: up, down, right, left, stay, interact (JaxMARL's ``action_set``)."""
 ACTION_NAMES = ("up", "down", "right", "left", "stay", "interact")
@@ -49,6 +51,10 @@ STAY = 4
 """The index of Overcooked's no-op action."""
 MPE_ACTION_NAMES = ("stay", "left", "right", "down", "up")
 """MPE's discrete actions (JaxMARL's ``_decode_discrete_action``: 1/2 push along -x/+x, 3/4 along -y/+y)."""
+MPE_STAY = 0
+"""The index of MPE's no-op action."""
+NUM_ACTIONS_OF = {"overcooked": NUM_ACTIONS, "mpe_spread": len(MPE_ACTION_NAMES)}
+"""One agent's number of discrete actions in each of ``ENVS``."""
 SOUP_REWARD = 20.0
 """The sparse reward of one delivered soup."""
 LAYOUTS = ("cramped_room", "asymm_advantages", "coord_ring", "forced_coord", "counter_circuit")
@@ -133,13 +139,8 @@ def episode_steps(env: Any) -> int:
 
 
 def num_actions(env: Any) -> int:
-    """The number of discrete actions of one agent (6 in Overcooked, 5 in MPE)."""
-    return NUM_ACTIONS if env_name(env) == "overcooked" else len(MPE_ACTION_NAMES)
-
-
-def stay_action(env: Any) -> int:
-    """The index of the no-op action."""
-    return STAY if env_name(env) == "overcooked" else 0
+    """The number of discrete actions of one agent (6 in Overcooked, 5 in MPE; ``NUM_ACTIONS_OF``)."""
+    return NUM_ACTIONS_OF[env_name(env)]
 
 
 def obs_shape(env: Any) -> tuple[int, ...]:

@@ -36,17 +36,13 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, UInt8
 
 from worldmodels import checkpoint
-from worldmodels.config import MPE_SCRIPTED_PARTNERS, SCRIPTED_PARTNERS, PPOConfig
+from worldmodels.config import PPOConfig, scripted_partners
 from worldmodels.errors import MissingInput
 from worldmodels.marl import env as menv
 from worldmodels.marl.ppo import PolicyNet, build_policy, policy_hparams, train_ppo
 
 KIND_LEARNED, KIND_RANDOM, KIND_STAY, KIND_COOK, KIND_COOK_EPS = 0, 1, 2, 3, 4
 """Member kind codes (``PartnerPool.kind``)."""
-SCRIPTED = dict(zip(SCRIPTED_PARTNERS, (KIND_RANDOM, KIND_STAY, KIND_COOK, KIND_COOK_EPS), strict=True))
-"""Overcooked's scripted members by name (the names the config accepts, ``config.SCRIPTED_PARTNERS``)."""
-MPE_SCRIPTED = dict(zip(MPE_SCRIPTED_PARTNERS, range(1, 1 + len(MPE_SCRIPTED_PARTNERS)), strict=True))
-"""MPE's scripted members by name (``config.MPE_SCRIPTED_PARTNERS``): codes 1-5."""
 STEER_GAIN = 3.0
 """``steer_to``'s weight of the velocity against the distance (a PD rule: the particle keeps momentum)."""
 ARRIVED = 0.05
@@ -54,8 +50,14 @@ ARRIVED = 0.05
 
 
 def scripted(env: str) -> dict[str, int]:
-    """The scripted members' codes by name in environment ``env`` (``overcooked`` or ``mpe_spread``)."""
-    return MPE_SCRIPTED if env == "mpe_spread" else SCRIPTED
+    """The scripted members' kind codes by name in environment ``env`` (``overcooked`` or ``mpe_spread``): the
+    names the config accepts (``config.scripted_partners``), coded 1, 2, ... in that order."""
+    return {name: code for code, name in enumerate(scripted_partners(env), start=1)}
+
+
+SCRIPTED = scripted("overcooked")
+"""Overcooked's scripted members by name: random ``KIND_RANDOM``, stay ``KIND_STAY``, cook ``KIND_COOK``, cook_eps
+``KIND_COOK_EPS``."""
 
 
 COOK_EPS = 0.2
@@ -216,7 +218,7 @@ def steer_to(obs: Float[Array, " 12"], landmark: Int[Array, ""] | int) -> Int[Ar
     want = rel - STEER_GAIN * 0.1 * vel
     axis = jnp.argmax(jnp.abs(want))
     move = 1 + 2 * axis + (want[axis] > 0)  # 1 left, 2 right, 3 down, 4 up
-    return jnp.where(jnp.linalg.norm(want) < ARRIVED, 0, move).astype(jnp.int32)
+    return jnp.where(jnp.linalg.norm(want) < ARRIVED, menv.MPE_STAY, move).astype(jnp.int32)
 
 
 def nearest_landmark(obs: Float[Array, " 12"]) -> Int[Array, ""]:
@@ -225,11 +227,11 @@ def nearest_landmark(obs: Float[Array, " 12"]) -> Int[Array, ""]:
 
 
 def _mpe_probs(kind: Int[Array, ""], obs: Float[Array, " 12"]) -> Float[Array, " 5"]:
-    n = len(menv.MPE_ACTION_NAMES)
+    n = menv.NUM_ACTIONS_OF["mpe_spread"]
     uniform = jnp.full(n, 1.0 / n, jnp.float32)
     hot = lambda a: jax.nn.one_hot(a, n, dtype=jnp.float32)  # noqa: E731
     nearest = hot(steer_to(obs, nearest_landmark(obs)))
-    table = jnp.stack([uniform, uniform, hot(0), nearest, hot(steer_to(obs, 0)), hot(steer_to(obs, 1))])
+    table = jnp.stack([uniform, uniform, hot(menv.MPE_STAY), nearest, hot(steer_to(obs, 0)), hot(steer_to(obs, 1))])
     return table[jnp.clip(kind, 0, len(table) - 1)]
 
 
@@ -345,8 +347,7 @@ def make_pool(
     if unknown:
         raise ValueError(f"partners {', '.join(unknown)} are neither scripted ({', '.join(rules)}) nor trained")
     learned = [n for n in names if n not in rules]
-    num_actions = len(menv.MPE_ACTION_NAMES) if env == "mpe_spread" else menv.NUM_ACTIONS
-    stacked = [nets[n] for n in learned] or [build_policy(obs_size, num_actions, units)]
+    stacked = [nets[n] for n in learned] or [build_policy(obs_size, menv.NUM_ACTIONS_OF[env], units)]
     return PartnerPool(
         nets=stack_nets(stacked),
         kind=jnp.asarray([rules.get(n, KIND_LEARNED) for n in names], jnp.int32),
