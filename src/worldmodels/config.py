@@ -288,6 +288,11 @@ class RNNConfig:
     """Write a metrics.jsonl line every this many updates."""
     seed: int = 0
     """Seed of initialisation, batch order and the latent re-sampling."""
+    ensemble: int = 1
+    """Number of M trained on the same data (``mdnrnn`` or ``transformer`` on latents): the run's own in RUN_DIR/rnn/
+    (seed ``seed``) and members 1 .. ensemble - 1 in RUN_DIR/rnn/members/K/ (seed ``seed + K``: their own
+    initialisation and batch order). CMA-ES then deals its dreams over all of them (``dream.pessimism``); the agent
+    acts with the run's own M. 1: one M (the paper)."""
 
     def __post_init__(self):
         _check_ranges(
@@ -317,6 +322,7 @@ class RNNConfig:
                 "layers": ">= 1",
                 "heads": ">= 1",
                 "context": ">= 1",
+                "ensemble": ">= 1",
             },
         )
         if self.kind not in DYNAMICS_KINDS:
@@ -330,6 +336,8 @@ class RNNConfig:
             raise ValueError(f"rnn.latent must be 'gaussian' or 'categorical', got {self.latent!r}")
         if self.obs not in ("latent", "pixels"):
             raise ValueError(f"rnn.obs must be 'latent' or 'pixels', got {self.obs!r}")
+        if self.ensemble > 1 and self.kind == "rssm":
+            raise ValueError("rnn.ensemble > 1 trains MDN-RNNs or transformers; use --kind mdnrnn with --ensemble")
         if self.obs == "pixels" and self.kind != "rssm":
             raise ValueError("rnn.obs 'pixels' trains an RSSM end to end; add --kind rssm (or use train_rssm.py)")
         try:  # a malformed recipe is refused here, not mid-stage
@@ -402,6 +410,15 @@ class DreamConfig:
     quadratic of the paper controller's 867 dimensions it did as well as CSA or better
     (``experiments/cma_step_size.py``), and pycma picks it itself from 300 parameters on. Recorded in
     es_state.npz; a run continues with the rule it started with."""
+    ensemble: int = 1
+    """CMA-ES only: the number K of M the dreams are dealt over, the run's own and members 1 .. K - 1 of
+    RUN_DIR/rnn/members/ (trained by ``rnn.ensemble`` >= K); dream r runs in member r mod K, where the run's M only
+    tracks the world for the controller's h (``dream.ensemble_generation_returns``). First-frame starts only, and
+    ``rollouts`` >= K. 1: the run's M alone (the paper)."""
+    pessimism: float = 0.0
+    """With ``ensemble`` > 1: a candidate's fitness is the mean over members of its mean dream return minus this
+    many standard deviations of those member means (a lower confidence bound, ``dream.ensemble_fitness``).
+    0: the mean of the member means."""
 
     def __post_init__(self):
         _check_ranges(
@@ -410,12 +427,21 @@ class DreamConfig:
             {"population": ">= 2", "rollouts": ">= 1", "dream_steps": ">= 1", "temperature": "> 0",
              "generations": ">= 1", "sigma_init": "> 0", "done_threshold": "in (0, 1]", "eval_every": ">= 0",
              "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1",
-             "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1"},
+             "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1", "pessimism": ">= 0",
+             "ensemble": ">= 1"},
         )  # fmt: skip
         if self.controller_inputs not in ("zh", "z"):
             raise ValueError(f"dream.controller_inputs must be 'zh' or 'z', got {self.controller_inputs!r}")
         if self.learner not in LEARNERS:
             raise ValueError(f"dream.learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
+        if self.ensemble > 1 and self.learner != "cmaes":
+            raise ValueError("dream.ensemble deals CMA-ES dreams over several M; use --learner cmaes")
+        if self.pessimism > 0 and self.ensemble == 1:
+            raise ValueError("dream.pessimism penalises disagreement between M; add --ensemble K (K >= 2)")
+        if self.ensemble > 1 and self.mid_episode_starts > 0:
+            raise ValueError("dream.ensemble > 1 starts dreams from first frames only; use --mid-episode-starts 0")
+        if self.rollouts < self.ensemble:
+            raise ValueError(f"dream.rollouts {self.rollouts} cannot cover {self.ensemble} ensemble members")
         if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:
             raise ValueError(
                 f"dream.step_size_adaptation must be one of {', '.join(STEP_SIZE_ADAPTATIONS)}, "
@@ -1038,6 +1064,13 @@ class Preset:
     actor_critic: ActorCriticConfig = field(default_factory=ActorCriticConfig)
     cem: CEMConfig = field(default_factory=CEMConfig)
     marl: MARLConfig = field(default_factory=MARLConfig)
+
+    def __post_init__(self):
+        if self.dream.ensemble > self.rnn.ensemble:
+            raise ValueError(
+                f"dream.ensemble {self.dream.ensemble} deals dreams over more M than rnn.ensemble "
+                f"{self.rnn.ensemble} trains; add --rnn.ensemble {self.dream.ensemble}"
+            )
 
 
 _SECTIONS = {c.__name__: c for c in (CollectConfig, VAEConfig, RNNConfig, DreamConfig, TestConfig, IterateConfig)}

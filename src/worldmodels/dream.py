@@ -13,6 +13,16 @@ Named vmap layers (evosax style):
 ``generation_fitness`` jits a whole generation; ``sharded_generation_fitness`` spreads it over every
 device (``worldmodels.sharding``).
 
+**Ensembles of M** (``ensemble_generation_returns``): the R dreams of a candidate are dealt over K members
+trained on the same data, dream r in member r mod K (each dream keeps its model, PETS's TS-inf, Chua et al.
+2018). The agent's own M (member 0) is what the controller reads h from in the real environment, so in a dream
+of member k > 0 the member is the world (it samples z_{t+1}, the reward and the done) and M only tracks it,
+teacher-forced on the dreamed latents as it is on real frames (``tracked_rollout``). ``ensemble_fitness``
+scores a candidate by the mean over members of its mean return minus ``pessimism`` times their spread, a lower
+confidence bound that controllers exploiting one member's errors cannot climb (issue "A dream-trained driver
+that beats the paper"; ensembles against model exploitation: Kurutach et al. 2018, ME-TRPO; Yu et al. 2020,
+MOPO).
+
 All candidates of a generation share the R keys (common random numbers), so their fitnesses differ
 by the controller, not by the luck of the dream.
 """
@@ -237,6 +247,62 @@ def single_rollout(
     return carry.total
 
 
+class TrackedCarry(NamedTuple):
+    """Scan carry of a dream in a world member: latent, the world's state, the agent's M's state (teacher-forced
+    on the dreamed latents), 1.0 while not done, accumulated return."""
+
+    z: Float[Array, " Z"]
+    world: Any
+    agent: Any
+    alive: Float[Array, ""]
+    total: Float[Array, ""]
+
+
+def tracked_rollout(
+    params: Float[Array, " N"],
+    agent: Dynamics,
+    world: Dynamics,
+    start: DreamStart,
+    key: PRNGKeyArray,
+    *,
+    steps: int,
+    temperature: float | Array,
+    done_threshold: float = 0.5,
+    squash: str = "carracing",
+    inputs: str = "zh",
+) -> Float[Array, ""]:
+    """Return of one dream of ``steps`` steps whose world is ``world`` while the controller reads ``agent``'s h.
+
+    At every step the controller acts on [z_t, h_t] with h_t from ``agent`` (the run's own M), ``world`` (another
+    member of an ensemble, same Z and A) consumes (z_t, a_t) and gives z_{t+1} (sampled at ``temperature``), the
+    reward and the done, and ``agent`` consumes the same (z_t, a_t): M is teacher-forced on the dream as it is on
+    the real frames. The keys are used as ``single_rollout`` uses them, so with ``world`` equal to ``agent`` the
+    two return the same.
+
+    Raises:
+        ValueError: if ``start.state`` is not ``None`` (a mid-episode start has only the agent's state).
+    """
+    if start.state is not None:
+        raise ValueError("a dream in another ensemble member starts from first frames only (start.state is None)")
+    controller = LinearController.from_flat(params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs)
+    k_start, k_steps = jr.split(key)
+    draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
+    noise = draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
+    first = initial_carry(agent, start, k_start)
+
+    def step(carry: TrackedCarry, n):
+        action = controller(carry.z, carry.agent.h)
+        world_state, out = world(carry.z, action, carry.world)
+        agent_state, _ = agent(carry.z, action, carry.agent)
+        total = carry.total + carry.alive * out.reward
+        done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
+        z_next = sample_next_z_from_noise(out, n, temperature)
+        return TrackedCarry(z_next, world_state, agent_state, carry.alive * (1.0 - done), total), None
+
+    carry = TrackedCarry(first.z, world.initial_state(), first.state, first.alive, first.total)
+    return jax.lax.scan(step, carry, noise)[0].total
+
+
 def batch_rollout(params, dynamics, start, keys: PRNGKeyArray, **kw) -> Float[Array, ""]:
     """Mean return of one controller over R dreams, one per key in ``keys`` (R,)."""
     rollout = functools.partial(single_rollout, **kw)  # keyword arguments are not vmapped
@@ -297,6 +363,71 @@ def generation_fitness(
         grid(population, dynamics, start, keys), NamedSharding(mesh, PartitionSpec(POP, ROLL))
     )
     return jnp.mean(returns, axis=1)
+
+
+@eqx.filter_jit
+def ensemble_generation_returns(
+    population: Float[Array, "P N"],
+    members: tuple[Dynamics, ...],
+    start: DreamStart,
+    key: PRNGKeyArray,
+    temperature: Float[Array, ""],
+    rollouts: int,
+    steps: int,
+    done_threshold: float,
+    squash: str = "carracing",
+    inputs: str = "zh",
+) -> Float[Array, "P K"]:
+    """Each candidate's mean dream return in each of K ensemble members, one jitted call per generation.
+
+    The R keys are ``generation_fitness``'s (``jr.split(key, R)``); dream r runs in member r mod K, so each
+    member has R // K or R // K + 1 dreams, common to every candidate. Member 0 is the agent's own M
+    (``single_rollout``); in the others it only tracks the world (``tracked_rollout``). With K = 1 the one
+    column equals ``generation_fitness``. Cost: about 2 - 1/K times the single-model dream (the dreams of
+    members k > 0 step two models).
+
+    Args:
+        population: float32 (P, N) flat controllers.
+        members: K >= 1 dynamics of one Z and A (the run's M first), a static-length tuple.
+        start: first-frame starts (``start.state`` None).
+        key, temperature, rollouts, steps, done_threshold, squash, inputs: as in ``generation_fitness``.
+
+    Returns:
+        float32 (P, K) mean return of each candidate over each member's dreams.
+
+    Raises:
+        ValueError: if ``rollouts`` < K (a member without dreams).
+    """
+    k = len(members)
+    if rollouts < k:
+        raise ValueError(f"{rollouts} dream rollouts cannot cover {k} ensemble members; use at least {k}")
+    keys = jr.split(key, rollouts)
+    kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
+          "inputs": inputs}  # fmt: skip
+    agent, columns = members[0], []
+    for m, world in enumerate(members):
+        if m == 0:
+            columns.append(population_rollout(population, agent, start, keys[0::k], **kw))
+            continue
+        one = functools.partial(tracked_rollout, **kw)
+        grid = jax.vmap(jax.vmap(one, in_axes=(None, None, None, None, 0)), in_axes=(0, None, None, None, None))
+        columns.append(jnp.mean(grid(population, agent, world, start, keys[m::k]), axis=1))
+    return jnp.stack(columns, axis=1)
+
+
+def ensemble_fitness(member_returns: Float[Array, "P K"], pessimism: float) -> Float[Array, " P"]:
+    """Pessimistic fitness of each candidate: mean over members minus ``pessimism`` times their standard deviation
+    (ddof 0): a lower confidence bound on the return (issue "A dream-trained driver that beats the paper"; MOPO,
+    Yu et al. 2020, penalises the same disagreement per step). With one member or ``pessimism`` 0, the mean.
+
+    Args:
+        member_returns: float32 (P, K) from ``ensemble_generation_returns``.
+        pessimism: beta >= 0, in units of the returns' spread.
+
+    Returns:
+        float32 (P,).
+    """
+    return jnp.mean(member_returns, axis=1) - pessimism * jnp.std(member_returns, axis=1)
 
 
 def sharded_generation_fitness(

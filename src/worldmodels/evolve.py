@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cma
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.config import DreamConfig
-from worldmodels.dream import DreamStart, sharded_generation_fitness
+from worldmodels.dream import DreamStart, ensemble_fitness, ensemble_generation_returns, sharded_generation_fitness
 from worldmodels.errors import TrainingDiverged
 from worldmodels.metrics_log import MetricsLog, trim_jsonl
 from worldmodels.models import LinearController
@@ -32,16 +32,31 @@ ADAPT_SIGMA = {"csa": cma.sigma_adaptation.CMAAdaptSigmaCSA, "tpa": cma.sigma_ad
 ``AdaptSigma`` option so that pycma's own rule (TPA from 300 parameters on, CSA below) never decides."""
 
 
-def dream_fitness(dynamics: Dynamics, start: DreamStart, cfg: DreamConfig, squash: str = "carracing") -> Callable:
+def dream_fitness(
+    dynamics: Dynamics,
+    start: DreamStart,
+    cfg: DreamConfig,
+    squash: str = "carracing",
+    members: Sequence[Dynamics] = (),
+) -> Callable:
     """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller
     (a ``LinearController`` with the environment's action ``squash``, reading ``cfg.controller_inputs``).
 
     One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
     and rollouts where they divide, split over ``jax.devices()``; P padded and the padding dropped).
+    With ``members`` (other M trained on the same data), the dreams are dealt over the ensemble of ``dynamics``
+    and ``members`` and the fitness is ``dream.ensemble_fitness`` with ``cfg.pessimism`` (one device).
     """
     tau = jnp.float32(cfg.temperature)
+    ensemble = (dynamics, *members)
 
     def fitness(population, key):
+        if members:
+            returns = ensemble_generation_returns(
+                population, ensemble, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold,
+                squash=squash, inputs=cfg.controller_inputs,
+            )  # fmt: skip
+            return ensemble_fitness(returns, cfg.pessimism)
         return sharded_generation_fitness(
             population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold,
             squash=squash, inputs=cfg.controller_inputs,

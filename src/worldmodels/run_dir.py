@@ -181,6 +181,22 @@ def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dic
     return _load(Path(run_dir) / "rnn" / "ckpt", "dynamics", f"uv run train_rnn.py --run-dir {run_dir}", expected)
 
 
+def member_dir(run_dir: Path, k: int) -> Path:
+    """``RUN_DIR/rnn/members/K``: member K >= 1 of the run's ensemble of M (``RNNConfig.ensemble``)."""
+    return Path(run_dir) / "rnn" / "members" / str(k)
+
+
+def load_members(run_dir: Path, count: int, expected: dict | None = None) -> list[Any]:
+    """Members 1 .. ``count`` - 1 of the run's ensemble of M (``RUN_DIR/rnn/members/K/ckpt``), in order.
+
+    Raises:
+        MissingInput: for a member without a checkpoint (the message names ``train_rnn.py --ensemble``).
+        CheckpointError: as ``load_dynamics``.
+    """
+    command = f"uv run train_rnn.py --run-dir {run_dir} --ensemble {count}"
+    return [_load(member_dir(run_dir, k) / "ckpt", "dynamics", command, expected)[0] for k in range(1, count)]
+
+
 def load_controller(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
     """The evolved controller C of a run (``RUN_DIR/controller/ckpt``), by its checkpoint's kind.
 

@@ -48,7 +48,9 @@ from worldmodels.run_dir import (
     frozen,
     load_agent,
     load_dynamics,
+    load_members,
     load_vae,
+    member_dir,
     recipe_paths,
     require_ckpt,
     results_path,
@@ -94,7 +96,10 @@ def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
 
 
 def rnn_done(run_dir: Path, cfg: RNNConfig) -> bool:
-    return fixed_export(run_dir) is not None or _ckpt_done(Path(run_dir) / "rnn" / "ckpt", cfg.steps)
+    if fixed_export(run_dir) is not None:
+        return True
+    dirs = [Path(run_dir) / "rnn"] + [member_dir(run_dir, k) for k in range(1, cfg.ensemble)]
+    return all(_ckpt_done(d / "ckpt", cfg.steps) for d in dirs)
 
 
 def dream_done(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = None) -> bool:
@@ -300,25 +305,34 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
         raise ValueError(f"--obs pixels trains on frames; {spec.name}'s observations are vectors: use --obs latent")
     require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     recipe_paths(run_dir, cfg.dataset)  # every dataset of the recipe exists
-    _check_sizes(run_dir / "rnn" / "ckpt", rnn_size_hparams(cfg))
+    for k in range(cfg.ensemble):
+        _check_sizes((member_dir(run_dir, k) if k else run_dir / "rnn") / "ckpt", rnn_size_hparams(cfg))
     record_config(run_dir, "rnn", cfg)
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
-        print(f"{name} already trained ({run_dir / 'rnn'}{origin})")
+        members = f" with {cfg.ensemble - 1} ensemble members" if cfg.ensemble > 1 else ""
+        print(f"{name} already trained ({run_dir / 'rnn'}{origin}){members}")
         return
     if cfg.obs == "pixels":
         model = _train_on_pixels(run_dir, cfg)
         record_delusion(run_dir, model, latents(run_dir, cfg), cfg.steps)
         return
     data = latents(run_dir, cfg)
-    print(
-        f"training the {name} on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "
-        f"{len(data.actions)} steps"
-    )
-    model = train_rnn(run_dir / "rnn", data, cfg)
     keys = ["total", "obs", "kl", "reward", "cont"] if cfg.kind == "rssm" else ["total", "mdn_nll", "reward", "done"]
-    _finish(run_dir / "rnn", keys, f"{name} training")
-    record_delusion(run_dir, model, data, cfg.steps)
+    if not _ckpt_done(run_dir / "rnn" / "ckpt", cfg.steps):
+        print(
+            f"training the {name} on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "
+            f"{len(data.actions)} steps"
+        )
+        model = train_rnn(run_dir / "rnn", data, cfg)
+        _finish(run_dir / "rnn", keys, f"{name} training")
+        record_delusion(run_dir, model, data, cfg.steps)
+    for k in range(1, cfg.ensemble):
+        out = member_dir(run_dir, k)
+        if not _ckpt_done(out / "ckpt", cfg.steps):
+            print(f"training ensemble member {k} of {cfg.ensemble - 1} (seed {cfg.seed + k}) into {out}")
+            train_rnn(out, data, dataclasses.replace(cfg, seed=cfg.seed + k))
+            _finish(out, keys, f"{name} training, ensemble member {k}")
 
 
 def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dict:
@@ -431,6 +445,25 @@ def _check_learner(run_dir: Path, cfg: DreamConfig) -> None:
         )
 
 
+def _ensemble_members(run_dir: Path, rnn_cfg: RNNConfig, cfg: DreamConfig, dynamics) -> list:
+    """The other members of the run's ensemble of M that CMA-ES dreams in (``cfg.ensemble`` - 1 of them; none for
+    one M or the actor-critic), loaded before anything is recorded.
+
+    Raises:
+        ValueError: ``cfg.ensemble`` larger than the ensemble the M stage trained (``rnn_cfg.ensemble``).
+        MissingInput, CheckpointError: a member missing, damaged or of another Z or A than the run's M.
+    """
+    if cfg.learner != "cmaes" or cfg.ensemble == 1:
+        return []
+    if cfg.ensemble > rnn_cfg.ensemble:
+        raise ValueError(
+            f"--ensemble {cfg.ensemble}: {run_dir} has {rnn_cfg.ensemble} M; train the members with "
+            f"uv run train_rnn.py --run-dir {run_dir} --ensemble {cfg.ensemble}"
+        )
+    expected = {"z_size": dynamics.z_size, "action_size": dynamics.action_size}
+    return load_members(run_dir, cfg.ensemble, expected)
+
+
 def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = None) -> None:
     """Learn C in M's dream; writes ``RUN_DIR/controller/``: CMA-ES evolves the linear controller (``cfg.learner``
     ``cmaes``, the paper), or an actor and a critic learn on imagined lambda-returns (``actor-critic``, with ``ac``;
@@ -454,6 +487,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs)
     if cfg.learner == "cmaes":
         _check_sizes(run_dir / "controller" / "ckpt", hparams)
+    members = _ensemble_members(run_dir, rnn_cfg, cfg, dynamics)
     record_config(run_dir, "dream", cfg)
     if cfg.learner == "actor-critic":
         record_config(run_dir, "actor_critic", ac)
@@ -472,7 +506,9 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
         check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0, cfg.controller_inputs)
-    fitness = dream_fitness(dynamics, start, cfg, spec.squash)
+    fitness = dream_fitness(dynamics, start, cfg, spec.squash, members)
+    if members:
+        print(f"CMA-ES in an ensemble of {len(members) + 1} M, pessimism {cfg.pessimism:g}")
     evolve(run_dir / "controller", fitness, hparams, cfg, real_check=check)
     _finish(run_dir / "controller", ["best", "mean", "kept_score", "sigma"], "CMA-ES in the dream", png="fitness.png")
 
