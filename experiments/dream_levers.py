@@ -1,8 +1,8 @@
 """Dream-side levers against one baseline: each arm evolves a fresh controller in the same trained world model.
 
 The VAE, the MDN-RNN and the data of ``--source`` are shared by every arm; only the dream changes
-(temperature, dreams that start mid-episode, dream length, ...). Each arm is a run directory
-``OUT/ARM`` holding copies of the source's ``vae/`` and ``rnn/`` and its ``config.json``, with a link to
+(temperature, dreams that start mid-episode, dream length, an ensemble of M and pessimism, ...). Each arm is a run
+directory ``OUT/ARM`` holding copies of the source's ``vae/`` and ``rnn/`` and its ``config.json``, with a link to
 its ``data/``; CMA-ES runs there (``stages.run_dream``, resumable) and the controller is scored on
 ``--episodes`` real episodes from seed 1,000,000 on (``stages.run_test``). Real episodes never select
 a controller: they only score the one CMA-ES kept. An arm whose results exist is not run again, so
@@ -32,6 +32,11 @@ ARMS: dict[str, dict] = {
     "mid_1.0": {"mid_episode_starts": 1.0},
     "mid_1.0_T300": {"mid_episode_starts": 1.0, "dream_steps": 300},
     "mid_0.5_temperature_1.25": {"mid_episode_starts": 0.5, "temperature": 1.25},
+    # Ensembles of M (the source trained with train_rnn.py --ensemble K): dreams dealt over K members, and the
+    # fitness their mean minus beta x their spread.
+    "ensemble2_pessimism1": {"ensemble": 2, "pessimism": 1.0},
+    "ensemble3": {"ensemble": 3},
+    "ensemble3_pessimism1": {"ensemble": 3, "pessimism": 1.0},
 }
 """Each arm's changes to the source preset's dream config."""
 

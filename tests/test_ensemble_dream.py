@@ -44,7 +44,8 @@ def test_ensemble_dream_equals_reference_loop():
     other = MDNRNN(8, 3, 16, 2, key=jr.key(7))  # another member, even another mixture count
     population = jr.normal(jr.key(4), (3, n)) * 0.5
     key, rollouts, steps, tau = jr.key(5), 5, 12, 1.2
-    returns = ensemble_generation_returns(population, (agent, other), start, key, jnp.float32(tau), rollouts, steps, 0.5)
+    tau32 = jnp.float32(tau)
+    returns = ensemble_generation_returns(population, (agent, other), start, key, tau32, rollouts, steps, 0.5)
     assert returns.shape == (3, 2)
     keys = jr.split(key, rollouts)
     for p in range(3):

@@ -199,15 +199,33 @@ def test_every_script_end_to_end(tmp_path):
 
     # The Sim2Real2Sim iterations (pipeline.py --iterations): tests/test_resume.py, killed and resumed.
 
+    # An ensemble of M: a second MDN-RNN on the same data, in rnn/members/1; the run's own M is left as it was.
+    own = {f: v for f, v in snapshot().items() if "/rnn/ckpt/" in f}
+    out = run("train_rnn.py", *common, "--ensemble", "2").stdout
+    assert "ensemble member 1 of 1 (seed 1)" in out
+    assert {f: v for f, v in snapshot().items() if "/rnn/ckpt/" in f} == own
+    assert (run_dir / "rnn" / "members" / "1" / "metrics.jsonl").is_file()
+    assert "an ensemble of 2" in run("train_rnn.py", *common, "--ensemble", "2").stdout  # done: skipped
+    record = (run_dir / "config.json").read_text()
+    from worldmodels.config import DreamConfig
+    from worldmodels.stages import run_dream
+
+    with pytest.raises(ValueError, match="has 2 M; train the members"):
+        run_dream(run_dir, DreamConfig(ensemble=3, rollouts=3))
+    assert (run_dir / "config.json").read_text() == record  # refused before anything was recorded
+
     # The dream-levers experiment: fresh controllers in this world model, one per arm, the source untouched.
     before = snapshot()
     levers = tmp_path / "levers"
-    arms = ["--arms", "baseline", "mid_1.0_T300"]
+    arms = ["--arms", "baseline", "mid_1.0_T300", "ensemble2_pessimism1"]
     experiment = ["experiments/dream_levers.py", "--source", rd, "--out", str(levers), "--preset", "smoke"]
     run(*experiment, "--generations", "2", "--episodes", "1", *arms)
     assert snapshot() == before
     table = json.loads((levers / "levers.json").read_text())
-    assert list(table) == ["baseline", "mid_1.0_T300"] and all(r["n"] == 1 for r in table.values())
+    assert list(table) == ["baseline", "mid_1.0_T300", "ensemble2_pessimism1"]
+    assert all(r["n"] == 1 for r in table.values())
+    ensemble = json.loads((levers / "ensemble2_pessimism1" / "config.json").read_text())["dream"]
+    assert ensemble["ensemble"] == 2 and ensemble["pessimism"] == 1.0
     dream = json.loads((levers / "mid_1.0_T300" / "config.json").read_text())["dream"]
     assert dream["mid_episode_starts"] == 1.0 and dream["dream_steps"] == 300 and dream["generations"] == 2
     assert "done before" in run(*experiment, *arms).stdout  # resumes: nothing is run again
@@ -296,3 +314,23 @@ def test_ctrl_c_stops_a_parallel_collection_at_once_and_it_resumes(tmp_path):
     assert 1 <= kept < 4
     run(*cmd[1:])
     assert json.loads(meta.read_text())["total_episodes"] == 4
+
+
+def test_the_shipped_agent_loads_and_drives(tmp_path):
+    """``pretrained/carracing`` (committed) drives a short real episode and is never written to."""
+    shipped = ROOT / "pretrained" / "carracing"
+    record = json.loads((shipped / "pretrained.json").read_text())
+    assert set(record["parts"]) == {"vae", "rnn", "controller"} and record["score"] and record["score_command"]
+
+    def snapshot():
+        return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in shipped.rglob("*") if f.is_file()}
+
+    before = snapshot()
+    out = tmp_path / "eval" / "results.json"
+    args = ["--episodes", "1", "--max-steps", "60", "--workers", "1", "--video", "--video-episodes", "1"]
+    run("test_agent.py", "--run-dir", str(shipped), "--out", str(out), *args)
+    results = json.loads(out.read_text())
+    assert results["n"] == 1 and results["episodes"][0]["steps"] == 60 and results["episodes"][0]["seed"] == 1_000_000
+    assert np.isfinite(results["mean"])
+    assert list(out.parent.glob("*.mp4"))
+    assert snapshot() == before

@@ -310,7 +310,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     record_config(run_dir, "rnn", cfg)
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
-        members = f" with {cfg.ensemble - 1} ensemble members" if cfg.ensemble > 1 else ""
+        members = f", an ensemble of {cfg.ensemble}" if cfg.ensemble > 1 else ""
         print(f"{name} already trained ({run_dir / 'rnn'}{origin}){members}")
         return
     if cfg.obs == "pixels":
