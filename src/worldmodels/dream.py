@@ -93,9 +93,15 @@ def dream_step(
     action = controller(carry.z, carry.state.h)
     state, out = dynamics(carry.z, action, carry.state)
     z_next = sample_next_z_from_noise(out, noise, temperature)
-    total = carry.total + carry.alive * out.reward
+    alive, total = _accumulate(carry.alive, carry.total, out, done_threshold)
+    return DreamCarry(z_next, state, alive, total), action
+
+
+def _accumulate(alive, total, out: MDNOutput, done_threshold: float):
+    """(alive, total) after a step: its reward counts while alive; the done head (probability > threshold) ends
+    the dream."""
     done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
-    return DreamCarry(z_next, state, carry.alive * (1.0 - done), total), action
+    return alive * (1.0 - done), total + alive * out.reward
 
 
 def initial_carry(dynamics: Dynamics, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
@@ -215,6 +221,15 @@ def mid_episode_starts(
     return DreamStart(jnp.asarray(mu[idx]), jnp.asarray(logvar[idx]), state)
 
 
+def _rollout_setup(params, agent: Dynamics, world: Dynamics, key: PRNGKeyArray, steps: int, squash: str, inputs: str):
+    """The controller of ``params`` (reading ``agent``'s h), the start key, and the sampling noise of every step of
+    a dream in ``world`` (``mixture_noise`` of each step's key, drawn in one vectorised call before the scan)."""
+    controller = LinearController.from_flat(params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs)
+    k_start, k_steps = jr.split(key)
+    draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
+    return controller, k_start, draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
+
+
 def single_rollout(
     params: Float[Array, " N"],
     dynamics: Dynamics,
@@ -233,12 +248,7 @@ def single_rollout(
     The sampling noise of all steps (``mixture_noise`` of each step's key) is drawn in one vectorised
     call before the ``lax.scan``, so the scanned step runs no random-number hashing.
     """
-    controller = LinearController.from_flat(
-        params, dynamics.z_size, dynamics.hidden_size, dynamics.action_size, squash, inputs
-    )
-    k_start, k_steps = jr.split(key)
-    draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
-    noise = draw(jr.split(k_steps, steps), dynamics.num_mixtures, dynamics.z_size)
+    controller, k_start, noise = _rollout_setup(params, dynamics, dynamics, key, steps, squash, inputs)
 
     def step(carry, n):
         return dream_step(controller, dynamics, carry, n, temperature, done_threshold)[0], None
@@ -284,20 +294,16 @@ def tracked_rollout(
     """
     if start.state is not None:
         raise ValueError("a dream in another ensemble member starts from first frames only (start.state is None)")
-    controller = LinearController.from_flat(params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs)
-    k_start, k_steps = jr.split(key)
-    draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
-    noise = draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
+    controller, k_start, noise = _rollout_setup(params, agent, world, key, steps, squash, inputs)
     first = initial_carry(agent, start, k_start)
 
     def step(carry: TrackedCarry, n):
         action = controller(carry.z, carry.agent.h)
         world_state, out = world(carry.z, action, carry.world)
         agent_state, _ = agent(carry.z, action, carry.agent)
-        total = carry.total + carry.alive * out.reward
-        done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
+        alive, total = _accumulate(carry.alive, carry.total, out, done_threshold)
         z_next = sample_next_z_from_noise(out, n, temperature)
-        return TrackedCarry(z_next, world_state, agent_state, carry.alive * (1.0 - done), total), None
+        return TrackedCarry(z_next, world_state, agent_state, alive, total), None
 
     carry = TrackedCarry(first.z, world.initial_state(), first.state, first.alive, first.total)
     return jax.lax.scan(step, carry, noise)[0].total
