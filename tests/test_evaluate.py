@@ -89,3 +89,27 @@ def test_non_finite_actions_stop_the_evaluation_with_one_named_error(agent):
     broken = eqx.tree_at(lambda a: a.controller.bias, agent, jnp.array([jnp.nan, 0.0, 0.0]))
     with pytest.raises(TrainingDiverged, match="not finite at step 0 of episode seed 1000000"):
         run_episodes(broken, [1_000_000], workers=1, max_steps=5, progress=False)
+
+
+def test_an_episode_replays_alone_whatever_seed_the_test_starts_at(agent, tmp_path):
+    """``test_agent.py --seed S --episodes 1`` gives episode S of a longer test from an earlier seed: the latent
+    noise's key does not depend on where the test starts (``stages.TEST_NOISE_SEED``)."""
+    from worldmodels import checkpoint
+    from worldmodels.config import TestConfig
+    from worldmodels.models.registry import controller_hparams
+    from worldmodels.stages import run_test
+
+    run = tmp_path / "run"
+    checkpoint.save(run / "vae" / "ckpt", 1, agent.vae, kind="vae", hparams={"z_size": Z})
+    hp = {"z_size": Z, "action_size": 3, "hidden_size": H, "num_mixtures": 2}
+    checkpoint.save(run / "rnn" / "ckpt", 1, agent.dynamics, kind="mdnrnn", hparams=hp)
+    ctrl_hp = controller_hparams(agent.dynamics)
+    checkpoint.save(run / "controller" / "ckpt", 1, agent.controller, kind="controller", hparams=ctrl_hp)
+    # The videos show M's prediction, which reads the noisy z: the noise, not only the track, must be the same.
+    test = TestConfig(episodes=3, max_steps=25, workers=1, video=True, video_episodes=3)
+    three = run_test(run, test, out=tmp_path / "three" / "results.json")["episodes"]
+    one = TestConfig(**{**test.__dict__, "seed": 1_000_002, "episodes": 1, "video_episodes": 1})
+    alone = run_test(run, one, out=tmp_path / "one" / "results.json")["episodes"][0]
+    assert alone == three[2] and alone["seed"] == 1_000_002
+    video = "episode_1000002.mp4"
+    np.testing.assert_array_equal(iio.imread(tmp_path / "one" / video), iio.imread(tmp_path / "three" / video))

@@ -547,6 +547,13 @@ def planner_of(run_dir: Path, agent: Agent, cfg: TestConfig, cem: CEMConfig) -> 
     return Planner(dynamics, low, high, cem, ensemble, seeded=cfg.policy == "cem-controller")
 
 
+TEST_NOISE_SEED = 1_000_000
+"""Seed of the key every real test draws its latent noise from (folded with each episode's seed and step,
+``evaluate.run_episodes``), whatever ``--seed`` starts the episodes at: an episode's return depends on its own
+seed alone, so ``--seed 1000018 --episodes 1`` replays episode 1,000,018 of a 100-episode test from 1,000,000
+(the default, whose results this constant leaves as they were)."""
+
+
 def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMConfig | None = None) -> dict:
     """Score V + M + C in the real environment; writes ``out`` (default ``RUN_DIR/eval/results.json``) and
     videos next to it. M is whichever dynamics ``RUN_DIR/rnn/ckpt`` holds (``run_dir.load_dynamics``).
@@ -578,7 +585,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         seeds,
         workers=cfg.workers,
         max_steps=cfg.max_steps,
-        key=jr.key(cfg.seed),
+        key=jr.key(TEST_NOISE_SEED),
         video_dir=out.parent if cfg.video else None,
         video_episodes=cfg.video_episodes,
         fps=cfg.video_fps,
