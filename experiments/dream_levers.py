@@ -34,6 +34,7 @@ ARMS: dict[str, dict] = {
     "mid_0.5_temperature_1.25": {"mid_episode_starts": 0.5, "temperature": 1.25},
     # Ensembles of M (the source trained with train_rnn.py --ensemble K): dreams dealt over K members, and the
     # fitness their mean minus beta x their spread.
+    "ensemble2": {"ensemble": 2},
     "ensemble2_pessimism1": {"ensemble": 2, "pessimism": 1.0},
     "ensemble3": {"ensemble": 3},
     "ensemble3_pessimism1": {"ensemble": 3, "pessimism": 1.0},
