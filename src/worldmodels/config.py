@@ -291,8 +291,8 @@ class RNNConfig:
     ensemble: int = 1
     """Number of M trained on the same data (``mdnrnn`` or ``transformer`` on latents): the run's own in RUN_DIR/rnn/
     (seed ``seed``) and members 1 .. ensemble - 1 in RUN_DIR/rnn/members/K/ (seed ``seed + K``: their own
-    initialisation and batch order). CMA-ES then deals its dreams over all of them (``dream.pessimism``); the agent
-    acts with the run's own M. 1: one M (the paper)."""
+    initialisation and batch order). CMA-ES deals its dreams over ``dream.ensemble`` of them (with
+    ``dream.pessimism``); the agent acts with the run's own M. 1: one M (the paper)."""
 
     def __post_init__(self):
         _check_ranges(

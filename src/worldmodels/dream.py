@@ -410,13 +410,11 @@ def ensemble_generation_returns(
     keys = jr.split(key, rollouts)
     kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
           "inputs": inputs}  # fmt: skip
-    agent, columns = members[0], []
-    for m, world in enumerate(members):
-        if m == 0:
-            columns.append(population_rollout(population, agent, start, keys[0::k], **kw))
-            continue
-        one = functools.partial(tracked_rollout, **kw)
-        grid = jax.vmap(jax.vmap(one, in_axes=(None, None, None, None, 0)), in_axes=(0, None, None, None, None))
+    agent = members[0]
+    columns = [population_rollout(population, agent, start, keys[0::k], **kw)]
+    one = functools.partial(tracked_rollout, **kw)
+    grid = jax.vmap(jax.vmap(one, in_axes=(None, None, None, None, 0)), in_axes=(0, None, None, None, None))
+    for m, world in enumerate(members[1:], start=1):
         columns.append(jnp.mean(grid(population, agent, world, start, keys[m::k]), axis=1))
     return jnp.stack(columns, axis=1)
 

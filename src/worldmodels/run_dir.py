@@ -182,8 +182,9 @@ def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dic
 
 
 def member_dir(run_dir: Path, k: int) -> Path:
-    """``RUN_DIR/rnn/members/K``: member K >= 1 of the run's ensemble of M (``RNNConfig.ensemble``)."""
-    return Path(run_dir) / "rnn" / "members" / str(k)
+    """The directory of member K of the run's ensemble of M (``RNNConfig.ensemble``): ``RUN_DIR/rnn`` for member 0,
+    the run's own M, and ``RUN_DIR/rnn/members/K`` for K >= 1."""
+    return Path(run_dir) / "rnn" / "members" / str(k) if k else Path(run_dir) / "rnn"
 
 
 def load_members(run_dir: Path, count: int, expected: dict | None = None) -> list[Any]:

@@ -98,8 +98,7 @@ def vae_done(run_dir: Path, cfg: VAEConfig) -> bool:
 def rnn_done(run_dir: Path, cfg: RNNConfig) -> bool:
     if fixed_export(run_dir) is not None:
         return True
-    dirs = [Path(run_dir) / "rnn"] + [member_dir(run_dir, k) for k in range(1, cfg.ensemble)]
-    return all(_ckpt_done(d / "ckpt", cfg.steps) for d in dirs)
+    return all(_ckpt_done(member_dir(run_dir, k) / "ckpt", cfg.steps) for k in range(cfg.ensemble))
 
 
 def dream_done(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = None) -> bool:
@@ -306,7 +305,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     require_ckpt(run_dir / "vae" / "ckpt", f"uv run train_vae.py --run-dir {run_dir}")
     recipe_paths(run_dir, cfg.dataset)  # every dataset of the recipe exists
     for k in range(cfg.ensemble):
-        _check_sizes((member_dir(run_dir, k) if k else run_dir / "rnn") / "ckpt", rnn_size_hparams(cfg))
+        _check_sizes(member_dir(run_dir, k) / "ckpt", rnn_size_hparams(cfg))
     record_config(run_dir, "rnn", cfg)
     if rnn_done(run_dir, cfg):
         origin = "" if meta is None or meta.get("extra", {}).get("source") != "gossip" else f", {_rnn_origin(meta)}"
