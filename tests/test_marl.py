@@ -113,12 +113,15 @@ def test_mpe_wrapper_matches_jaxmarl_and_its_scripted_teammates_reach_their_land
     for m, name in enumerate(pool.names):
         members = np.full(32, m, np.int32)
         _, states = run_episodes(env, None, pool, members, jr.PRNGKey(m), ego_kind="random", record_states=True)
-        pos = np.asarray(states.p_pos)[19]  # (E, 4, 2) after 20 steps: agents 0-1, landmarks 2-3
+        every = np.asarray(states.p_pos)  # (T, E, 4, 2): the state each step acts in, from the reset on
+        jumps = np.linalg.norm(np.diff(every[:, :, :2], axis=0), axis=-1).max()
+        assert jumps < 1.0, f"{name}: the recorded states jump by {jumps:.2f} (a reset inside the episode?)"
+        pos = every[20]  # (E, 4, 2) after 20 steps: agents 0-1, landmarks 2-3
         gap = np.linalg.norm(pos[:, 1:2] - pos[:, 2:], axis=-1)  # the teammate's distance to each landmark
         if name == "stay":
             assert gap.min(-1).mean() > 0.3
             continue
-        first = np.asarray(states.p_pos)[0]  # after one step: the nearest landmark is (almost always) the first's
+        first = every[1]  # after one step: the nearest landmark is (almost always) the first's
         nearest = np.linalg.norm(first[:, 1:2] - first[:, 2:], axis=-1).argmin(-1)
         target = nearest if name == "nearest" else np.full(32, int(name[-1]))
         assert np.median(gap[np.arange(32), target]) < 0.1, name

@@ -77,7 +77,9 @@ def run_episodes(
         members: int32 (E,) the teammate of each episode (indices into ``pool``).
         key: PRNG key.
         ego_kind: one of ``EGO_KINDS``.
-        record_states: also return the JaxMARL states of every step (for rendering), leading axes (T, E).
+        record_states: also return the JaxMARL state each step acts in (for rendering), leading axes (T, E):
+            state 0 is the reset, state t the one after t steps; the state after the last step is not kept (the
+            environment resets there).
 
     Returns:
         (``Episodes`` of jax arrays, the states or None).
@@ -127,10 +129,11 @@ def _run(env, ego, pool, members, key, ego_kind, record_states):
 
     def step(carry, k):
         env_state, obs, ego_state, prev_self, prev_team, first = carry
+        states = env_state if record_states else None  # the state this step acts in (after an episode's last step
+        # the environment has already reset, so recording the state after each step would end on the next episode)
         env_state, obs, ego_state, a0, aj, done, record = jax.vmap(one_env_step)(
             env_state, obs, ego_state, prev_self, prev_team, first, members, jr.split(k, num)
         )
-        states = env_state if record_states else None
         return (env_state, obs, ego_state, a0, aj, done), (record, states)
 
     zeros = jnp.zeros((num,), jnp.int32)
