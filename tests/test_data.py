@@ -219,3 +219,26 @@ def test_episode_windows_stay_inside_their_episode():
     assert np.all(act_idx < (act_start + lengths)[episode, None])
     assert act_mask[episode == 0].sum(axis=1).max() == 5 and act_mask[episode == 1].min() == 1.0
     assert np.all(obs_mask.sum(axis=1) == act_mask.sum(axis=1) + 1)
+
+
+def test_padded_windows_see_an_episodes_termination_as_often_as_its_middle():
+    """RNNConfig.windows: windows inside the episode see its last step (the termination) about L times less often
+    than a middle step; padded windows see every step from L - 1 on equally often, the last included."""
+    from worldmodels.data import episode_windows
+
+    length, seq_len, n = 300, 50, 200_000
+    lengths, starts = np.array([length]), np.array([0])
+
+    def coverage(windows):
+        rng = np.random.default_rng(0)
+        _, act_idx, _, act_mask = episode_windows(rng, lengths, np.ones(1), starts, starts, seq_len, n, windows)
+        return np.bincount(act_idx[act_mask > 0], minlength=length) / n
+
+    inside, padded = coverage("inside"), coverage("padded")
+    middle = slice(seq_len, length - seq_len)
+    assert inside[-1] < 2 / (length - seq_len + 1)  # one offset of 251 reaches the last step
+    assert inside[middle].mean() > 0.9 * seq_len / (length - seq_len + 1)
+    assert np.allclose(padded[seq_len - 1 :], seq_len / length, rtol=0.1)  # the termination as often as the rest
+    assert padded[-1] > 0.9 * seq_len / length > 20 * inside[-1]
+    with pytest.raises(ValueError, match="windows"):
+        episode_windows(np.random.default_rng(0), lengths, np.ones(1), starts, starts, seq_len, 4, "anywhere")

@@ -47,6 +47,20 @@ def test_done_head_masks_later_rewards():
     np.testing.assert_allclose(ret, 1.0, rtol=1e-5)
 
 
+def test_expected_termination_weights_rewards_by_the_probability_of_going_on():
+    """dream.termination expected (done_threshold None): with a constant done probability p and reward 1 per step,
+    a dream of T steps returns sum_t (1 - p)^t = (1 - (1 - p)^T) / p; the threshold rule at 0.5 ignores p = 0.1."""
+    rnn, start, n = small_world()
+    p, steps = 0.1, 30
+    bias = rnn.head.bias.at[-1].set(float(np.log(p / (1 - p)))).at[-2].set(1.0)
+    weight = rnn.head.weight.at[-2:].set(0.0)
+    rnn = eqx.tree_at(lambda m: (m.head.weight, m.head.bias), rnn, (weight, bias))
+    expected = single_rollout(jnp.zeros(n), rnn, start, jr.key(0), steps=steps, temperature=1.0, done_threshold=None)
+    np.testing.assert_allclose(expected, (1 - (1 - p) ** steps) / p, rtol=1e-5)
+    thresholded = single_rollout(jnp.zeros(n), rnn, start, jr.key(0), steps=steps, temperature=1.0, done_threshold=0.5)
+    np.testing.assert_allclose(thresholded, steps, rtol=1e-5)
+
+
 def test_population_fitness_equals_per_candidate_rollouts():
     rnn, start, n = small_world()
     population = jr.normal(jr.key(4), (6, n)) * 0.3

@@ -177,6 +177,12 @@ def test_lunar_smoke_end_to_end(tmp_path):
         assert state["mean"].shape == (2 * 4 + 2,)  # A x Z + A with lunar_smoke's Z = 4
     assert json.loads((v_only / "eval" / "results.json").read_text())["n"] == 2
 
+    # What M predicts where the held-out episodes end (experiments/terminal_predictions.py): a row per kind.
+    table = tmp_path / "terminal.json"
+    out = run("experiments/terminal_predictions.py", "--run-dirs", str(rd), "--out", str(table))
+    report = json.loads(table.read_text())[str(rd)]
+    assert set(report) == {"high", "low", "other"} and "| termination |" in out
+
 
 def test_terminal_weight_scales_only_terminal_steps():
     """``RNNConfig.terminal_weight``: a terminal step's reward and done terms count w times; other steps as before."""

@@ -263,7 +263,15 @@ class RNNConfig:
     kl_rep_weight: float = 0.1
     """RSSM only: scale of the representation KL, max(free, KL(q || sg(p))) (DreamerV3 Eq. 5)."""
     seq_len: int = 1000
-    """Length of the training windows in steps (episodes are cut into windows from their start)."""
+    """Length L of the training windows in steps (each window starts from a zero state at its offset)."""
+    windows: Literal["inside", "padded"] = "inside"
+    """How windows are cut from an episode of T steps. ``inside``: each lies inside its episode, from a uniform
+    offset in [0, T - L] (the paper's whole episodes when L >= T). An episode's last step, its termination, is then
+    in 1 of those T - L + 1 windows and a middle step in up to L of them: M sees terminations about L times less
+    often than other steps. ``padded``: offsets uniform in [0, T - 1], the part of a window past the episode's end
+    padded and masked, so every step from L - 1 on, the last included, is in L windows (about L / 2T of each batch
+    is masked padding). Matters where episodes are much longer than L and end in events M must predict
+    (LunarLander's landings and crashes); with L >= T both give whole episodes from their start."""
     batch_size: int = 32
     """Sequences per update."""
     learning_rate: float = 1e-3
@@ -336,6 +344,8 @@ class RNNConfig:
             raise ValueError(f"rnn.latent must be 'gaussian' or 'categorical', got {self.latent!r}")
         if self.obs not in ("latent", "pixels"):
             raise ValueError(f"rnn.obs must be 'latent' or 'pixels', got {self.obs!r}")
+        if self.windows not in ("inside", "padded"):
+            raise ValueError(f"rnn.windows must be 'inside' or 'padded', got {self.windows!r}")
         if self.ensemble > 1 and self.kind == "rssm":
             raise ValueError("rnn.ensemble > 1 trains MDN-RNNs or transformers; use --kind mdnrnn with --ensemble")
         if self.obs == "pixels" and self.kind != "rssm":
@@ -381,7 +391,15 @@ class DreamConfig:
     sigma_init: float = 0.1
     """Initial CMA-ES step size."""
     done_threshold: float = 0.5
-    """A dream ends when the done head's probability exceeds this; later rewards are masked."""
+    """A dream ends when the done head's probability exceeds this; later rewards are masked (``termination``
+    ``threshold``)."""
+    termination: Literal["threshold", "expected"] = "threshold"
+    """How M's done head ends a dream. ``threshold``: the dream ends at the first step whose done probability p_t
+    exceeds ``done_threshold``. ``expected``: it never ends, and the reward of step t is weighted by the probability
+    that the episode is still running, prod_{k<t} (1 - p_k): the expected return under M's termination hazard
+    (DreamerV3's continue-weighted return). An event M can only time roughly (a lander that comes to rest ends its
+    episode once its body falls asleep) gets a done probability of a few percent per step, never the threshold, so a
+    thresholded dream goes on paying that event's spread-out reward for as long as it lasts."""
     eval_every: int = 0
     """Score the best candidate in the real environment every this many generations (0 = never)."""
     eval_episodes: int = 4
@@ -432,6 +450,8 @@ class DreamConfig:
         )  # fmt: skip
         if self.controller_inputs not in ("zh", "z"):
             raise ValueError(f"dream.controller_inputs must be 'zh' or 'z', got {self.controller_inputs!r}")
+        if self.termination not in ("threshold", "expected"):
+            raise ValueError(f"dream.termination must be 'threshold' or 'expected', got {self.termination!r}")
         if self.learner not in LEARNERS:
             raise ValueError(f"dream.learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         if self.ensemble > 1 and self.learner != "cmaes":

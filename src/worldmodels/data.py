@@ -353,13 +353,19 @@ def episode_windows(
     act_start: np.ndarray,
     seq_len: int,
     batch_size: int,
+    windows: str = "inside",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Index arrays of a batch of training windows into episodes stored end to end.
 
     Episode e has ``lengths[e]`` = T_e actions and T_e + 1 observations, starting at ``act_start[e]`` and
     ``obs_start[e]`` of the concatenated arrays. B = ``batch_size`` episodes are drawn with probabilities
-    ``episode_p``; each window is L = ``seq_len`` steps from a uniform offset in [0, T_e - L] (0 when the
-    episode is not longer than L: the tail then repeats the last observation and action, masked).
+    ``episode_p``; each window is L = ``seq_len`` steps from a uniform offset in [0, T_e - L] for ``windows``
+    ``inside`` (0 when the episode is not longer than L), or in [0, T_e - 1] for ``padded`` (``RNNConfig.windows``:
+    every step from L - 1 on, the termination included, is then in L windows). Where a window runs past its
+    episode's end, the tail repeats the last observation and action, masked.
+
+    Raises:
+        ValueError: ``windows`` neither ``inside`` nor ``padded``.
 
     Returns:
         (obs_idx int64 (B, L + 1), act_idx int64 (B, L), obs_mask float32 (B, L + 1), act_mask float32
@@ -367,7 +373,10 @@ def episode_windows(
     """
     eps = rng.choice(len(lengths), batch_size, p=episode_p)
     lengths = lengths[eps]
-    offsets = (rng.random(batch_size) * np.maximum(lengths - seq_len + 1, 1)).astype(np.int64)
+    if windows not in ("inside", "padded"):
+        raise ValueError(f"windows must be 'inside' or 'padded', got {windows!r}")
+    span = lengths if windows == "padded" else np.maximum(lengths - seq_len + 1, 1)
+    offsets = (rng.random(batch_size) * span).astype(np.int64)
     left = (lengths - offsets)[:, None]
     t = np.arange(seq_len)
     act_idx = act_start[eps, None] + offsets[:, None] + np.minimum(t[None, :], left - 1)

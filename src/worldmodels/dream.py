@@ -79,13 +79,16 @@ def dream_step(
     carry: DreamCarry,
     noise: MixtureNoise,
     temperature: float | Array,
-    done_threshold: float,
+    done_threshold: float | None,
 ) -> tuple[DreamCarry, Float[Array, " 3"]]:
     """One dream step: act on [z_t, h_t], advance M, sample z_{t+1} at ``temperature``.
 
     The reward is added while the dream is alive; the done head (probability > ``done_threshold``)
-    ends it, masking every later reward. ``noise`` is the step's ``mixture_noise(key, K, Z)``: the
-    step then samples exactly as ``sample_next_z(out, key, temperature)`` would.
+    ends it, masking every later reward. With ``done_threshold`` ``None`` (``dream.termination expected``)
+    the dream never ends: each reward is weighted by the probability that the episode is still running,
+    alive_{t+1} = alive_t (1 - sigmoid(done_logit_t)), so the return is the expected return under M's
+    termination hazard (DreamerV3's continue-weighted return, Hafner et al. 2023). ``noise`` is the step's
+    ``mixture_noise(key, K, Z)``: the step then samples exactly as ``sample_next_z(out, key, temperature)`` would.
 
     Returns:
         (next carry, action (3,)).
@@ -97,11 +100,12 @@ def dream_step(
     return DreamCarry(z_next, state, alive, total), action
 
 
-def _accumulate(alive, total, out: MDNOutput, done_threshold: float):
-    """(alive, total) after a step: its reward counts while alive; the done head (probability > threshold) ends
-    the dream."""
-    done = (jax.nn.sigmoid(out.done_logit) > done_threshold).astype(jnp.float32)
-    return alive * (1.0 - done), total + alive * out.reward
+def _accumulate(alive, total, out: MDNOutput, done_threshold: float | None):
+    """(alive, total) after a step: its reward counts with weight alive; the done head (probability > threshold)
+    ends the dream, or with ``done_threshold`` ``None`` scales alive by the probability of going on."""
+    p_done = jax.nn.sigmoid(out.done_logit)
+    cont = 1.0 - p_done if done_threshold is None else (p_done <= done_threshold).astype(jnp.float32)
+    return alive * cont, total + alive * out.reward
 
 
 def initial_carry(dynamics: Dynamics, start: DreamStart, key: PRNGKeyArray) -> DreamCarry:
@@ -238,7 +242,7 @@ def single_rollout(
     *,
     steps: int,
     temperature: float | Array,
-    done_threshold: float = 0.5,
+    done_threshold: float | None = 0.5,
     squash: str = "carracing",
     inputs: str = "zh",
 ) -> Float[Array, ""]:
@@ -277,7 +281,7 @@ def tracked_rollout(
     *,
     steps: int,
     temperature: float | Array,
-    done_threshold: float = 0.5,
+    done_threshold: float | None = 0.5,
     squash: str = "carracing",
     inputs: str = "zh",
 ) -> Float[Array, ""]:
@@ -334,7 +338,7 @@ def generation_fitness(
     temperature: Float[Array, ""],
     rollouts: int,
     steps: int,
-    done_threshold: float,
+    done_threshold: float | None,
     mesh: Mesh | None = None,
     squash: str = "carracing",
     inputs: str = "zh",
@@ -347,7 +351,7 @@ def generation_fitness(
         start: real first-frame posteriors.
         key: this generation's key; split into the R shared dream keys.
         temperature: tau (a traced scalar, so changing it does not recompile).
-        rollouts, steps, done_threshold: static.
+        rollouts, steps, done_threshold: static (``done_threshold`` ``None``: continue-weighted, ``dream_step``).
         mesh: static; ``None`` (one device) or a ``sharding.dream_mesh`` whose ``pop`` size divides P.
             With a mesh the (P, R) grid of returns is constrained to ``PartitionSpec("pop", "roll")``
             so XLA splits candidates and rollouts over the devices; the values are the same. Use
@@ -380,7 +384,7 @@ def ensemble_generation_returns(
     temperature: Float[Array, ""],
     rollouts: int,
     steps: int,
-    done_threshold: float,
+    done_threshold: float | None,
     squash: str = "carracing",
     inputs: str = "zh",
 ) -> Float[Array, "P K"]:
@@ -442,7 +446,7 @@ def sharded_generation_fitness(
     temperature: Float[Array, ""],
     rollouts: int,
     steps: int,
-    done_threshold: float,
+    done_threshold: float | None,
     devices: Sequence[jax.Device] | None = None,
     squash: str = "carracing",
     inputs: str = "zh",

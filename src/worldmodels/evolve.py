@@ -42,6 +42,7 @@ def dream_fitness(
     """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller
     (a ``LinearController`` with the environment's action ``squash``, reading ``cfg.controller_inputs``).
 
+    The dream ends by ``cfg.termination`` (``dream.dream_step``: at M's done threshold, or continue-weighted).
     One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
     and rollouts where they divide, split over ``jax.devices()``; P padded and the padding dropped).
     With ``members`` (other M trained on the same data), the dreams are dealt over the ensemble of ``dynamics``
@@ -49,16 +50,17 @@ def dream_fitness(
     """
     tau = jnp.float32(cfg.temperature)
     ensemble = (dynamics, *members)
+    done_threshold = cfg.done_threshold if cfg.termination == "threshold" else None  # None: continue-weighted
 
     def fitness(population, key):
         if members:
             returns = ensemble_generation_returns(
-                population, ensemble, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold,
+                population, ensemble, start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold,
                 squash=squash, inputs=cfg.controller_inputs,
             )  # fmt: skip
             return ensemble_fitness(returns, cfg.pessimism)
         return sharded_generation_fitness(
-            population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, cfg.done_threshold,
+            population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold,
             squash=squash, inputs=cfg.controller_inputs,
         )  # fmt: skip
 

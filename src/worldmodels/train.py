@@ -365,14 +365,16 @@ def window_indices(data: Any, step: int, cfg: Any) -> tuple[np.ndarray, np.ndarr
         data: episodes stored end to end with ``lengths``, ``episode_p``, ``obs_start``, ``act_start``
             (a ``LatentDataset`` or a ``pixels.FrameSequences``).
         step: the update's index.
-        cfg: anything with ``seed``, ``seq_len`` L and ``batch_size`` B (an ``RNNConfig``).
+        cfg: anything with ``seed``, ``seq_len`` L and ``batch_size`` B (an ``RNNConfig``), and optionally
+            ``windows`` (``RNNConfig.windows``; ``inside`` where it has none).
 
     Returns:
         ``episode_windows``' (obs_idx (B, L + 1), act_idx (B, L), obs_mask (B, L + 1), act_mask (B, L)).
     """
     rng = np.random.default_rng([cfg.seed, step])
+    windows = getattr(cfg, "windows", "inside")
     return episode_windows(
-        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size
+        rng, data.lengths, data.episode_p, data.obs_start, data.act_start, cfg.seq_len, cfg.batch_size, windows
     )
 
 
@@ -381,7 +383,8 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
 
     Episodes are drawn with probabilities ``data.episode_p`` (the recipe's weights; held-out episodes never).
     Each window is seq_len L steps of one episode starting at a uniform offset in [0, T_e - L]
-    (offset 0 when the episode is not longer than L; the tail is masked).
+    (offset 0 when the episode is not longer than L), or in [0, T_e - 1] with ``cfg.windows`` ``padded``; a tail
+    past the episode's end is masked.
 
     Returns:
         dict of numpy arrays: ``mu``, ``logvar`` (B, L + 1, Z); ``actions`` (B, L, 3); ``rewards``,
