@@ -54,8 +54,9 @@ def main() -> None:
     for run in args.runs:
         rows[str(run)] = delusion_of(run, args.datasets, args.episodes)
         r = rows[str(run)]
+        delusion = "n/a" if r["reward_delusion"] is None else f"{r['reward_delusion']:.3f}"
         print(
-            f"{run}: reward delusion {r['reward_delusion']:.3f} over {r['offroad_steps']} off-road steps "
+            f"{run}: reward delusion {delusion} over {r['offroad_steps']} off-road steps "
             f"({r['episodes']} episodes, {r['steps']} steps)"
         )
     if args.json:

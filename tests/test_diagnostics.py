@@ -12,7 +12,7 @@ def test_reward_delusion_counts_offroad_steps_predicted_rewarded():
     out = reward_delusion(pred, real, off)
     # off-road with negative real reward: steps 0, 1, 2; predicted positive: 0 and 2
     assert out["offroad_steps"] == 3 and np.isclose(out["reward_delusion"], 2 / 3)
-    assert np.isnan(reward_delusion(pred, real, np.zeros(5, bool))["reward_delusion"])
+    assert reward_delusion(pred, real, np.zeros(5, bool))["reward_delusion"] is None  # no off-road steps
 
 
 def test_off_road_detector_on_the_real_env():

@@ -32,6 +32,20 @@ def test_log_writes_the_row_and_tensorboard_scalars(tmp_path):
     assert got["loss/recon"] == [(10, 0.25), (20, 0.25)] and got["count"] == [(10, 3.0), (20, 3.0)]
 
 
+def test_rows_with_nan_or_inf_are_strict_json(tmp_path):
+    """A non-finite value is written as null, so the line parses with a parser that refuses NaN and Infinity."""
+    import json
+
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1, "a": float("nan"), "b": np.float32("inf"), "c": [1.0, -np.inf], "d": {"e": np.nan}})
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    row = json.loads(path.read_text(), parse_constant=refuse)
+    assert row == {"step": 1, "a": None, "b": None, "c": [1.0, None], "d": {"e": None}}
+
+
 def test_a_resumed_log_hides_the_interrupted_runs_later_events(tmp_path):
     """Run 1 logs steps 1..5 and dies after saving at 3; run 2 (start=3) logs 4..6: TensorBoard shows each
     step once, with run 2's values past 3, although both event files may be named within one second."""

@@ -39,7 +39,7 @@ def off_road(frames: np.ndarray) -> np.ndarray:
     return green.mean(axis=(-2, -1)) > 0.5
 
 
-def reward_delusion(predicted: np.ndarray, real: np.ndarray, offroad: np.ndarray) -> dict[str, float]:
+def reward_delusion(predicted: np.ndarray, real: np.ndarray, offroad: np.ndarray) -> dict[str, float | None]:
     """Fraction of real off-road steps with negative real reward for which the predicted reward is positive.
 
     Args:
@@ -48,13 +48,13 @@ def reward_delusion(predicted: np.ndarray, real: np.ndarray, offroad: np.ndarray
         offroad: bool (N,) off-road flag of the frame after each step (``off_road``).
 
     Returns:
-        ``{"reward_delusion": fraction (nan without off-road steps), "offroad_steps": count,
-        "steps": N}``.
+        ``{"reward_delusion": fraction (None without off-road steps, as in a real test's summary, so the
+        JSON it is written to stays valid), "offroad_steps": count, "steps": N}``.
     """
     predicted, real, offroad = (np.asarray(a).reshape(-1) for a in (predicted, real, offroad))
     mask = offroad & (real < 0)
     n = int(mask.sum())
-    frac = float((predicted[mask] > 0).mean()) if n else float("nan")
+    frac = float((predicted[mask] > 0).mean()) if n else None
     return {"reward_delusion": frac, "offroad_steps": n, "steps": int(len(real))}
 
 

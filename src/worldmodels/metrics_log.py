@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
@@ -29,14 +30,27 @@ TB_DIR = "tb"
 """The TensorBoard event files' folder in a stage directory."""
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf; Python or NumPy), in dicts, lists and tuples at any
+    depth, replaced by ``None``: JSON has no NaN, and a line holding one is unreadable to most JSON tools."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` to ``path`` as one JSON line (the file is created if missing).
+    """Append ``record`` to ``path`` as one JSON line (the file is created if missing); non-finite floats are
+    written as ``null`` (``json_safe``).
 
     Raises:
         TypeError: if a value of ``record`` is not JSON-serialisable (nothing is written then).
         OSError: if the file cannot be opened or written.
     """
-    line = json.dumps(record) + "\n"
+    line = json.dumps(json_safe(record), allow_nan=False) + "\n"
     with path.open("a") as f:
         f.write(line)
 

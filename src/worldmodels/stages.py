@@ -343,9 +343,10 @@ def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dic
     out = {"step": step, **heldout_delusion(model, data)}
     append_jsonl(Path(run_dir) / "rnn" / "metrics.jsonl", out)
     (Path(run_dir) / "rnn" / "delusion.json").write_text(json.dumps(out, indent=2))
+    delusion = "n/a" if out["reward_delusion"] is None else f"{out['reward_delusion']:.3f}"
     print(
-        f"reward delusion on {out['episodes']} held-out episodes: {out['reward_delusion']:.3f} of "
-        f"{out['offroad_steps']} off-road steps predicted as rewarded"
+        f"reward delusion on {out['episodes']} held-out episodes: {delusion} of {out['offroad_steps']} off-road "
+        "steps predicted as rewarded"
     )
     return out
 

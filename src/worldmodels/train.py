@@ -510,11 +510,11 @@ def heldout_delusion(model, data: LatentDataset) -> dict[str, float]:
     episodes padded to one length so it compiles once) and predicts each step's reward.
 
     Returns:
-        The ``reward_delusion`` dict plus ``episodes``; delusion is nan without held-out off-road steps.
+        The ``reward_delusion`` dict plus ``episodes``; delusion is None without held-out off-road steps.
     """
     eps = np.nonzero(data.heldout)[0]
     if len(eps) == 0:
-        return {"reward_delusion": float("nan"), "offroad_steps": 0, "steps": 0, "episodes": 0}
+        return {"reward_delusion": None, "offroad_steps": 0, "steps": 0, "episodes": 0}
     L = int(data.lengths[eps].max())
     t = np.arange(L)
     preds, reals, offs = [], [], []
