@@ -183,6 +183,12 @@ def test_lunar_smoke_end_to_end(tmp_path):
     report = json.loads(table.read_text())[str(rd)]
     assert set(report) == {"high", "low", "other"} and "| termination |" in out
 
+    # The controller in the dream and on the real environment, decoded into LunarLander's observation units.
+    out = run("experiments/dream_vs_real.py", "--run-dir", str(rd), "--out", str(tmp_path / "dvr"), "--steps", "30")
+    record = json.loads((tmp_path / "dvr" / "dream_vs_real.json").read_text())
+    assert np.asarray(record["dream"]["obs"]).shape == (30, 8) and record["obs_names"][:2] == ["x", "y"]
+    assert 1 <= len(record["real"]["obs"]) <= 30 and (tmp_path / "dvr" / "dream_vs_real.png").is_file()
+
 
 def test_terminal_weight_scales_only_terminal_steps():
     """``RNNConfig.terminal_weight``: a terminal step's reward and done terms count w times; other steps as before."""
