@@ -49,14 +49,15 @@ def delusion_of(run_dir: Path, datasets: tuple[Path, ...], episodes: int) -> dic
 def main() -> None:
     import tyro
 
+    from worldmodels.diagnostics import delusion_text
+
     args = tyro.cli(Args, description=__doc__)
     rows = {}
     for run in args.runs:
         rows[str(run)] = delusion_of(run, args.datasets, args.episodes)
         r = rows[str(run)]
-        delusion = "n/a" if r["reward_delusion"] is None else f"{r['reward_delusion']:.3f}"
         print(
-            f"{run}: reward delusion {delusion} over {r['offroad_steps']} off-road steps "
+            f"{run}: reward delusion {delusion_text(r['reward_delusion'])} over {r['offroad_steps']} off-road steps "
             f"({r['episodes']} episodes, {r['steps']} steps)"
         )
     if args.json:

@@ -58,6 +58,11 @@ def reward_delusion(predicted: np.ndarray, real: np.ndarray, offroad: np.ndarray
     return {"reward_delusion": frac, "offroad_steps": n, "steps": int(len(real))}
 
 
+def delusion_text(delusion: float | None) -> str:
+    """A reward delusion for printing: three decimals, or ``n/a`` where there were no off-road steps (None)."""
+    return "n/a" if delusion is None else f"{delusion:.3f}"
+
+
 def dataset_stats(path: Path) -> dict:
     """Per-dataset numbers: episodes, steps, return mean +- std, off-road fraction, and the returns.
 

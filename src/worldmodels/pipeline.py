@@ -16,6 +16,7 @@ from rich.table import Table
 
 from worldmodels import stages
 from worldmodels.config import Preset, record_config
+from worldmodels.diagnostics import delusion_text
 from worldmodels.evaluate import ci95
 from worldmodels.run_dir import env_spec
 
@@ -91,12 +92,11 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         for col in ("iteration", "episodes", "real score", "reward delusion", "on-policy episodes"):
             table.add_column(col, justify="right")
         for row in report["iterations"]:
-            d = row["reward_delusion"]
             table.add_row(
                 str(row["iteration"]),
                 str(row["n"]),
                 f"{row['mean']:.1f} +- {row['std']:.1f}",
-                "n/a" if d is None else f"{d:.3f}",
+                delusion_text(row["reward_delusion"]),
                 str(row["onpolicy_episodes"]),
             )
         Console().print(table)

@@ -34,6 +34,7 @@ from worldmodels.config import (
     record_config,
 )
 from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
+from worldmodels.diagnostics import delusion_text
 from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
@@ -343,10 +344,9 @@ def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dic
     out = {"step": step, **heldout_delusion(model, data)}
     append_jsonl(Path(run_dir) / "rnn" / "metrics.jsonl", out)
     (Path(run_dir) / "rnn" / "delusion.json").write_text(json.dumps(out, indent=2))
-    delusion = "n/a" if out["reward_delusion"] is None else f"{out['reward_delusion']:.3f}"
     print(
-        f"reward delusion on {out['episodes']} held-out episodes: {delusion} of {out['offroad_steps']} off-road "
-        "steps predicted as rewarded"
+        f"reward delusion on {out['episodes']} held-out episodes: {delusion_text(out['reward_delusion'])} of "
+        f"{out['offroad_steps']} off-road steps predicted as rewarded"
     )
     return out
 
@@ -605,11 +605,10 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out)
-    delusion = summary["reward_delusion"]
     print(
         f"{summary['n']} real episodes ({name}): {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the "
         f"mean +- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
-        f"{'n/a' if delusion is None else f'{delusion:.3f}'} over {summary['offroad_steps']} off-road steps; "
+        f"{delusion_text(summary['reward_delusion'])} over {summary['offroad_steps']} off-road steps; "
         f"{summary['timing']['env_steps_per_s']:.0f} env steps/s, the agent's share of the time "
         f"{100 * summary['timing']['agent_share']:.0f} % -> {out}"
     )

@@ -503,7 +503,7 @@ def _teacher_forced_rewards(model, z: jax.Array, actions: jax.Array) -> jax.Arra
     return jax.vmap(lambda z, a: teacher_forced(model, z, a)[1].reward)(z, actions)
 
 
-def heldout_delusion(model, data: LatentDataset) -> dict[str, float]:
+def heldout_delusion(model, data: LatentDataset) -> dict[str, float | int | None]:
     """Reward delusion (``diagnostics.reward_delusion``) of M (any ``Dynamics``) on the held-out episodes.
 
     M reads the real latent means and actions of each held-out episode (teacher forcing,
