@@ -29,6 +29,13 @@ class Args:
     """A last-step reward at or above this is a ``high`` termination, at or below minus this a ``low`` one."""
 
 
+def _mean_before_last(x) -> float:
+    """Mean of an episode's per-step values over the 10 steps before its last (fewer in a short episode; NaN for
+    an episode of one step)."""
+    n = len(x)
+    return float(x[max(n - 11, 0) : n - 1].mean()) if n > 1 else float("nan")
+
+
 def terminal_table(run_dir: Path, threshold: float) -> dict:
     """Per kind of termination (``high``, ``low``, ``other``): the held-out episodes; M's median done probability,
     fraction above 0.5, median predicted reward and the median real reward at their last step; and the means of M's
@@ -45,21 +52,25 @@ def terminal_table(run_dir: Path, threshold: float) -> dict:
     data = latents(run_dir, recorded_rnn_config(run_dir))
     rows: dict[str, list] = {"high": [], "low": [], "other": []}
     run = jax.jit(lambda z, a: teacher_forced(dynamics, z, a)[1])
-    for e in np.nonzero(data.heldout)[0]:
+    episodes = np.nonzero(data.heldout)[0]
+    t = np.arange(int(data.lengths[episodes].max()) if len(episodes) else 0)
+    for e in episodes:
         n = int(data.lengths[e])
         act = slice(int(data.act_start[e]), int(data.act_start[e]) + n)
         if data.dones[act][-1] < 0.5:
             continue  # cut by the time limit: no termination to predict
-        z = jnp.asarray(data.mu[int(data.obs_start[e]) : int(data.obs_start[e]) + n])
-        out = run(z, jnp.asarray(data.actions[act]))
-        p_done = np.asarray(jax.nn.sigmoid(out.done_logit))
-        reward, real = float(out.reward[-1]), float(data.rewards[act][-1])
-        kind = "high" if real >= threshold else "low" if real <= -threshold else "other"
-        before = slice(max(n - 11, 0), n - 1)  # the 10 steps before the last (fewer in a short episode)
+        # Padded to the longest held-out episode (its last step repeated) so M compiles once, as
+        # train.heldout_delusion does; M is causal, so the first n outputs are the episode's own.
+        obs_idx = int(data.obs_start[e]) + np.minimum(t, n - 1)
+        act_idx = int(data.act_start[e]) + np.minimum(t, n - 1)
+        out = run(jnp.asarray(data.mu[obs_idx]), jnp.asarray(data.actions[act_idx]))
+        p_done = np.asarray(jax.nn.sigmoid(out.done_logit))[:n]
+        predicted = np.asarray(out.reward)[:n]
+        real = data.rewards[act]
+        kind = "high" if real[-1] >= threshold else "low" if real[-1] <= -threshold else "other"
         rows[kind].append(
-            (float(p_done[-1]), reward, real, float(p_done[before].mean()) if n > 1 else float("nan"),
-             float(np.asarray(out.reward)[before].mean()) if n > 1 else float("nan"),
-             float(data.rewards[act][before].mean()) if n > 1 else float("nan"))
+            (float(p_done[-1]), float(predicted[-1]), float(real[-1]), _mean_before_last(p_done),
+             _mean_before_last(predicted), _mean_before_last(real))
         )  # fmt: skip
     table = {}
     for kind, items in rows.items():
