@@ -12,19 +12,18 @@
 #
 # SEEDS default to 0 1 2 3 4. Environment: PYTHON (default `uv run python`), PRESET (default quick), ARMS (default
 # "baseline ensemble2_pessimism1"), EPISODES (real test episodes per arm, default 20), DEADLINE (seconds from the
-# start after which unfinished seeds are stopped, default 3000; a stopped seed resumes when the script is run again),
-# MEM (each process's share of the GPU's memory, default 0.15). Every stage's log is in OUT/*.log.
+# start after which unfinished seeds are stopped, default 3000; a stopped seed resumes when the script is run
+# again). Every stage's log is in OUT/*.log.
 set -uo pipefail
 run=${1:?usage: experiments/ensemble_seeds.sh RUN OUT [SEEDS...]}
 out=${2:?usage: experiments/ensemble_seeds.sh RUN OUT [SEEDS...]}
 shift 2
-seeds=("${@:-0 1 2 3 4}")
-read -r -a seeds <<<"${seeds[*]}"
+seeds=("$@")
+[ ${#seeds[@]} -gt 0 ] || seeds=(0 1 2 3 4)
 py=${PYTHON:-uv run python}
 preset=${PRESET:-quick}
 read -r -a arms <<<"${ARMS:-baseline ensemble2_pessimism1}"
 deadline=$(($(date +%s) + ${DEADLINE:-3000}))
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${MEM:-0.15}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 
