@@ -37,12 +37,16 @@ def test_scanned_dream_equals_python_loop():
     np.testing.assert_allclose(scanned, carry.total, rtol=1e-4, atol=1e-4)
 
 
+def constant_heads(rnn: MDNRNN, reward: float, done_logit: float) -> MDNRNN:
+    """``rnn`` whose reward and done heads ignore their input: every step predicts ``reward`` and ``done_logit``."""
+    bias = rnn.head.bias.at[-1].set(done_logit).at[-2].set(reward)
+    weight = rnn.head.weight.at[-2:].set(0.0)
+    return eqx.tree_at(lambda m: (m.head.weight, m.head.bias), rnn, (weight, bias))
+
+
 def test_done_head_masks_later_rewards():
     rnn, start, n = small_world()
-    # Force done probability ~1 and reward 1 per step: only the first step counts.
-    bias = rnn.head.bias.at[-1].set(50.0).at[-2].set(1.0)
-    weight = rnn.head.weight.at[-2:].set(0.0)
-    rnn = eqx.tree_at(lambda m: (m.head.weight, m.head.bias), rnn, (weight, bias))
+    rnn = constant_heads(rnn, reward=1.0, done_logit=50.0)  # done probability ~1: only the first step counts
     ret = single_rollout(jnp.zeros(n), rnn, start, jr.key(0), steps=10, temperature=1.0, done_threshold=0.5)
     np.testing.assert_allclose(ret, 1.0, rtol=1e-5)
 
@@ -52,9 +56,7 @@ def test_expected_termination_weights_rewards_by_the_probability_of_going_on():
     a dream of T steps returns sum_t (1 - p)^t = (1 - (1 - p)^T) / p; the threshold rule at 0.5 ignores p = 0.1."""
     rnn, start, n = small_world()
     p, steps = 0.1, 30
-    bias = rnn.head.bias.at[-1].set(float(np.log(p / (1 - p)))).at[-2].set(1.0)
-    weight = rnn.head.weight.at[-2:].set(0.0)
-    rnn = eqx.tree_at(lambda m: (m.head.weight, m.head.bias), rnn, (weight, bias))
+    rnn = constant_heads(rnn, reward=1.0, done_logit=float(np.log(p / (1 - p))))
     expected = single_rollout(jnp.zeros(n), rnn, start, jr.key(0), steps=steps, temperature=1.0, done_threshold=None)
     np.testing.assert_allclose(expected, (1 - (1 - p) ** steps) / p, rtol=1e-5)
     thresholded = single_rollout(jnp.zeros(n), rnn, start, jr.key(0), steps=steps, temperature=1.0, done_threshold=0.5)
