@@ -41,7 +41,7 @@ def run(adaptation: str, dimension: int, population: int, noise: float, generati
     """One CMA-ES run; returns the noise-free objective at the final mean (lower is better)."""
     import cma
 
-    from worldmodels.evolve import ADAPT_SIGMA
+    from worldmodels.evolve import adapt_sigma
 
     scales = np.exp(np.random.default_rng(1234).normal(0.0, 1.0, dimension))
     rng = np.random.default_rng([seed, 1])
@@ -49,7 +49,7 @@ def run(adaptation: str, dimension: int, population: int, noise: float, generati
     def objective(x: np.ndarray) -> float:
         return float(np.sum(scales * (x - 0.3) ** 2))
 
-    opts = {"popsize": population, "verbose": -9, "seed": seed + 1, "AdaptSigma": ADAPT_SIGMA[adaptation]}
+    opts = {"popsize": population, "verbose": -9, "seed": seed + 1, "AdaptSigma": adapt_sigma(adaptation)}
     es = cma.CMAEvolutionStrategy(np.zeros(dimension), 0.1, opts)
     for _ in range(generations):
         xs = es.ask()

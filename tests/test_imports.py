@@ -80,3 +80,16 @@ def test_no_import_cycle_in_the_package():
 def test_only_the_pipeline_imports_stages():
     importers = {m for m, deps in import_graph().items() if "worldmodels.stages" in deps}
     assert importers <= {"worldmodels.pipeline"}, importers
+
+
+def test_the_stages_start_without_pycma_scipy_stats_or_matplotlib():
+    """Every script imports the stages, and every collection or test worker process imports the package again:
+    pycma (which imports scipy.stats and matplotlib.pyplot) and scipy.stats cost seconds per process, so they are
+    imported where CMA-ES runs and where an interval is computed, not at the top."""
+    import subprocess
+    import sys
+
+    late = {"cma", "scipy.stats", "matplotlib.pyplot"}
+    code = f"import sys, worldmodels.stages; print(sorted({late!r} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from scipy import stats
 from tqdm.auto import tqdm
 
 from worldmodels.agent import Agent, Planner, PlanState, episode_step, plan_episode_step
@@ -319,6 +318,8 @@ def run_episodes(
 
 def ci95(returns: np.ndarray) -> float:
     """Half-width of the 95 % Student-t interval of the mean of ``returns`` (N,); 0 for N < 2."""
+    from scipy import stats  # here, not at the top: scipy.stats costs seconds at every script's start
+
     returns = np.asarray(returns, np.float64)
     n = len(returns)
     return float(stats.t.ppf(0.975, n - 1) * returns.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0

@@ -12,8 +12,8 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cma
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -27,9 +27,23 @@ from worldmodels.metrics_log import MetricsLog, trim_jsonl
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import Dynamics
 
-ADAPT_SIGMA = {"csa": cma.sigma_adaptation.CMAAdaptSigmaCSA, "tpa": cma.sigma_adaptation.CMAAdaptSigmaTPA}
-"""pycma's step-size adaptation class for each ``DreamConfig.step_size_adaptation``, passed as its
-``AdaptSigma`` option so that pycma's own rule (TPA from 300 parameters on, CSA below) never decides."""
+if TYPE_CHECKING:
+    import cma
+
+
+def adapt_sigma(rule: str) -> type:
+    """pycma's step-size adaptation class for a ``DreamConfig.step_size_adaptation`` ("csa" or "tpa").
+
+    It is passed as pycma's ``AdaptSigma`` option so that pycma's own rule (TPA from 300 parameters on, CSA
+    below) never decides. pycma is imported here, not at the module's top: it pulls in scipy.stats and
+    matplotlib (seconds per process), which the scripts that never evolve (collection, V, M, tests) skip.
+
+    Raises:
+        KeyError: for a rule other than "csa" or "tpa".
+    """
+    import cma
+
+    return {"csa": cma.sigma_adaptation.CMAAdaptSigmaCSA, "tpa": cma.sigma_adaptation.CMAAdaptSigmaTPA}[rule]
 
 
 def dream_fitness(
@@ -120,6 +134,8 @@ def evolve(
     trim_jsonl(out_dir / "metrics.jsonl", first_gen, "generation")
     if first_gen >= cfg.generations:
         return best
+    import cma
+
     normals = _GenerationNormals(cfg.seed)
     es = cma.CMAEvolutionStrategy(
         mean,
@@ -128,7 +144,7 @@ def evolve(
             "popsize": cfg.population,
             "randn": normals,
             "verbose": -9,
-            "AdaptSigma": ADAPT_SIGMA[cfg.step_size_adaptation],
+            "AdaptSigma": adapt_sigma(cfg.step_size_adaptation),
         },
     )
     if "C" in saved:
@@ -256,8 +272,9 @@ def _cma_state(es: cma.CMAEvolutionStrategy) -> dict[str, np.ndarray]:
     lie along +-(mean - mean_old) (Hansen et al. 2014), and ``s``, TPA's smoothed rank difference.
     """
     adapt = es.adapt_sigma
+    tpa = isinstance(adapt, adapt_sigma("tpa"))
     state = {
-        "adaptation": np.str_("tpa" if isinstance(adapt, cma.sigma_adaptation.CMAAdaptSigmaTPA) else "csa"),
+        "adaptation": np.str_("tpa" if tpa else "csa"),
         "mean": np.asarray(es.mean),
         "mean_old": np.asarray(es.mean_old),
         "sigma": np.float64(es.sigma),
@@ -272,7 +289,7 @@ def _cma_state(es: cma.CMAEvolutionStrategy) -> dict[str, np.ndarray]:
         "countiter": np.int64(es.countiter),
         "countevals": np.int64(es.countevals),
     }
-    if isinstance(adapt, cma.sigma_adaptation.CMAAdaptSigmaTPA):
+    if tpa:
         state["tpa_s"] = np.float64(adapt.s)
         state["tpa_delta"] = np.float64(adapt.delta)
     return state
@@ -293,6 +310,8 @@ def _restore_cma_state(es: cma.CMAEvolutionStrategy, saved: dict[str, np.ndarray
     Raises:
         CheckpointError: if C's shape does not match the mean's dimension.
     """
+    import cma
+
     n = es.N
     if saved["C"].shape != (n, n):
         raise checkpoint.CheckpointError(f"{path}: CMA-ES covariance has shape {saved['C'].shape}, expected ({n}, {n})")
@@ -313,7 +332,7 @@ def _restore_cma_state(es: cma.CMAEvolutionStrategy, saved: dict[str, np.ndarray
         es.mean_old = np.array(saved["mean_old"], dtype=float)
     else:
         es.mean_old = np.array(es.mean) - es.sigma * np.array(es.pc)
-    if isinstance(es.adapt_sigma, cma.sigma_adaptation.CMAAdaptSigmaTPA):
+    if isinstance(es.adapt_sigma, adapt_sigma("tpa")):
         es.adapt_sigma.s = float(saved.get("tpa_s", 0.0))
         es.adapt_sigma.delta = float(saved.get("tpa_delta", 1.0))
         if es.countiter > 0 and np.any(es.mean != es.mean_old):
