@@ -13,7 +13,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from worldmodels.config import CollectConfig, VAEConfig
+from worldmodels.config import CollectConfig, VAEConfig, load_preset
 from worldmodels.env import ENVS, get_spec, make_env
 from worldmodels.models.controller import LinearController, squash_action
 from worldmodels.models.mlp_autoencoder import MLPAutoencoder
@@ -46,6 +46,26 @@ def test_collect_config_refuses_what_does_not_fit_the_environment():
     with pytest.raises(ValueError, match="vae.mlp_hidden"):
         VAEConfig(mlp_hidden=())
     assert VAEConfig(variational=False).loss_scales == {"recon": 1.0, "kl": 0.0}
+
+
+def test_a_run_without_a_collection_record_is_of_its_datasets_environment(tmp_path):
+    """Data collected elsewhere and copied in: no ``collect.env`` in config.json, so the datasets' ``env_id`` names
+    the environment; datasets of two environments are refused, naming both; a run with neither is CarRacing."""
+    from worldmodels.errors import DatasetError
+    from worldmodels.run_dir import env_spec
+
+    assert env_spec(tmp_path).name == "carracing"
+    for name, env_id in (("brownian", "LunarLander-v3"), ("climb", "LunarLander-v3")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "metadata.json").write_text(json.dumps({"env_id": env_id}))
+    assert env_spec(tmp_path).name == "lunarlander"
+    (tmp_path / "config.json").write_text(json.dumps({"collect": {"env": "carracing"}}))
+    assert env_spec(tmp_path).name == "carracing"  # the record wins
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "data" / "cars").mkdir()
+    (tmp_path / "data" / "cars" / "metadata.json").write_text(json.dumps({"env_id": "CarRacing-v3"}))
+    with pytest.raises(DatasetError, match="brownian holds LunarLander-v3; .*cars holds CarRacing-v3"):
+        env_spec(tmp_path)
 
 
 def test_lander_policies_act_in_the_box():
@@ -163,11 +183,18 @@ def test_lunar_smoke_end_to_end(tmp_path):
     assert frames.shape[0] > 10 and frames.shape[2] % 16 == 0  # render | bar chart
     assert json.loads((rd / "config.json").read_text())["collect"]["env"] == "lunarlander"
 
-    # V only: a controller reading z alone, evolved in the same M's dream, tested on the same seeds.
+    # A CarRacing preset does not count LunarLander datasets as its collection.
+    from worldmodels.stages import collect_done
+
+    assert collect_done(rd, load_preset("lunar_smoke").collect)
+    assert not collect_done(rd, CollectConfig(env="carracing", mix="brownian:2,heuristic:2"))
+
+    # V only: a controller reading z alone, evolved in the same M's dream, tested on the same seeds. The data, V
+    # and M are copied without config.json (data collected elsewhere): the run's environment is its datasets'.
     v_only = tmp_path / "v_only"
     v_only.mkdir()
-    for part in ("config.json", "data", "vae", "rnn"):
-        (shutil.copy if part.endswith(".json") else shutil.copytree)(rd / part, v_only / part)
+    for part in ("data", "vae", "rnn"):
+        shutil.copytree(rd / part, v_only / part)
     common = ["--preset", "lunar_smoke", "--run-dir", str(v_only)]
     run("train_dream.py", *common, "--controller-inputs", "z")
     run("test_agent.py", *common, "--no-video")

@@ -56,15 +56,17 @@ def dataset_dir(run_dir: Path, name: str = "brownian") -> Path:
 
 def env_spec(run_dir: Path):
     """The environment of a run (an ``env.EnvSpec``): ``collect.env`` recorded in ``RUN_DIR/config.json`` by the
-    collection stage; CarRacing for a run that recorded none (every run made before other environments existed).
+    collection stage; else the environment of the datasets in ``RUN_DIR/data/`` (their ``env_id``: data collected
+    elsewhere and copied in, whose collection stage never ran here); CarRacing for a run with neither (every run
+    made before other environments existed).
 
     Raises:
-        DatasetError: when the recorded name is not a known environment (naming the file).
+        DatasetError: when the recorded name is not a known environment (naming the file), or when the run's
+            datasets hold episodes of different or unknown environments (naming them).
     """
-    from worldmodels.env import get_spec
+    from worldmodels.env import ENVS, get_spec
 
     path = Path(run_dir) / "config.json"
-    name = "carracing"
     if path.is_file():
         try:
             record = json.loads(path.read_text())
@@ -72,11 +74,26 @@ def env_spec(run_dir: Path):
             record = {}
         collect = record.get("collect") if isinstance(record, dict) else None
         if isinstance(collect, dict) and "env" in collect:
-            name = collect["env"]
-    try:
-        return get_spec(name)
-    except ValueError as err:
-        raise DatasetError(f"{path}: collect.env: {err}") from None
+            try:
+                return get_spec(collect["env"])
+            except ValueError as err:
+                raise DatasetError(f"{path}: collect.env: {err}") from None
+    by_id = {spec.gym_id: spec for spec in ENVS.values()}
+    found = {}
+    for meta in sorted((Path(run_dir) / "data").glob("*/metadata.json")):
+        try:
+            env_id = json.loads(meta.read_text()).get("env_id")
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            continue  # unreadable: the stage that reads this dataset names it
+        if env_id is not None:
+            found.setdefault(env_id, meta.parent)
+    if len(found) > 1 or any(env_id not in by_id for env_id in found):
+        listed = "; ".join(f"{d} holds {env_id}" for env_id, d in found.items())
+        raise DatasetError(
+            f"{listed}: a run's datasets must be of one known environment ({', '.join(by_id)}): move the others "
+            "into their own run directory"
+        )
+    return by_id[next(iter(found))] if found else get_spec("carracing")
 
 
 def collect_cmd(run_dir: Path) -> str:

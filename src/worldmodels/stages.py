@@ -36,6 +36,7 @@ from worldmodels.config import (
 from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
 from worldmodels.diagnostics import delusion_text
 from worldmodels.dream import DreamStart, mid_episode_starts
+from worldmodels.env import get_spec
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
 from worldmodels.models import LinearController
@@ -72,9 +73,14 @@ from worldmodels.train import (
 
 
 def collect_done(run_dir: Path, cfg: CollectConfig) -> bool:
+    """Every dataset of ``cfg``'s plan holds its episodes of ``cfg.env``. A dataset of another environment is not
+    done: the collection stage then refuses it in one line (``data.open_for_collection``)."""
+    gym_id = get_spec(cfg.env).gym_id
     for part in collection_plan(cfg):
         path = dataset_dir(run_dir, part.policy)
-        if not ((path / "metadata.json").is_file() and open_dataset(path).total_episodes >= part.episodes):
+        if not (path / "metadata.json").is_file() or open_dataset(path).total_episodes < part.episodes:
+            return False
+        if json.loads((path / "metadata.json").read_text()).get("env_id", gym_id) != gym_id:
             return False
     return True
 
