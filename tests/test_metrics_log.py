@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers import rows, scalars
 
-from worldmodels.metrics_log import MetricsLog, append_jsonl, trim_jsonl
+from worldmodels.metrics_log import MetricsLog, append_jsonl, trim_jsonl, write_json
 
 
 def test_log_writes_the_row_and_tensorboard_scalars(tmp_path):
@@ -44,6 +44,20 @@ def test_rows_with_nan_or_inf_are_strict_json(tmp_path):
 
     row = json.loads(path.read_text(), parse_constant=refuse)
     assert row == {"step": 1, "a": None, "b": None, "c": [1.0, None], "d": {"e": None}}
+
+
+def test_write_json_is_strict_and_leaves_the_old_file_when_it_cannot_write(tmp_path):
+    """Results, summaries and scores (``write_json``): NaN as null; a value JSON cannot hold leaves the file that
+    was there, whole, and no temporary file."""
+    import json
+
+    path = tmp_path / "results.json"
+    write_json(path, {"mean": np.float64("nan"), "returns": [1.5, np.inf]})
+    assert json.loads(path.read_text()) == {"mean": None, "returns": [1.5, None]}
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write_json(path, {"mean": 1.0, "bad": object()})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_a_resumed_log_hides_the_interrupted_runs_later_events(tmp_path):

@@ -11,7 +11,6 @@ which the MDN-RNN predicts a positive reward.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +102,7 @@ def print_stats(run_dir: Path) -> list[dict]:
     from rich.table import Table
 
     from worldmodels.data import DatasetError
+    from worldmodels.metrics_log import write_json
 
     data_dir = Path(run_dir).resolve() / "data"
     paths = sorted(p for p in data_dir.glob("*") if (p / "metadata.json").is_file())
@@ -122,7 +122,7 @@ def print_stats(run_dir: Path) -> list[dict]:
             f"{100 * s['offroad_fraction']:.1f} %",
         )
     Console().print(table)
-    (data_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(data_dir / "stats.json", stats)
     fig, ax = plt.subplots(figsize=(7, 4))
     lo = min(min(s["returns"]) for s in stats)
     hi = max(max(s["returns"]) for s in stats)

@@ -8,7 +8,6 @@ rollouts, Appendix A.4); the best of those re-scores is kept as the controller.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from worldmodels import checkpoint
 from worldmodels.config import DreamConfig
 from worldmodels.dream import DreamStart, ensemble_fitness, ensemble_generation_returns, sharded_generation_fitness
 from worldmodels.errors import TrainingDiverged
-from worldmodels.metrics_log import MetricsLog, trim_jsonl
+from worldmodels.metrics_log import MetricsLog, trim_jsonl, write_json
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import Dynamics
 
@@ -213,7 +212,7 @@ def evolve(
             if (gen + 1) % cfg.checkpoint_every == 0 or gen + 1 == cfg.generations:
                 save_state(gen + 1)
     bar.close()
-    (out_dir / "summary.json").write_text(json.dumps({"dream_score": best_score, "generations": cfg.generations}))
+    write_json(out_dir / "summary.json", {"dream_score": best_score, "generations": cfg.generations}, indent=None)
     return best
 
 

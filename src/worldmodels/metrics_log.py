@@ -42,6 +42,22 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write ``data`` to ``path`` as JSON, atomically: into ``PATH.tmp``, then renamed over ``path``, so a kill
+    leaves the old file or the new one, never half of one. Non-finite floats are written as ``null``
+    (``json_safe``): JSON has no NaN, and a file holding one is unreadable to most JSON tools.
+
+    Raises:
+        TypeError: if a value of ``data`` is not JSON-serialisable (nothing is written then).
+        OSError: if the file cannot be written.
+    """
+    text = json.dumps(json_safe(data), indent=indent, allow_nan=False)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` to ``path`` as one JSON line (the file is created if missing); non-finite floats are
     written as ``null`` (``json_safe``).

@@ -18,6 +18,7 @@ from worldmodels import stages
 from worldmodels.config import Preset, record_config
 from worldmodels.diagnostics import delusion_text
 from worldmodels.evaluate import ci95
+from worldmodels.metrics_log import write_json
 from worldmodels.run_dir import env_spec
 
 
@@ -71,7 +72,7 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         report["iterations"] = _iterate(run_dir, preset, iterations, results)
         status = f"{iterations - before} ran" + (f", {before} done before" if before else "")
         report["stages"]["iterations"] = {"status": status, "seconds": time.perf_counter() - t0}
-    (run_dir / "pipeline.json").write_text(json.dumps(report, indent=2))
+    write_json(run_dir / "pipeline.json", report)
 
     table = Table(title=f"World Models pipeline, preset {preset.name!r}, {run_dir}")
     table.add_column("stage")
@@ -134,7 +135,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
             }
         )
         out = run_dir / "iterations"
-        (out / "scores.json").write_text(json.dumps(rows, indent=2))
+        write_json(out / "scores.json", rows)
         plot_iterations(rows, out / "scores.png")
     return rows
 

@@ -39,6 +39,7 @@ from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.env import get_spec
 from worldmodels.evaluate import run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve
+from worldmodels.metrics_log import append_jsonl, write_json
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import stack_modules
 from worldmodels.models.registry import controller_hparams
@@ -344,12 +345,11 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
 def record_delusion(run_dir: Path, model, data: LatentDataset, step: int) -> dict:
     """Measure M's reward delusion on the held-out episodes; append it to ``rnn/metrics.jsonl``
     and write ``rnn/delusion.json``."""
-    from worldmodels.metrics_log import append_jsonl
     from worldmodels.train import heldout_delusion
 
     out = {"step": step, **heldout_delusion(model, data)}
     append_jsonl(Path(run_dir) / "rnn" / "metrics.jsonl", out)
-    (Path(run_dir) / "rnn" / "delusion.json").write_text(json.dumps(out, indent=2))
+    write_json(Path(run_dir) / "rnn" / "delusion.json", out)
     print(
         f"reward delusion on {out['episodes']} held-out episodes: {delusion_text(out['reward_delusion'])} of "
         f"{out['offroad_steps']} off-road steps predicted as rewarded"
@@ -608,9 +608,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         summary["planner"] = {"policy": cfg.policy, "ensemble": members, "cem": dataclasses.asdict(cem),
                               "constraint_fraction": bound}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out)
+    write_json(out, summary)
     print(
         f"{summary['n']} real episodes ({name}): {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the "
         f"mean +- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "

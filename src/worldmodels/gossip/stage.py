@@ -3,7 +3,6 @@ plots, drift, videos) and the exported model."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from worldmodels.gossip.drift import drift_metrics
 from worldmodels.gossip.export import export_model
 from worldmodels.gossip.media import dream_video, plot_drift, plot_pool
 from worldmodels.gossip.train import train_pool
+from worldmodels.metrics_log import write_json
 
 
 def run_gossip(run_dir: Path, cfg: GossipConfig) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def run_gossip(run_dir: Path, cfg: GossipConfig) -> dict[str, Any]:
     step = checkpoint.latest_step(out / "ckpt") or 0
     plot_pool(out / "metrics.jsonl", out / "losses.png", cfg.models)
     drift = {"step": step, **drift_metrics(pool, data, cfg)}
-    (out / "drift.json").write_text(json.dumps(drift, indent=2))
+    write_json(out / "drift.json", drift)
     plot_drift(drift, out / "drift.png")
     videos = dream_video(out, pool, data, cfg)
     exported = cfg.export and export_model(run_dir, pool, cfg, step)

@@ -40,7 +40,7 @@ from worldmodels.marl import partners as mpartners
 from worldmodels.marl.ppo import build_policy, policy_hparams, train_ppo
 from worldmodels.marl.rollout import Episodes, Replay, run_episodes, tom_scores
 from worldmodels.marl.social import Learner, init_learner, make_train_step, model_hparams
-from worldmodels.metrics_log import MetricsLog, trim_jsonl
+from worldmodels.metrics_log import MetricsLog, trim_jsonl, write_json
 
 LEARNER_KIND = "marl_learner"
 PPO_KIND = "ppo_policy"
@@ -229,9 +229,7 @@ def population(run_dir: Path, cfg: MARLConfig, env: Any) -> mpartners.PartnerPoo
         env, seeds, cfg.partner_ppo, jr.PRNGKey(cfg.partner_ppo.seed), on_trained=keep_curve
     )
     mpartners.save_pool(where, pool)
-    tmp = where / "ppo_curves.json.tmp"
-    tmp.write_text(json.dumps(curves))
-    tmp.replace(where / "ppo_curves.json")
+    write_json(where / "ppo_curves.json", curves, indent=None)
     return pool
 
 
@@ -256,9 +254,7 @@ def evaluate(
         **{f"{g}_return": _mean_ci(v) for g, v in pooled.items() if v},
         "config": to_dict(cfg),
     }
-    tmp = eval_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(eval_dir / "results.json")
+    write_json(eval_dir / "results.json", results)
     if cfg.gif:
         name = (cfg.heldout_partners or cfg.train_partners)[0]
         write_gif(eval_dir / "episode.gif", env, pool, ego, ego_kind, pool.names.index(name), jr.fold_in(key, 999))
