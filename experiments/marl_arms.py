@@ -26,6 +26,7 @@ import tyro
 
 from worldmodels.config import MARL_VARIANTS
 from worldmodels.evaluate import ci95
+from worldmodels.metrics_log import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = MARL_VARIANTS
@@ -230,7 +231,7 @@ def main() -> None:
     summary = summarize(args)
     if (args.out / f"full_s{args.seeds[0]}" / "partners").is_dir():
         summary["random_agent"] = random_reference(args)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "summary.json", summary)
     text = report(args, summary)
     (args.out / "report.md").write_text(text)
     plot_curves(args, args.out / "curves.png")
