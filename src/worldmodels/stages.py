@@ -79,9 +79,10 @@ def collect_done(run_dir: Path, cfg: CollectConfig) -> bool:
     gym_id = get_spec(cfg.env).gym_id
     for part in collection_plan(cfg):
         path = dataset_dir(run_dir, part.policy)
-        if not (path / "metadata.json").is_file() or open_dataset(path).total_episodes < part.episodes:
+        if not (path / "metadata.json").is_file():
             return False
-        if json.loads((path / "metadata.json").read_text()).get("env_id", gym_id) != gym_id:
+        ds = open_dataset(path)
+        if ds.total_episodes < part.episodes or ds.storage.metadata.get("env_id", gym_id) != gym_id:
             return False
     return True
 
