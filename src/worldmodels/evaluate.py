@@ -48,6 +48,9 @@ class EpisodeResult:
     deluded_steps: int = 0
     constraint_steps: int = 0
     """With a planner: the steps at which its off-road constraint rejected candidates (``agent.PlanStats``)."""
+    model_return: float = 0.0
+    """M's own estimate of this episode's return: its reward head's predictions summed over the real steps,
+    teacher-forced on the real frames and actions (the calibration of the reward head against the road)."""
 
 
 def group_sizes(workers: int) -> list[int]:
@@ -102,6 +105,7 @@ class _Group:
     lengths: np.ndarray | None = None
     offroad: np.ndarray | None = None
     deluded: np.ndarray | None = None
+    model_returns: np.ndarray | None = None
     active: np.ndarray | None = None
     record: np.ndarray | None = None
     videos: list[list[np.ndarray]] = field(default_factory=list)
@@ -223,6 +227,7 @@ def run_episodes(
         g.lengths = np.zeros(g.size, int)
         g.offroad = np.zeros(g.size, int)
         g.deluded = np.zeros(g.size, int)
+        g.model_returns = np.zeros(g.size)
         g.active = np.arange(g.size) < len(g.index)
         g.record = np.array([i < len(g.index) and g.index[i] < video_episodes for i in range(g.size)])
         g.record &= video_dir is not None
@@ -236,7 +241,7 @@ def run_episodes(
         for i, pos in enumerate(g.index):
             results[pos] = EpisodeResult(
                 seeds[pos], float(g.returns[i]), int(g.lengths[i]), int(g.offroad[i]), int(g.deluded[i]),
-                int(g.bound[i]),
+                int(g.bound[i]), float(g.model_returns[i]),
             )  # fmt: skip
             if g.record[i]:
                 write_video(video_dir / f"episode_{seeds[pos]}.mp4", g.videos[i], fps=fps)
@@ -297,6 +302,7 @@ def run_episodes(
                     off = g.active & off_road(g.obs) & (reward < 0)
                     g.offroad += off
                     g.deluded += off & (np.asarray(g.pred_reward) > 0)
+                    g.model_returns += np.where(g.active, np.asarray(g.pred_reward, np.float64), 0.0)
                     g.active &= ~(terminated | truncated)
                     if not g.active.any():
                         end_round(g)
@@ -325,20 +331,50 @@ def ci95(returns: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, n - 1) * returns.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
+def calibration_fit(predicted: np.ndarray, real: np.ndarray) -> dict | None:
+    """Least-squares line ``real = slope * predicted + intercept`` and Pearson's r over N episodes.
+
+    Args:
+        predicted, real: float (N,) returns (M's predicted, summed along each real episode, and the real ones).
+
+    Returns:
+        ``{"slope", "intercept", "r"}`` as floats, or None when N < 3 or either has no spread.
+    """
+    predicted, real = np.asarray(predicted, np.float64), np.asarray(real, np.float64)
+    if len(predicted) < 3 or predicted.std() == 0 or real.std() == 0:
+        return None
+    slope, intercept = np.polyfit(predicted, real, 1)
+    return {"slope": float(slope), "intercept": float(intercept), "r": float(np.corrcoef(predicted, real)[0, 1])}
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
     """Per-episode seeds, returns and lengths plus mean (with ``ci95``, the half-width of its 95 % Student-t
     interval), std, min and max of the returns, the
-    MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none), and the steps at
-    which a planner's off-road constraint bound (``constraint_steps``, 0 without one)."""
+    MDN-RNN's reward delusion over all the episodes' off-road steps (None when there were none), the steps at
+    which a planner's off-road constraint bound (``constraint_steps``, 0 without one), and the reward head's
+    calibration: ``model_return``, the mean over episodes of M's predicted rewards summed along each real
+    episode, and ``model_return_fit``, the least-squares line real = slope x model + intercept with Pearson's r
+    over the episodes (None for fewer than 3 episodes or no spread). A slope near 1 and r near 1: the dream's
+    reward scale is the road's, so a better dream return means a better real one."""
     rets = np.array([r.ret for r in results])
+    model = np.array([r.model_return for r in results])
     offroad = sum(r.offroad_steps for r in results)
     return {
         "reward_delusion": sum(r.deluded_steps for r in results) / offroad if offroad else None,
         "offroad_steps": offroad,
         "constraint_steps": sum(r.constraint_steps for r in results),
         "episodes": [
-            {"seed": r.seed, "return": r.ret, "steps": r.steps, "offroad_steps": r.offroad_steps} for r in results
-        ],
+            {
+                "seed": r.seed,
+                "return": r.ret,
+                "steps": r.steps,
+                "offroad_steps": r.offroad_steps,
+                "model_return": r.model_return,
+            }
+            for r in results
+        ],  # fmt: skip
+        "model_return": float(model.mean()),
+        "model_return_fit": calibration_fit(model, rets),
         "mean": float(rets.mean()),
         "ci95": ci95(rets),
         "std": float(rets.std()),

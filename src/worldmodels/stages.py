@@ -613,7 +613,8 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     print(
         f"{summary['n']} real episodes ({name}): {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the "
         f"mean +- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "
-        f"{delusion_text(summary['reward_delusion'])} over {summary['offroad_steps']} off-road steps; "
+        f"{delusion_text(summary['reward_delusion'])} over {summary['offroad_steps']} off-road steps; M's own "
+        f"estimate of the return along the real episodes {summary['model_return']:.1f}; "
         f"{summary['timing']['env_steps_per_s']:.0f} env steps/s, the agent's share of the time "
         f"{100 * summary['timing']['agent_share']:.0f} % -> {out}"
     )
