@@ -230,6 +230,17 @@ def test_every_script_end_to_end(tmp_path):
     assert dream["mid_episode_starts"] == 1.0 and dream["dream_steps"] == 300 and dream["generations"] == 2
     assert "done before" in run(*experiment, *arms).stdout  # resumes: nothing is run again
 
+    # CMA-ES again in this world model (experiments/honest_dream_search.py): the kept best and the final mean
+    # re-scored on more dreams and driven on the road, with M's own estimate of each real return; source untouched.
+    search = tmp_path / "search"
+    experiment = ["experiments/honest_dream_search.py", "--source", rd, "--out", str(search), "--preset", "smoke"]
+    experiment += ["--arms", "fresh", "--generations", "2", "--episodes", "1", "--max-steps", "20"]
+    run(*experiment, "--rescore-rollouts", "4", "--start-episodes", "2")
+    assert snapshot() == before
+    table = json.loads((search / "search.json").read_text())
+    assert set(table["rescored"]) == set(table["real"]) == {"source", "fresh_kept", "fresh_mean"}
+    assert all(r["n"] == 1 and np.isfinite(r["model_return"]) for r in table["real"].values())
+
     # A config whose sizes differ from the checkpoint is refused with both sizes named, also where the stage
     # would otherwise count itself done, and the run's config record is left as it was.
     # (In this process: the scripts turn the CheckpointError into one line, tests/test_cli.py.)
