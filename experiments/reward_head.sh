@@ -3,13 +3,16 @@
 # dream back? That loss makes the head predict a low expectile of the per-step reward instead of its mean:
 # teacher-forced along the shipped agent's real episodes M sums to 84 where the road paid 363
 # (`experiments/honest_dream_search.py`). Both arms start from SOURCE's V and M (a late Sim2Real2Sim iteration),
-# fine-tune M for the same 300 updates on the same data, and evolve a fresh controller (the `quick` CMA-ES):
+# fine-tune M for the same 300 updates on the same data, and evolve SOURCE's controller further in it (the `quick`
+# CMA-ES restarted at that controller with step size 0.1, keeping its final mean: the recipe that improved SOURCE's
+# controller in its own M, `experiments/honest_dream_search.py`):
 #
 #   1. shared data in OUT/shared: the `quick` preset's mixed collection (150 episodes, its seeds) and 60 on-policy
 #      episodes of SOURCE's controller (noise 0.2, as the loop collects);
 #   2. arm wK (K = 5: the default loss, the control; K = 1: the symmetric MSE, whose optimum is the mean reward):
 #      copies of SOURCE's vae/ and rnn/ checkpoints, M fine-tuned to update 2,400 on the loop's recipe with
-#      --reward-overpredict-weight K, CMA-ES from zero for 150 generations, 20 real episodes (seeds 1,000,000 on),
+#      --reward-overpredict-weight K, CMA-ES from SOURCE's controller for 150 generations (--keep mean), 20 real
+#      episodes (seeds 1,000,000 on),
 #      whose results.json also holds M's own estimate of each episode's return (the calibration).
 #
 #   experiments/reward_head.sh pretrained/carracing runs/rh5 [WEIGHTS...]   (default weights: 5 1)
@@ -23,8 +26,7 @@ weights=${*:-5 1}
 cd "$(dirname "$0")/.."
 recipe="brownian:1,heuristic:1,recovery:1,aggressive:1,controller:4"
 uv run collect_data.py --preset quick --run-dir "$out/shared"
-uv run collect_data.py --preset quick --run-dir "$out/shared" --policy controller --mix "" --episodes 60 \
-  --controller-run "$src"
+uv run collect_data.py --run-dir "$out/shared" --policy controller --episodes 60 --controller-run "$src"
 for w in $weights; do
   arm="$out/w$w"
   mkdir -p "$arm"
@@ -34,7 +36,16 @@ for w in $weights; do
   [ -e "$arm/data" ] || ln -s "$(realpath "$out/shared/data")" "$arm/data"
   uv run train_rnn.py --preset quick --run-dir "$arm" --steps 2400 --dataset "$recipe" \
     --reward-overpredict-weight "$w"
-  uv run train_dream.py --preset quick --run-dir "$arm"
+  if [ ! -f "$arm/controller/es_state.npz" ]; then  # CMA-ES starts at SOURCE's controller, sigma 0.1
+    mkdir -p "$arm/controller"
+    uv run python -c "
+import sys, numpy as np
+from worldmodels.run_dir import load_controller
+flat = np.asarray(load_controller(sys.argv[1])[0].to_flat())
+np.savez(sys.argv[2], mean=flat.astype(np.float64), sigma=np.float64(0.1), generation=np.int64(0), best=flat,
+         best_score=np.float64(-np.inf), adaptation=np.str_('tpa'))" "$src" "$arm/controller/es_state.npz"
+  fi
+  uv run train_dream.py --preset quick --run-dir "$arm" --keep mean
   [ -f "$arm/eval/results.json" ] || uv run test_agent.py --preset quick --run-dir "$arm" --episodes 20 \
     --no-video --out "$arm/eval/results.json"
 done

@@ -51,6 +51,8 @@ def test_unknown_step_size_rule_is_refused():
         (RNNConfig, "windows", "anywhere", "rnn.windows must be 'inside' or 'padded', got 'anywhere'"),
         (EvalConfig, "episodes", 0, "test.episodes must be >= 1"),
         (IterateConfig, "iterations", -1, "iterate.iterations must be >= 0"),
+        (IterateConfig, "restart_sigma", -0.1, "iterate.restart_sigma must be >= 0"),
+        (DreamConfig, "keep", "last", "dream.keep must be 'best' or 'mean', got 'last'"),
     ],
 )
 def test_out_of_range_values_are_refused_with_the_field_named(cls, field, value, message):

@@ -85,6 +85,63 @@ def test_interrupted_cma_es_resumes_as_if_never_stopped(tmp_path, hparams, popul
     assert [r["generation"] for r in rows(tmp_path / "resumed")] == list(range(1, 9))
 
 
+def test_keep_mean_keeps_cma_es_final_mean_and_searches_as_keep_best(tmp_path):
+    """``keep="mean"`` writes and returns CMA-ES's last mean (its re-score as the checkpoint's dream score); the
+    search itself is the one ``keep="best"`` makes, and a finished run returns the same mean again."""
+    from worldmodels.run_dir import load_controller
+
+    fitness = noisy_quadratic(TINY)
+    cfg = DreamConfig(population=8, generations=12, sigma_init=0.2, checkpoint_every=4, seed=1, keep="mean")
+    kept = evolve(tmp_path / "mean" / "controller", fitness, TINY, cfg)
+    evolve(tmp_path / "best" / "controller", fitness, TINY, dataclasses.replace(cfg, keep="best"))
+    with (
+        np.load(tmp_path / "mean" / "controller" / "es_state.npz") as a,
+        np.load(tmp_path / "best" / "controller" / "es_state.npz") as b,
+    ):
+        np.testing.assert_array_equal(kept, a["mean"].astype(np.float32))
+        np.testing.assert_array_equal(a["mean"], b["mean"])  # the same search
+        assert not np.array_equal(a["best"], a["mean"])  # so keeping the mean is a different controller
+        mean_score = float(a["mean_score"])
+    ctrl, meta = load_controller(tmp_path / "mean")
+    assert meta["step"] == 12 and meta["extra"]["keep"] == "mean"
+    assert meta["extra"]["dream_score"] == pytest.approx(mean_score)
+    np.testing.assert_array_equal(np.asarray(ctrl.to_flat()), kept)
+    assert rows(tmp_path / "mean" / "controller")[-1]["rescored_mean"] == pytest.approx(mean_score)
+    np.testing.assert_array_equal(evolve(tmp_path / "mean" / "controller", fitness, TINY, cfg), kept)
+
+
+def test_iteration_restart_sigma_restarts_cma_es_at_its_mean(tmp_path):
+    """``iterate.restart_sigma``: before an iteration's first generation the state keeps its mean and kept best,
+    takes the restart step size and drops its covariance and paths (once: again, the file is unchanged); CMA-ES
+    then goes on from that mean with that sigma. Without it only the kept best's score is forgotten."""
+    from worldmodels.stages import _restart_kept_best
+
+    fitness = noisy_quadratic(TINY)
+    cfg = DreamConfig(population=8, generations=6, sigma_init=0.05, checkpoint_every=6, seed=2)
+    for name in ("restart", "continue"):
+        evolve(tmp_path / name / "controller", fitness, TINY, cfg)
+    path = tmp_path / "restart" / "controller" / "es_state.npz"
+    before = dict(np.load(path))
+    _restart_kept_best(tmp_path / "restart", 6, restart_sigma=0.5)
+    after = dict(np.load(path))
+    assert "C" not in after and float(after["sigma"]) == 0.5 and after["best_score"] == -np.inf
+    np.testing.assert_array_equal(after["mean"], before["mean"])
+    np.testing.assert_array_equal(after["best"], before["best"])
+    raw = path.read_bytes()
+    _restart_kept_best(tmp_path / "restart", 6, restart_sigma=0.5)
+    assert path.read_bytes() == raw
+    _restart_kept_best(tmp_path / "continue", 6)
+    kept = dict(np.load(tmp_path / "continue" / "controller" / "es_state.npz"))
+    assert "C" in kept and kept["best_score"] == -np.inf and float(kept["sigma"]) == float(before["sigma"])
+
+    longer = dataclasses.replace(cfg, generations=7)
+    evolve(tmp_path / "restart" / "controller", fitness, TINY, longer)
+    evolve(tmp_path / "continue" / "controller", fitness, TINY, longer)
+    restarted = rows(tmp_path / "restart" / "controller")[-1]["sigma"]
+    continued = rows(tmp_path / "continue" / "controller")[-1]["sigma"]
+    assert restarted > 0.25 and continued < 0.25  # a generation from sigma 0.5 against one from the old sigma
+
+
 @pytest.mark.parametrize("adaptation", ["tpa", "csa"])
 def test_state_file_from_before_the_rule_was_recorded_still_resumes(tmp_path, adaptation):
     """An es_state.npz written before the rule, the decomposition and mean_old were kept (as in a run that

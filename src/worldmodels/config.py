@@ -428,6 +428,12 @@ class DreamConfig:
     quadratic of the paper controller's 867 dimensions it did as well as CSA or better
     (``experiments/cma_step_size.py``), and pycma picks it itself from 300 parameters on. Recorded in
     es_state.npz; a run continues with the rule it started with."""
+    keep: Literal["best", "mean"] = "best"
+    """CMA-ES only: the controller the stage keeps. ``best``: the generation best or mean with the highest single
+    re-score (R dreams) over the run; the highest of many noisy scores, so it is partly chosen by luck (a
+    winner's curse: 463 at selection, 427 re-scored on 512 dreams, ``experiments/honest_dream_search.py``).
+    ``mean``: CMA-ES's mean at the last generation, which averages the population's noise away (the solution
+    estool, the paper's code, reports)."""
     ensemble: int = 1
     """CMA-ES only: the number K of M the dreams are dealt over, the run's own and members 1 .. K - 1 of
     RUN_DIR/rnn/members/ (trained by ``rnn.ensemble`` >= K); dream r runs in member r mod K, where the run's M only
@@ -462,6 +468,8 @@ class DreamConfig:
             raise ValueError("dream.ensemble > 1 starts dreams from first frames only; use --mid-episode-starts 0")
         if self.rollouts < self.ensemble:
             raise ValueError(f"dream.rollouts {self.rollouts} cannot cover {self.ensemble} ensemble members")
+        if self.keep not in ("best", "mean"):
+            raise ValueError(f"dream.keep must be 'best' or 'mean', got {self.keep!r}")
         if self.step_size_adaptation not in STEP_SIZE_ADAPTATIONS:
             raise ValueError(
                 f"dream.step_size_adaptation must be one of {', '.join(STEP_SIZE_ADAPTATIONS)}, "
@@ -650,6 +658,10 @@ class IterateConfig:
     """MDN-RNN fine-tuning updates per iteration (on the preset's recipe plus the on-policy data)."""
     generations: int = 50
     """CMA-ES generations per iteration, continuing from the previous controller."""
+    restart_sigma: float = 0.0
+    """CMA-ES only: each iteration restarts the search at its current mean with this step size and a fresh
+    covariance, instead of continuing with the step size the last iteration ended with (0: continue). After five
+    iterations of ``quick`` sigma had fallen to 0.08 and the loop had stopped improving."""
     ac_steps: int = 500
     """With ``dream.learner actor-critic``: actor-critic updates per iteration, continuing from the previous ones."""
     test_episodes: int = 20
@@ -665,6 +677,7 @@ class IterateConfig:
                 "weight": "> 0",
                 "rnn_steps": ">= 0",
                 "generations": ">= 1",
+                "restart_sigma": ">= 0",
                 "ac_steps": ">= 0",
                 "test_episodes": ">= 1",
             },

@@ -92,7 +92,7 @@ def evolve(
     Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
     re-scored best, seconds; a resumed run first drops the rows an interrupted one wrote after the saved
     generation, so each generation has one row), ``tb/`` (those columns for TensorBoard against the
-    generation, ``metrics_log.MetricsLog``), ``ckpt/`` (the best controller) and ``es_state.npz``: the
+    generation, ``metrics_log.MetricsLog``), ``ckpt/`` (the kept controller, ``cfg.keep``) and ``es_state.npz``: the
     CMA-ES state (mean, step size sigma, covariance C, evolution paths p_c and p_sigma, iteration and evaluation
     counts; Hansen 2016, Sec. 3), the step-size rule and its state (``cfg.step_size_adaptation``: CSA's
     path p_sigma, or TPA's previous mean and cumulated rank difference s; Hansen et al. 2014) with the
@@ -112,8 +112,13 @@ def evolve(
         real_check: optional ``real_check(flat_params) -> mean real return``, called every
             ``cfg.eval_every`` generations.
 
+    ``cfg.keep`` picks the controller written to ``ckpt/`` and returned: ``best``, the generation's best or mean
+    with the highest single re-score so far (R dreams each; the highest of up to 2 x generations noisy scores, so
+    its score is optimistic), or ``mean``, CMA-ES's mean at the last saved generation (with its re-score as the
+    checkpoint's ``dream_score``).
+
     Returns:
-        The best controller's flat parameters, float32 (N,).
+        The kept controller's flat parameters, float32 (N,).
 
     Raises:
         CheckpointError: for an unreadable state file, one of another dimension, or one evolved with the
@@ -125,14 +130,15 @@ def evolve(
     n = LinearController.num_params(**hparams)
     state_path = out_dir / "es_state.npz"
     mean, sigma, first_gen = np.zeros(n), cfg.sigma_init, 0
-    best, best_score = np.zeros(n, np.float32), -np.inf
+    best, best_score, mean_score = np.zeros(n, np.float32), -np.inf, -np.inf
     saved = load_es_state(state_path, n, cfg.step_size_adaptation)
     if saved:
         mean, sigma, first_gen = saved["mean"], float(saved["sigma"]), int(saved["generation"])
         best, best_score = saved["best"], float(saved["best_score"])
+        mean_score = float(saved.get("mean_score", -np.inf))
     trim_jsonl(out_dir / "metrics.jsonl", first_gen, "generation")
     if first_gen >= cfg.generations:
-        return best
+        return best if cfg.keep == "best" else np.asarray(mean, np.float32)
     import cma
 
     normals = _GenerationNormals(cfg.seed)
@@ -153,19 +159,23 @@ def evolve(
     def score(pop: np.ndarray, k) -> np.ndarray:
         return np.asarray(fitness(jnp.asarray(pop, jnp.float32), k))
 
+    def kept() -> tuple[np.ndarray, float]:
+        return (best, best_score) if cfg.keep == "best" else (np.asarray(es.mean, np.float32), mean_score)
+
     def save_state(gen: int) -> None:
         # The controller first, the state last: the state's generation is what marks the stage done, so a
         # crash in between leaves an older state that resumes, never a newer state with an older controller.
+        params, score = kept()
         checkpoint.save(
             out_dir / "ckpt",
             gen,
-            LinearController.from_flat(jnp.asarray(best), **hparams),
+            LinearController.from_flat(jnp.asarray(params), **hparams),
             kind="controller",
             hparams=hparams,
-            extra={"dream_score": best_score, "generation": gen},
+            extra={"dream_score": score, "generation": gen, "keep": cfg.keep},
         )
         tmp = out_dir / "es_state.tmp.npz"
-        np.savez(tmp, **_cma_state(es), generation=gen, best=best, best_score=best_score)
+        np.savez(tmp, **_cma_state(es), generation=gen, best=best, best_score=best_score, mean_score=mean_score)
         tmp.replace(state_path)
 
     def check_finite(values: np.ndarray, gen: int, what: str) -> None:
@@ -191,6 +201,7 @@ def evolve(
             rescored = score(check, k_check)
             check_finite(rescored, gen, "re-scored fitness")
             cand = (float(rescored[0]), check[0]), (float(rescored[1]), check[1])
+            mean_score = cand[1][0]  # the re-score of CMA-ES's mean after this generation's update
             for s, params in cand:
                 if s > best_score:
                     best_score, best = s, params.astype(np.float32)
@@ -212,8 +223,10 @@ def evolve(
             if (gen + 1) % cfg.checkpoint_every == 0 or gen + 1 == cfg.generations:
                 save_state(gen + 1)
     bar.close()
-    write_json(out_dir / "summary.json", {"dream_score": best_score, "generations": cfg.generations}, indent=None)
-    return best
+    params, score = kept()
+    summary = {"dream_score": score, "generations": cfg.generations, "keep": cfg.keep, "best_score": best_score}
+    write_json(out_dir / "summary.json", summary, indent=None)
+    return params
 
 
 class _GenerationNormals:

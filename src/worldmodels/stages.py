@@ -649,13 +649,26 @@ def iteration_configs(
     return collect, rnn, dream, ac, test
 
 
-def _restart_kept_best(run_dir: Path, generation: int) -> None:
+def _restart_kept_best(run_dir: Path, generation: int, restart_sigma: float = 0.0) -> None:
     """Forget the kept best controller's dream score before CMA-ES continues in a new MDN-RNN's dream
-    (a score from the old dream is not comparable); only when no generation of the new round ran yet."""
+    (a score from the old dream is not comparable); only when no generation of the new round ran yet.
+
+    With ``restart_sigma`` > 0 (``iterate.restart_sigma``) the round also restarts the search: the state keeps
+    its mean, kept best and step-size rule, takes this step size, and loses its covariance and evolution paths,
+    so ``evolve`` builds a fresh CMA-ES around the mean. Written atomically, once: a restarted state's sigma is
+    the restart value and its covariance is gone, so running this again changes nothing."""
     path = Path(run_dir) / "controller" / "es_state.npz"
-    state = checkpoint.read_npz(path, "CMA-ES state", ("generation", "best_score"))
-    if int(state["generation"]) == generation and np.isfinite(state["best_score"]):
-        state["best_score"] = np.float64(-np.inf)
+    state = checkpoint.read_npz(path, "CMA-ES state", ("generation", "best_score", "mean", "sigma", "best"))
+    if int(state["generation"]) != generation:
+        return
+    changed = bool(np.isfinite(state["best_score"]))
+    state["best_score"] = np.float64(-np.inf)
+    state["mean_score"] = np.float64(-np.inf)
+    if restart_sigma > 0 and "C" in state:
+        keep = ("mean", "generation", "best", "best_score", "mean_score", "adaptation")
+        state = {k: v for k, v in state.items() if k in keep} | {"sigma": np.float64(restart_sigma)}
+        changed = True
+    if changed:
         tmp = path.with_name("es_state.tmp.npz")
         np.savez(tmp, **state)
         tmp.replace(path)
@@ -682,7 +695,8 @@ def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
             print(f"== iteration {k}: actor-critic to update {ac_cfg.steps} in the new dream ==")
         else:
             print(f"== iteration {k}: CMA-ES to generation {dream_cfg.generations} in the new dream ==")
-            _restart_kept_best(run_dir, dream_cfg.generations - preset.iterate.generations)
+            it = preset.iterate
+            _restart_kept_best(run_dir, dream_cfg.generations - it.generations, it.restart_sigma)
         run_dream(run_dir, dream_cfg, ac_cfg)
     print(f"== iteration {k}: real test ({test_cfg.episodes} episodes) ==")
     return run_test(run_dir, test_cfg, out)
