@@ -146,10 +146,13 @@ def main() -> None:
                      adaptation=np.str_(cfg.step_size_adaptation))  # fmt: skip
         copy_world_model(args.source, arm_dir)
         t0 = time.perf_counter()
+        from_start = not state_path.exists() or int(np.load(state_path)["generation"]) == 0
         fitness = dream_fitness(dynamics, start, cfg, spec.squash)
         kept = evolve(arm_dir / "controller", fitness, hparams, cfg)
         state = np.load(state_path)
-        table.setdefault(arm, {})["cmaes_seconds"] = table.get(arm, {}).get("cmaes_seconds", time.perf_counter() - t0)
+        if "cmaes_seconds" not in table.get(arm, {}):
+            # Wall time of the whole search, or None when this process only finished an interrupted one.
+            table.setdefault(arm, {})["cmaes_seconds"] = time.perf_counter() - t0 if from_start else None
         table[arm]["kept_dream_score_at_selection"] = float(state["best_score"])
         table[arm]["final_sigma"] = float(state["sigma"])
         save_table()
