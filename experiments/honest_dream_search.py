@@ -100,7 +100,7 @@ def main() -> None:
     from worldmodels.config import CollectConfig, TestConfig, load_preset
     from worldmodels.data import collect
     from worldmodels.dream import DreamStart
-    from worldmodels.evolve import dream_fitness, evolve
+    from worldmodels.evolve import dream_fitness, evolve, write_restart_state
     from worldmodels.metrics_log import write_json
     from worldmodels.models.registry import controller_hparams
     from worldmodels.run_dir import env_spec, load_controller, load_dynamics
@@ -141,9 +141,7 @@ def main() -> None:
         if arm == "continue" and not state_path.exists():
             # CMA-ES restarted at the source controller: its mean, a fresh sigma and covariance, no kept best.
             state_path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(state_path, mean=source_flat.astype(np.float64), sigma=np.float64(args.sigma),
-                     generation=np.int64(0), best=source_flat, best_score=np.float64(-np.inf),
-                     adaptation=np.str_(cfg.step_size_adaptation))  # fmt: skip
+            write_restart_state(state_path, source_flat, args.sigma, 0, cfg.step_size_adaptation)
         copy_world_model(args.source, arm_dir)
         t0 = time.perf_counter()
         from_start = not state_path.exists() or int(np.load(state_path)["generation"]) == 0

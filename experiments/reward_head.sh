@@ -39,11 +39,11 @@ for w in $weights; do
   if [ ! -f "$arm/controller/es_state.npz" ]; then  # CMA-ES starts at SOURCE's controller, sigma 0.1
     mkdir -p "$arm/controller"
     uv run python -c "
-import sys, numpy as np
+import sys, pathlib
+from worldmodels.evolve import write_restart_state
 from worldmodels.run_dir import load_controller
-flat = np.asarray(load_controller(sys.argv[1])[0].to_flat())
-np.savez(sys.argv[2], mean=flat.astype(np.float64), sigma=np.float64(0.1), generation=np.int64(0), best=flat,
-         best_score=np.float64(-np.inf), adaptation=np.str_('tpa'))" "$src" "$arm/controller/es_state.npz"
+flat = load_controller(sys.argv[1])[0].to_flat()
+write_restart_state(pathlib.Path(sys.argv[2]), flat, 0.1, 0, 'tpa')" "$src" "$arm/controller/es_state.npz"
   fi
   uv run train_dream.py --preset quick --run-dir "$arm" --keep mean
   [ -f "$arm/eval/results.json" ] || uv run test_agent.py --preset quick --run-dir "$arm" --episodes 20 \

@@ -247,6 +247,22 @@ class _GenerationNormals:
         return self.rng.standard_normal(shape)
 
 
+def write_restart_state(
+    path: Path, mean: np.ndarray, sigma: float, generation: int, adaptation: str | None, best: np.ndarray | None = None
+) -> None:
+    """Write, atomically, an ``es_state.npz`` from which ``evolve`` starts a fresh CMA-ES at ``mean`` (N,) with step
+    size ``sigma`` and no covariance or paths, at ``generation``, with ``best`` (default ``mean``) kept but its
+    score forgotten. ``adaptation`` None leaves the step-size rule unrecorded (``evolve`` then uses the configured)."""
+    state = {"mean": np.asarray(mean, np.float64), "sigma": np.float64(sigma), "generation": np.int64(generation),
+             "best": np.asarray(mean if best is None else best, np.float32), "best_score": np.float64(-np.inf),
+             "mean_score": np.float64(-np.inf)}  # fmt: skip
+    if adaptation is not None:
+        state["adaptation"] = np.str_(adaptation)
+    tmp = path.with_name("es_state.tmp.npz")
+    np.savez(tmp, **state)
+    tmp.replace(path)
+
+
 def load_es_state(path: Path, n: int, adaptation: str) -> dict[str, np.ndarray]:
     """Read and check a saved CMA-ES state (``evolve``'s ``es_state.npz``); ``{}`` when there is none.
 

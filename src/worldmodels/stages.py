@@ -38,7 +38,7 @@ from worldmodels.diagnostics import delusion_text
 from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.env import get_spec
 from worldmodels.evaluate import run_episodes, summarize
-from worldmodels.evolve import dream_fitness, evolve
+from worldmodels.evolve import dream_fitness, evolve, write_restart_state
 from worldmodels.metrics_log import append_jsonl, write_json
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import stack_modules
@@ -661,14 +661,13 @@ def _restart_kept_best(run_dir: Path, generation: int, restart_sigma: float = 0.
     state = checkpoint.read_npz(path, "CMA-ES state", ("generation", "best_score", "mean", "sigma", "best"))
     if int(state["generation"]) != generation:
         return
-    changed = bool(np.isfinite(state["best_score"]))
-    state["best_score"] = np.float64(-np.inf)
-    state["mean_score"] = np.float64(-np.inf)
     if restart_sigma > 0 and "C" in state:
-        keep = ("mean", "generation", "best", "best_score", "mean_score", "adaptation")
-        state = {k: v for k, v in state.items() if k in keep} | {"sigma": np.float64(restart_sigma)}
-        changed = True
-    if changed:
+        adaptation = str(state["adaptation"]) if "adaptation" in state else None
+        write_restart_state(path, state["mean"], restart_sigma, generation, adaptation, best=state["best"])
+        return
+    if np.isfinite(state["best_score"]):
+        state["best_score"] = np.float64(-np.inf)
+        state["mean_score"] = np.float64(-np.inf)
         tmp = path.with_name("es_state.tmp.npz")
         np.savez(tmp, **state)
         tmp.replace(path)
