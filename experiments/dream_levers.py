@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,17 +61,6 @@ class Args:
     """CMA-ES and dream seed of every arm."""
 
 
-def prepare(source: Path, arm_dir: Path) -> None:
-    """Make ``arm_dir`` a run directory on the source's world model (copies of vae/ and rnn/, a link to data/)."""
-    for name in ("vae", "rnn"):
-        if not (arm_dir / name).exists():
-            shutil.copytree(source / name, arm_dir / name, ignore=shutil.ignore_patterns("metrics.jsonl", "tb"))
-    if not (arm_dir / "data").exists():
-        os.symlink((source / "data").resolve(), arm_dir / "data")
-    if not (arm_dir / "config.json").exists():
-        shutil.copy(source / "config.json", arm_dir / "config.json")
-
-
 def main() -> None:
     import tyro
 
@@ -86,6 +73,7 @@ def main() -> None:
             raise SystemExit(f"--source {args.source}: no {name}; train the world model there first (pipeline.py)")
 
     from worldmodels.config import TestConfig, load_preset
+    from worldmodels.run_dir import copy_world_model
     from worldmodels.stages import run_dream, run_test
 
     base = load_preset(args.preset).dream
@@ -97,7 +85,7 @@ def main() -> None:
             print(f"{arm}: done before ({table[arm]['mean']:.1f} +- {table[arm]['ci95']:.1f})")
             continue
         arm_dir = args.out / arm
-        prepare(args.source, arm_dir)
+        copy_world_model(args.source, arm_dir, link_data=True)
         cfg = dataclasses.replace(base, generations=args.generations, seed=args.seed, **ARMS[arm])
         t0 = time.perf_counter()
         run_dream(arm_dir, cfg)

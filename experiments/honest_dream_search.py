@@ -61,24 +61,15 @@ class Args:
     """Brownian episodes (50 steps each) whose first frames start the dreams."""
 
 
-def copy_world_model(source: Path, run_dir: Path) -> None:
-    """Copies of the source's V and M checkpoints and its config.json in ``run_dir`` (what is there is kept)."""
-    for name in ("vae", "rnn"):
-        if not (run_dir / name).exists():
-            skip = shutil.ignore_patterns("metrics.jsonl", "tb", "latents")
-            shutil.copytree(source / name, run_dir / name, ignore=skip)
-    if not (run_dir / "config.json").exists():
-        shutil.copy(source / "config.json", run_dir / "config.json")
-
-
 def _save_controller(run_dir: Path, source: Path, flat: np.ndarray, hparams: dict, step: int) -> None:
     """Make ``run_dir`` an agent: copies of the source's V and M and a controller checkpoint holding ``flat``."""
     import jax.numpy as jnp
 
     from worldmodels import checkpoint
     from worldmodels.models.controller import LinearController
+    from worldmodels.run_dir import copy_world_model
 
-    copy_world_model(source, run_dir)
+    copy_world_model(source, run_dir, latents=False)
     if checkpoint.latest_step(run_dir / "controller" / "ckpt") is None:
         ctrl = LinearController.from_flat(jnp.asarray(flat, jnp.float32), **hparams)
         checkpoint.save(run_dir / "controller" / "ckpt", step, ctrl, kind="controller", hparams=hparams)
@@ -103,7 +94,7 @@ def main() -> None:
     from worldmodels.evolve import dream_fitness, evolve, write_restart_state
     from worldmodels.metrics_log import write_json
     from worldmodels.models.registry import controller_hparams
-    from worldmodels.run_dir import env_spec, load_controller, load_dynamics
+    from worldmodels.run_dir import copy_world_model, env_spec, load_controller, load_dynamics
     from worldmodels.stages import latents, recorded_rnn_config, run_test
 
     out = args.out
@@ -142,7 +133,7 @@ def main() -> None:
             # CMA-ES restarted at the source controller: its mean, a fresh sigma and covariance, no kept best.
             state_path.parent.mkdir(parents=True, exist_ok=True)
             write_restart_state(state_path, source_flat, args.sigma, 0, cfg.step_size_adaptation)
-        copy_world_model(args.source, arm_dir)
+        copy_world_model(args.source, arm_dir, latents=False)
         t0 = time.perf_counter()
         from_start = not state_path.exists() or int(np.load(state_path)["generation"]) == 0
         fitness = dream_fitness(dynamics, start, cfg, spec.squash)

@@ -307,3 +307,23 @@ def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any]) -> dict[s
     (tmp / FROZEN).write_text(json.dumps(record, indent=2))
     tmp.rename(out)
     return record
+
+
+def copy_world_model(source: Path, dest: Path, *, link_data: bool = False, latents: bool = True) -> None:
+    """Make ``dest`` a run directory on the world model of ``source``: copies of its ``vae/`` and ``rnn/``
+    (checkpoints; without metrics.jsonl and TensorBoard logs, and without ``rnn/latents`` when ``latents`` is
+    False) and of its ``config.json``, and with ``link_data`` a symbolic link to its ``data/``. What ``dest``
+    already holds is kept, so a stopped experiment resumes on its own copies; ``source`` is only read.
+
+    Raises:
+        FileNotFoundError: when ``source`` lacks one of the parts.
+    """
+    source, dest = Path(source), Path(dest)
+    skip = ("metrics.jsonl", "tb") if latents else ("metrics.jsonl", "tb", "latents")
+    for name in ("vae", "rnn"):
+        if not (dest / name).exists():
+            shutil.copytree(source / name, dest / name, ignore=shutil.ignore_patterns(*skip))
+    if link_data and not (dest / "data").exists():
+        os.symlink((source / "data").resolve(), dest / "data")
+    if not (dest / "config.json").exists():
+        shutil.copy(source / "config.json", dest / "config.json")
