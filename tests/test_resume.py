@@ -128,6 +128,14 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     assert json.loads((a / "config.json").read_text())["rnn"]["dataset"].endswith("controller:1")
     state = es_state(a)
     assert str(state["adaptation"]) == "tpa" and state["mean"].shape == (387,)
+    # The loop's on-policy episodes as a validation set (experiments/onpolicy_validation.py): iteration 0's controller
+    # collected iteration 1's 2 episodes on collection seeds; the run is only read.
+    cmd = [sys.executable, str(ROOT / "experiments" / "onpolicy_validation.py"), "--run-dirs", str(a)]
+    table_path = tmp_path / "validation.json"
+    ok([*cmd, "--out", str(table_path)])
+    table = json.loads(table_path.read_text())[str(a)]
+    assert [r["iteration"] for r in table["rows"]] == [0] and table["rows"][0]["onpolicy_n"] == 2
+    assert table["rows"][0]["test_mean"] == scores[0]["mean"] and table["picked_iteration"] == 0
     killed_when(script(*loop, b), lambda: generation(b) >= 4)
     ok(script(*loop, b))
     same_arrays(run_dir.load_dynamics, a, b, 15)
