@@ -71,3 +71,28 @@ def test_exported_agent_is_the_same_agent_and_frozen(tmp_path, monkeypatch):
 
     with pytest.raises(FileExistsError, match="never overwritten"):
         run_dir.export_agent(src, out, {})
+
+
+def test_copy_world_model_copies_whole_parts_and_keeps_what_is_there(tmp_path):
+    """V and M are copied without logs (and without M's latent cache on request), a stopped copy is redone, the
+    data is linked, and a part already in place is left as it is."""
+    import os
+
+    from worldmodels.run_dir import copy_world_model
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name in ("vae", "rnn", "data"):
+        (src / name / "ckpt").mkdir(parents=True)
+        (src / name / "ckpt" / "1").write_text(name)
+        (src / name / "metrics.jsonl").write_text("{}")
+    (src / "rnn" / "latents").mkdir()
+    (src / "config.json").write_text("{}")
+    (dst / "vae.partial").mkdir(parents=True)  # a copy stopped half-way
+    (dst / "rnn" / "ckpt").mkdir(parents=True)
+    (dst / "rnn" / "ckpt" / "1").write_text("ours")
+    copy_world_model(src, dst, link_data=True, latents=False)
+    assert (dst / "vae" / "ckpt" / "1").read_text() == "vae" and not (dst / "vae" / "metrics.jsonl").exists()
+    assert not (dst / "vae.partial").exists()
+    assert (dst / "rnn" / "ckpt" / "1").read_text() == "ours"  # kept
+    assert os.path.islink(dst / "data") and (dst / "config.json").read_text() == "{}"
+    assert (src / "vae" / "metrics.jsonl").exists()  # the source is only read

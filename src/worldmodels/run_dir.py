@@ -313,7 +313,8 @@ def copy_world_model(source: Path, dest: Path, *, link_data: bool = False, laten
     """Make ``dest`` a run directory on the world model of ``source``: copies of its ``vae/`` and ``rnn/``
     (checkpoints; without metrics.jsonl and TensorBoard logs, and without ``rnn/latents`` when ``latents`` is
     False) and of its ``config.json``, and with ``link_data`` a symbolic link to its ``data/``. What ``dest``
-    already holds is kept, so a stopped experiment resumes on its own copies; ``source`` is only read.
+    already holds is kept, so a stopped experiment resumes on its own copies; a part is copied beside its place and
+    renamed into it, so a copy stopped half-way is redone; ``source`` is only read.
 
     Raises:
         FileNotFoundError: when ``source`` lacks one of the parts.
@@ -321,8 +322,12 @@ def copy_world_model(source: Path, dest: Path, *, link_data: bool = False, laten
     source, dest = Path(source), Path(dest)
     skip = ("metrics.jsonl", "tb") if latents else ("metrics.jsonl", "tb", "latents")
     for name in ("vae", "rnn"):
-        if not (dest / name).exists():
-            shutil.copytree(source / name, dest / name, ignore=shutil.ignore_patterns(*skip))
+        if not (dest / name).exists():  # copied whole or not at all: a stopped copy is never taken for a part
+            tmp = dest / f"{name}.partial"
+            if tmp.exists():
+                shutil.rmtree(tmp)  # our own unfinished copy, never a user's directory
+            shutil.copytree(source / name, tmp, ignore=shutil.ignore_patterns(*skip))
+            tmp.rename(dest / name)
     if link_data and not (dest / "data").exists():
         os.symlink((source / "data").resolve(), dest / "data")
     if not (dest / "config.json").exists():
