@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import jax.random as jr
@@ -174,9 +174,8 @@ def evolve(
             hparams=hparams,
             extra={"dream_score": score, "generation": gen, "keep": cfg.keep},
         )
-        tmp = out_dir / "es_state.tmp.npz"
-        np.savez(tmp, **_cma_state(es), generation=gen, best=best, best_score=best_score, mean_score=mean_score)
-        tmp.replace(state_path)
+        state = _cma_state(es) | {"generation": gen, "best": best, "best_score": best_score, "mean_score": mean_score}
+        save_es_state(state_path, state)
 
     def check_finite(values: np.ndarray, gen: int, what: str) -> None:
         if not np.all(np.isfinite(values)):
@@ -258,7 +257,13 @@ def write_restart_state(
              "mean_score": np.float64(-np.inf)}  # fmt: skip
     if adaptation is not None:
         state["adaptation"] = np.str_(adaptation)
-    tmp = path.with_name("es_state.tmp.npz")
+    save_es_state(path, state)
+
+
+def save_es_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a CMA-ES state (arrays by name, as ``load_es_state`` reads them) to ``path`` atomically: into
+    ``es_state.tmp.npz`` beside it, then renamed over it, so a kill leaves the old state or the new one."""
+    tmp = Path(path).with_name("es_state.tmp.npz")
     np.savez(tmp, **state)
     tmp.replace(path)
 

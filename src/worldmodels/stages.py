@@ -38,7 +38,7 @@ from worldmodels.diagnostics import delusion_text
 from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.env import get_spec
 from worldmodels.evaluate import run_episodes, summarize
-from worldmodels.evolve import dream_fitness, evolve, write_restart_state
+from worldmodels.evolve import dream_fitness, evolve, save_es_state, write_restart_state
 from worldmodels.metrics_log import append_jsonl, write_json
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import stack_modules
@@ -668,9 +668,7 @@ def _restart_kept_best(run_dir: Path, generation: int, restart_sigma: float = 0.
     if np.isfinite(state["best_score"]):
         state["best_score"] = np.float64(-np.inf)
         state["mean_score"] = np.float64(-np.inf)
-        tmp = path.with_name("es_state.tmp.npz")
-        np.savez(tmp, **state)
-        tmp.replace(path)
+        save_es_state(path, state)
 
 
 def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
