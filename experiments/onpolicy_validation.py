@@ -19,7 +19,6 @@ returns pick, with its test score, against the last iteration's.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ def validation_table(run_dir: Path) -> dict:
         SystemExit: when the run has no iterations or no on-policy data, naming the file.
     """
     from worldmodels.data import load_episodes
+    from worldmodels.evaluate import calibration_fit, ci95
 
     scores_path = run_dir / "iterations" / "scores.json"
     if not scores_path.is_file():
@@ -56,25 +56,22 @@ def validation_table(run_dir: Path) -> dict:
     for before, after in zip(scores[:-1], scores[1:], strict=True):
         chunk = episodes[before["onpolicy_episodes"] : after["onpolicy_episodes"]]
         returns = np.array([float(e.rewards.sum()) for e in chunk])
-        ci = 1.96 * returns.std(ddof=1) / math.sqrt(len(returns)) if len(returns) > 1 else float("nan")
         rows.append(
             {
                 "iteration": before["iteration"],
-                "onpolicy_mean": round(float(returns.mean()), 2),
-                "onpolicy_ci95": round(float(ci), 2),
+                "onpolicy_mean": float(returns.mean()),
+                "onpolicy_ci95": ci95(returns),  # the Student-t interval the test scores carry
                 "onpolicy_n": len(returns),
                 "onpolicy_seeds": [chunk[0].seed, chunk[-1].seed],
                 "test_mean": before["mean"],
                 "test_n": before["n"],
             }
         )
-    x = np.array([r["onpolicy_mean"] for r in rows])
-    y = np.array([r["test_mean"] for r in rows])
-    r = float(np.corrcoef(x, y)[0, 1]) if len(rows) > 2 and x.std() > 0 and y.std() > 0 else None
+    fit = calibration_fit([r["onpolicy_mean"] for r in rows], [r["test_mean"] for r in rows])
     pick = max(rows, key=lambda row: row["onpolicy_mean"])
     return {
         "rows": rows,
-        "pearson_r": None if r is None else round(r, 3),
+        "pearson_r": None if fit is None else fit["r"],
         "picked_iteration": pick["iteration"],
         "picked_test_mean": pick["test_mean"],
         "last_iteration": scores[-1]["iteration"],
@@ -90,7 +87,8 @@ def main() -> None:
     table = {}
     for run_dir in args.run_dirs:
         t = table[str(run_dir)] = validation_table(run_dir)
-        print(f"{run_dir} (Pearson r {t['pearson_r']} over {len(t['rows'])} controllers)")
+        r = "n/a" if t["pearson_r"] is None else f"{t['pearson_r']:.3f}"
+        print(f"{run_dir} (Pearson r {r} over {len(t['rows'])} controllers)")
         for row in t["rows"]:
             print(
                 f"  iteration {row['iteration']:>2}: on-policy {row['onpolicy_mean']:8.1f}"
@@ -101,10 +99,10 @@ def main() -> None:
             f" the last, {t['last_iteration']}, tests {t['last_test_mean']:.1f}"
         )
     if args.out is not None:
+        from worldmodels.metrics_log import write_json
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(args.out)
+        write_json(args.out, table, indent=1)
 
 
 if __name__ == "__main__":
