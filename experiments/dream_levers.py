@@ -52,7 +52,7 @@ class Args:
     arms: tuple[str, ...] = ("baseline", "temperature_1.25", "mid_0.5", "mid_1.0_T300")
     """Arms to run, in order (names from ARMS)."""
     preset: str = "quick"
-    """Preset whose dream config is the baseline."""
+    """Preset whose dream config is the baseline and whose test config (episode length, workers) scores each arm."""
     generations: int = 150
     """CMA-ES generations of every arm."""
     episodes: int = 20
@@ -72,11 +72,12 @@ def main() -> None:
         if not (args.source / name).exists():
             raise SystemExit(f"--source {args.source}: no {name}; train the world model there first (pipeline.py)")
 
-    from worldmodels.config import TestConfig, load_preset
+    from worldmodels.config import load_preset
     from worldmodels.run_dir import copy_world_model
     from worldmodels.stages import run_dream, run_test
 
-    base = load_preset(args.preset).dream
+    preset = load_preset(args.preset)
+    base = preset.dream
     args.out.mkdir(parents=True, exist_ok=True)
     table_path = args.out / "levers.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
@@ -91,7 +92,7 @@ def main() -> None:
         run_dream(arm_dir, cfg)
         t_dream = time.perf_counter() - t0
         rows = [json.loads(line) for line in (arm_dir / "controller" / "metrics.jsonl").read_text().splitlines()]
-        test = TestConfig(episodes=args.episodes, seed=1_000_000)
+        test = dataclasses.replace(preset.test, episodes=args.episodes, seed=1_000_000, video=False)
         summary = run_test(arm_dir, test, out=arm_dir / "eval" / "results.json")
         table[arm] = {
             "changes": ARMS[arm],

@@ -46,8 +46,9 @@ def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 def _fill(like: Any, arrays: dict[str, Any], paths: list[str], shapes: list[list[int]], where: str) -> Any:
-    """Put ``arrays`` into the array leaves of ``like``, checking paths and shapes."""
-    params, static = eqx.partition(like, eqx.is_array)
+    """Put ``arrays`` into the array leaves of ``like`` (arrays or ``jax.ShapeDtypeStruct``), checking paths and
+    shapes."""
+    params, static = eqx.partition(like, _is_array_or_shape)
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     if len(leaves_with_path) != len(arrays):
         raise CheckpointError(
@@ -64,6 +65,10 @@ def _fill(like: Any, arrays: dict[str, Any], paths: list[str], shapes: list[list
             )
         new_leaves.append(jax.numpy.asarray(saved, dtype=leaf.dtype))
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, new_leaves), static)
+
+
+def _is_array_or_shape(x: Any) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
 
 def _manager(directory: Path, keep: int = 2) -> ocp.CheckpointManager:
@@ -310,7 +315,8 @@ def load_module(
 
     Args:
         directory: checkpoint directory.
-        build: ``build(**hparams)`` returns a module skeleton.
+        build: ``build(**hparams)`` returns a module skeleton; it is only traced (``equinox.filter_eval_shape``), so
+            its initialisation costs nothing and its array values are never used.
         kind: the expected ``kind``.
         expected: hparams that must match (e.g. ``{"z_size": 32}``), for a clear error.
         step: which step (default: the latest).
@@ -321,5 +327,8 @@ def load_module(
     if step is None:
         return newest_loadable(directory, lambda s: load_module(directory, build, kind=kind, expected=expected, step=s))
     step, meta = _checked_meta(directory, step, kind, expected)
-    model, _ = _restore(directory, step, meta, build(**meta["hparams"]), None)
+    # The skeleton's shapes only: building it for real would run its random initialisation, a separate XLA
+    # compile of the PRNG per parameter shape (about 10 s for V and M on a 2-core CPU) for values thrown away.
+    skeleton = eqx.filter_eval_shape(lambda: build(**meta["hparams"]))
+    model, _ = _restore(directory, step, meta, skeleton, None)
     return model, meta
