@@ -73,6 +73,7 @@ def main() -> None:
             raise SystemExit(f"--source {args.source}: no {name}; train the world model there first (pipeline.py)")
 
     from worldmodels.config import load_preset
+    from worldmodels.metrics_log import write_json
     from worldmodels.run_dir import copy_world_model
     from worldmodels.stages import run_dream, run_test
 
@@ -83,7 +84,7 @@ def main() -> None:
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
     for arm in args.arms:
         if arm in table:
-            print(f"{arm}: done before ({table[arm]['mean']:.1f} +- {table[arm]['ci95']:.1f})")
+            print(f"{arm}: done before ({_num(table[arm]['mean'])} +- {_num(table[arm]['ci95'])})")
             continue
         arm_dir = args.out / arm
         copy_world_model(args.source, arm_dir, link_data=True)
@@ -107,15 +108,18 @@ def main() -> None:
             "dream_seconds": t_dream,
             "total_seconds": time.perf_counter() - t0,
         }
-        tmp = table_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=2))
-        tmp.replace(table_path)
+        write_json(table_path, table)  # atomic; a NaN (an interval of one episode) is stored as null
     print("\n| arm | real score (n, 95 % CI) | dream fitness kept | wall |\n|---|---:|---:|---:|")
     for arm, r in table.items():
         print(
-            f"| {arm} | {r['mean']:.1f} +- {r['ci95']:.1f} ({r['n']}) | {r['dream_kept_score']:.1f} "
+            f"| {arm} | {_num(r['mean'])} +- {_num(r['ci95'])} ({r['n']}) | {_num(r['dream_kept_score'])} "
             f"| {r['total_seconds'] / 60:.1f} min |"
         )
+
+
+def _num(x) -> str:
+    """A stored number with one decimal, or "n/a" where it was not finite (stored as null)."""
+    return "n/a" if x is None else f"{x:.1f}"
 
 
 if __name__ == "__main__":
