@@ -89,6 +89,7 @@ TRIALS = [
     ("test_agent.py", ["--workers", "-2"], "test.workers must be >= 0"),
     ("test_agent.py", ["--video-fps", "0"], "test.video_fps must be >= 1"),
     ("test_agent.py", ["--video-episodes", "-1"], "test.video_episodes must be >= 0"),
+    ("test_agent.py", ["--action-noise", "-0.1"], "test.action_noise must be >= 0"),
     # pipeline.py
     ("pipeline.py", ["--iterations", "-1"], "--iterations"),
     ("pipeline.py", ["--preset", "nosuch"], "unknown preset 'nosuch'"),

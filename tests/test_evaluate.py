@@ -67,6 +67,9 @@ def test_results_do_not_depend_on_workers(agent, tmp_path):
     assert len({ret for ret, *_ in one}) == len(seeds)  # the seeds' episodes differ, so the checks bite
     assert run(seeds[:3], 2, video_dir=tmp_path, video_episodes=1) == one[:3]
     assert run(seeds, 3) == one
+    # Action noise is drawn from each episode's seed: it changes the episodes, not their independence of workers.
+    noisy = run(seeds[:2], 1, action_noise=0.5)
+    assert noisy != one[:2] and run(seeds[:2], 2, action_noise=0.5) == noisy
     (video,) = tmp_path.glob("*.mp4")
     assert video.name == f"episode_{seeds[0]}.mp4"
     frames = iio.imread(video)

@@ -4,7 +4,20 @@ import numpy as np
 import pytest
 
 from worldmodels.config import CollectConfig
-from worldmodels.policies import BrownianPolicy, make_policy
+from worldmodels.policies import OU_THETA, BrownianPolicy, make_policy, ou_noise_step
+
+
+def test_ou_noise_has_the_stationary_std_and_lag_one_correlation_it_claims():
+    """n' = (1 - theta) n + std sqrt(1 - (1 - theta)^2) eps: stationary variance std^2, lag-1 correlation 1 - theta."""
+    rng = np.random.default_rng(0)
+    noise, trace = np.zeros(3, np.float32), []
+    for _ in range(40_000):
+        noise = ou_noise_step(noise, rng, 0.2)
+        trace.append(noise)
+    trace = np.array(trace[100:])  # past the start at zero
+    np.testing.assert_allclose(trace.std(axis=0), 0.2, rtol=0.03)
+    lag1 = [np.corrcoef(trace[:-1, d], trace[1:, d])[0, 1] for d in range(3)]
+    np.testing.assert_allclose(lag1, 1.0 - OU_THETA, atol=0.02)
 
 
 def test_brownian_actions_stay_in_bounds_and_are_smooth():

@@ -564,6 +564,11 @@ class TestConfig:
     in M's dream from the current state and the agent takes the plan's first action, each search warm-started from
     the last plan; the ``cem`` section's settings); ``cem-controller`` (CEM whose every search starts from the
     plan C would follow in the dream). A planner's results go to RUN_DIR/eval/POLICY/ (or --out)."""
+    action_noise: float = 0.0
+    """Standard deviation of smooth noise added to every action before it is clipped to the action box: the
+    Ornstein-Uhlenbeck process (theta 0.5, ``policies.ou_noise_step``) that the ``controller`` collection policy
+    adds (``--controller-noise``), drawn from the episode's seed. 0: the paper's deterministic controller. The
+    policy becomes stochastic; its parameters stay those the dream chose."""
     ensemble: str = ""
     """Planners only: comma-separated run directories whose rnn/ckpt join this run's M in an ensemble (same kind
     and sizes, trained on this run's V's latents, e.g. with another --seed); plans are scored by mean return
@@ -573,7 +578,14 @@ class TestConfig:
         _check_ranges(
             self,
             "test",
-            {"episodes": ">= 1", "workers": ">= 0", "max_steps": ">= 1", "video_episodes": ">= 0", "video_fps": ">= 1"},
+            {
+                "episodes": ">= 1",
+                "workers": ">= 0",
+                "max_steps": ">= 1",
+                "video_episodes": ">= 0",
+                "video_fps": ">= 1",
+                "action_noise": ">= 0",
+            },
         )
         if self.policy not in ("controller", "cem", "cem-controller"):
             raise ValueError(f"test.policy must be controller, cem or cem-controller, got {self.policy!r}")

@@ -106,6 +106,8 @@ class _Group:
     offroad: np.ndarray | None = None
     deluded: np.ndarray | None = None
     model_returns: np.ndarray | None = None
+    noise: np.ndarray | None = None
+    rngs: list = field(default_factory=list)
     active: np.ndarray | None = None
     record: np.ndarray | None = None
     videos: list[list[np.ndarray]] = field(default_factory=list)
@@ -150,6 +152,7 @@ def run_episodes(
     planner: Planner | None = None,
     timing: dict | None = None,
     env: str = "carracing",
+    action_noise: float = 0.0,
 ) -> list[EpisodeResult]:
     """Run one real episode per seed with W parallel environments, pipelined in two groups.
 
@@ -184,6 +187,9 @@ def run_episodes(
             included, waited for) and ``env_steps`` (steps of the episodes); with a planner also
             ``predicted_return`` and ``disagreement``, the means over those steps of ``agent.PlanStats``.
         env: the environment (an ``env.ENVS`` name); off-road steps are counted for CarRacing only.
+        action_noise: stationary standard deviation of Ornstein-Uhlenbeck noise (``policies.ou_noise_step``)
+            added to each action before it is clipped to the action box; each episode's noise is drawn from
+            ``numpy.random.default_rng(seed)``, so it too is independent of ``workers``. 0: no noise.
 
     Returns:
         One ``EpisodeResult`` per seed, in the order of ``seeds``.
@@ -193,6 +199,7 @@ def run_episodes(
             episode's seed, before that action reaches the simulator.
     """
     from worldmodels.env import get_spec
+    from worldmodels.policies import ou_noise_step
     from worldmodels.viz import side_by_side, to_uint8, vector_panel, write_video
 
     spec = get_spec(env)
@@ -234,6 +241,8 @@ def run_episodes(
         g.videos = [[] for _ in range(g.size)]
         g.predicted = None
         g.bound = np.zeros(g.size, int)
+        g.noise = np.zeros((g.size, spec.action_size), np.float32)
+        g.rngs = [np.random.default_rng(s) for s in round_seeds]
         if planner is not None:
             g.plan = planner.initial(agent, g.size)
 
@@ -279,6 +288,10 @@ def run_episodes(
                 f"the agent's action is not finite at step {g.t} of episode seed {int(g.seeds[np.argmax(bad)])}: "
                 "its V, M or C checkpoint holds NaN or inf; train that stage again (no results were written)"
             )
+        if action_noise > 0:
+            for i in range(g.size):
+                g.noise[i] = ou_noise_step(g.noise[i], g.rngs[i], action_noise)
+            actions = np.clip(actions + g.noise, spec.low(), spec.high()).astype(np.float32)
         g.step_async(actions)
         g.t += 1
 

@@ -44,6 +44,28 @@ def seed_offset(policy: str) -> int:
     return POLICIES.index(policy) * SEED_BLOCK
 
 
+OU_THETA = 0.5
+"""Mean reversion per step of the action noise of ``ControllerPolicy`` and ``evaluate.run_episodes``."""
+
+
+def ou_noise_step(noise: np.ndarray, rng: np.random.Generator, std: float, theta: float = OU_THETA) -> np.ndarray:
+    """One step of an Ornstein-Uhlenbeck process whose stationary standard deviation is ``std``:
+    n' = (1 - theta) n + std sqrt(1 - (1 - theta)^2) eps, eps ~ N(0, I) (the discrete OU / AR(1) process of
+    Uhlenbeck & Ornstein 1930, used as exploration noise by DDPG, Lillicrap et al. 2016).
+
+    Args:
+        noise: (A,), the previous noise (float32 zeros at an episode's start).
+        rng: the episode's generator; one ``standard_normal(A)`` draw per call.
+        std: stationary standard deviation, in action units.
+        theta: mean reversion per step, in (0, 1].
+
+    Returns:
+        (A,), the next noise (float64 once ``sigma`` has scaled it; callers clip action + noise and cast).
+    """
+    sigma = std * np.sqrt(1.0 - (1.0 - theta) ** 2)
+    return (1.0 - theta) * noise + sigma * rng.standard_normal(noise.shape[-1]).astype(np.float32)
+
+
 def squash_np(o: np.ndarray) -> np.ndarray:
     """NumPy twin of ``models.controller.squash_action``: raw outputs (3,) -> action float32 (3,)."""
     t = np.tanh(o)
@@ -189,10 +211,10 @@ class RecoveryPolicy(HeuristicPolicy):
 class ControllerPolicy:
     """A trained agent (V + M + C of a run directory) with exploration: on-policy data.
 
-    A linear controller's action gets smooth noise, an Ornstein-Uhlenbeck process (theta 0.5, stationary std
-    ``noise``), then is clipped to the box. An actor-critic's action is sampled from the actor's own policy (its
-    exploration noise; ``agent.explores``), with no noise added. The agent is loaded once per worker process.
-    """
+    A linear controller's action gets smooth noise, an Ornstein-Uhlenbeck process (``ou_noise_step``, theta 0.5,
+    stationary std ``noise``), then is clipped to the box. An actor-critic's action is sampled from the actor's own
+    policy (its exploration noise; ``agent.explores``), with no noise added. The agent is loaded once per worker
+    process."""
 
     run_dir: Path
     noise: float = 0.2
@@ -225,9 +247,7 @@ class ControllerPolicy:
         action, self._state, _, _ = agent_step(agent, jnp.asarray(obs[None]), self._state, sub, explore=explore)
         if explore:
             return np.asarray(action[0], np.float32)
-        theta = 0.5
-        sigma = self.noise * np.sqrt(1.0 - (1.0 - theta) ** 2)
-        self._noise = (1.0 - theta) * self._noise + sigma * self._rng.standard_normal(len(self.low)).astype(np.float32)
+        self._noise = ou_noise_step(self._noise, self._rng, self.noise)
         low, high = np.asarray(self.low, np.float32), np.asarray(self.high, np.float32)
         return np.clip(np.asarray(action[0]) + self._noise, low, high).astype(np.float32)
 

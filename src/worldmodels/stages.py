@@ -123,7 +123,10 @@ def test_done(run_dir: Path, cfg: TestConfig) -> bool:
     path = Path(run_dir) / "eval" / "results.json"
     if cfg.policy != "controller":  # a planner's results (run_test)
         path = path.parent / _policy_name(cfg) / "results.json"
-    return path.is_file() and json.loads(path.read_text()).get("n") == cfg.episodes
+    if not path.is_file():
+        return False
+    results = json.loads(path.read_text())
+    return results.get("n") == cfg.episodes and results.get("action_noise", 0.0) == cfg.action_noise
 
 
 def _policy_name(cfg: TestConfig) -> str:
@@ -599,8 +602,10 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         planner=planner,
         timing=timing,
         env=env_spec(run_dir).name,
+        action_noise=cfg.action_noise,
     )
     summary = summarize(results)
+    summary["action_noise"] = cfg.action_noise
     summary["timing"] = {**timing, "env_steps_per_s": timing["env_steps"] / max(timing["wall_s"], 1e-9),
                          "agent_share": timing["act_s"] / max(timing["wall_s"], 1e-9)}  # fmt: skip
     if planner is not None:
