@@ -241,6 +241,18 @@ def test_every_script_end_to_end(tmp_path):
     assert set(table["rescored"]) == set(table["real"]) == {"source", "fresh_kept", "fresh_mean"}
     assert all(r["n"] == 1 and np.isfinite(r["model_return"]) for r in table["real"].values())
 
+    # The same controller with and without action noise on the same tracks (experiments/action_noise.py); the run
+    # directory is only read, and a second call runs nothing again.
+    noise = tmp_path / "noise"
+    experiment = ["experiments/action_noise.py", "--run-dir", rd, "--out", str(noise), "--preset", "smoke"]
+    run(*experiment, "--levels", "0.5", "--episodes", "2")
+    assert snapshot() == before
+    table = json.loads((noise / "action_noise.json").read_text())["levels"]
+    assert list(table) == ["0", "0.5"] and table["0"]["paired_vs_0"]["mean"] == 0.0
+    noisy = json.loads((noise / "noise_0.5" / "results.json").read_text())
+    assert noisy["action_noise"] == 0.5 and table["0.5"]["returns"] != table["0"]["returns"]
+    assert "done before" in run(*experiment, "--levels", "0.5", "--episodes", "2").stdout
+
     # A config whose sizes differ from the checkpoint is refused with both sizes named, also where the stage
     # would otherwise count itself done, and the run's config record is left as it was.
     # (In this process: the scripts turn the CheckpointError into one line, tests/test_cli.py.)
