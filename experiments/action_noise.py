@@ -75,6 +75,16 @@ def run(args: Args) -> dict:
 
     levels = sorted(set(args.levels) | {0.0})
     base = load_preset(args.preset).test
+    for level in levels:  # results of another plan are refused before anything runs
+        out = args.out / f"noise_{level:g}" / "results.json"
+        if out.is_file():
+            summary = json.loads(out.read_text())
+            first = summary["episodes"][0]["seed"]
+            if summary["n"] != args.episodes or first != args.seed:
+                raise SystemExit(
+                    f"{out} holds {summary['n']} episodes from seed {first}, not {args.episodes} from {args.seed}; "
+                    "give another --out (nothing was written)"
+                )
     table: dict[str, dict] = {}
     for level in levels:
         out = args.out / f"noise_{level:g}" / "results.json"

@@ -252,6 +252,8 @@ def test_every_script_end_to_end(tmp_path):
     noisy = json.loads((noise / "noise_0.5" / "results.json").read_text())
     assert noisy["action_noise"] == 0.5 and table["0.5"]["returns"] != table["0"]["returns"]
     assert "done before" in run(*experiment, "--levels", "0.5", "--episodes", "2").stdout
+    refused = run(*experiment, "--levels", "0.5", "--episodes", "3", ok=False)
+    assert refused.returncode != 0 and "holds 2 episodes from seed 2000000" in refused.stderr
 
     # A config whose sizes differ from the checkpoint is refused with both sizes named, also where the stage
     # would otherwise count itself done, and the run's config record is left as it was.
