@@ -37,6 +37,45 @@ def test_scanned_dream_equals_python_loop():
     np.testing.assert_allclose(scanned, carry.total, rtol=1e-4, atol=1e-4)
 
 
+def test_noisy_dream_equals_python_loop_with_the_ou_noise_clipped_to_the_box():
+    """With action noise the scanned dream is the loop whose action is clip(C(z, h) + n_t, box), n = ``ou_path`` of
+    ``fold_in(key, 1)``; the noise changes the return, and 0 is the noise-free dream exactly."""
+    rnn, start, n = small_world()
+    params = jr.normal(jr.key(2), (n,)) * 0.5
+    key, steps, tau, std = jr.key(3), 25, 1.0, 0.4
+    kw = {"steps": steps, "temperature": tau, "done_threshold": 0.5}
+    noisy = single_rollout(params, rnn, start, key, **kw, action_noise=std)
+
+    controller = LinearController.from_flat(params, 8, 16)
+    k_start, k_steps = jr.split(key)
+    carry = initial_carry(rnn, start, k_start)
+    path = dream.ou_path(jr.fold_in(key, 1), steps, 3, std)
+    low, high = np.array([-1.0, 0.0, 0.0]), np.ones(3)
+    outside = 0
+    for k, a in zip(jr.split(k_steps, steps), path, strict=True):
+        raw = np.asarray(controller(carry.z, carry.state.h)) + np.asarray(a)
+        outside += int(np.any((raw < low) | (raw > high)))
+        carry, action = dream_step(controller, rnn, carry, mixture_noise(k, 3, 8), tau, 0.5, a)
+        np.testing.assert_allclose(action, np.clip(raw, low, high), rtol=1e-5, atol=1e-6)
+    assert outside > 0  # the clipping was exercised
+    np.testing.assert_allclose(noisy, carry.total, rtol=1e-4, atol=1e-4)
+    clean = single_rollout(params, rnn, start, key, **kw)
+    assert float(noisy) != float(clean)
+    assert float(single_rollout(params, rnn, start, key, **kw, action_noise=0.0)) == float(clean)
+
+
+def test_ou_path_has_the_real_noises_stationary_std_and_correlation():
+    """``dream.ou_path`` is the process of ``policies.ou_noise_step`` (same theta, same stationary std)."""
+    from worldmodels.policies import OU_THETA
+
+    assert dream.OU_THETA == OU_THETA
+    path = np.asarray(dream.ou_path(jr.key(0), 40_000, 3, 0.2))[100:]
+    np.testing.assert_allclose(path.std(axis=0), 0.2, rtol=0.03)
+    lag1 = [np.corrcoef(path[:-1, d], path[1:, d])[0, 1] for d in range(3)]
+    np.testing.assert_allclose(lag1, 1.0 - OU_THETA, atol=0.02)
+    assert np.all(np.asarray(dream.ou_path(jr.key(0), 5, 3, 0.0)) == 0.0)
+
+
 def constant_heads(rnn: MDNRNN, reward: float, done_logit: float) -> MDNRNN:
     """``rnn`` whose reward and done heads ignore their input: every step predicts ``reward`` and ``done_logit``."""
     bias = rnn.head.bias.at[-1].set(done_logit).at[-2].set(reward)

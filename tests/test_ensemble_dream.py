@@ -75,6 +75,12 @@ def test_ensemble_of_one_or_of_copies_is_the_single_model_dream():
         tracked_rollout(population[3], agent, agent, start, keys[1], steps=15, temperature=1.0), alone[1], rtol=1e-4
     )
 
+    # With action noise too: a copy's dream is single_rollout's noisy dream (the same noise path from the same key).
+    noisy = ensemble_generation_returns(population, (agent, agent), start, key, tau, 4, 15, 0.5, action_noise=0.3)
+    alone = [single_rollout(population[0], agent, start, k, steps=15, temperature=1.0, action_noise=0.3) for k in keys]
+    np.testing.assert_allclose(noisy[0], [np.mean(alone[0::2]), np.mean(alone[1::2])], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(noisy[0], copies[0])
+
 
 def test_pessimism_lowers_the_fitness_of_a_controller_exploiting_a_disagreeing_member():
     """Member 1 is M with its reward head negated: every controller's dream return in it is minus its return in M.

@@ -386,6 +386,10 @@ class DreamConfig:
     """Length T of each dream rollout in steps."""
     temperature: float = 1.0
     """Dream temperature tau: mixture logits / tau and sigma * sqrt(tau) (Sec. 4, "Cheating the World Model")."""
+    action_noise: float = 0.0
+    """Standard deviation of the smooth (Ornstein-Uhlenbeck, theta 0.5) noise added to C's actions in every dream,
+    clipped to the action box (``dream.ou_path``): the fitness is then the return of the noisy policy that
+    ``test.action_noise`` drives on the road. 0: the paper's deterministic controller."""
     generations: int = 200
     """Number of CMA-ES generations."""
     sigma_init: float = 0.1
@@ -452,7 +456,7 @@ class DreamConfig:
              "generations": ">= 1", "sigma_init": "> 0", "done_threshold": "in (0, 1]", "eval_every": ">= 0",
              "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1",
              "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1", "pessimism": ">= 0",
-             "ensemble": ">= 1"},
+             "ensemble": ">= 1", "action_noise": ">= 0"},
         )  # fmt: skip
         if self.controller_inputs not in ("zh", "z"):
             raise ValueError(f"dream.controller_inputs must be 'zh' or 'z', got {self.controller_inputs!r}")

@@ -25,6 +25,11 @@ MOPO).
 
 All candidates of a generation share the R keys (common random numbers), so their fitnesses differ
 by the controller, not by the luck of the dream.
+
+**Action noise** (``action_noise`` > 0): each dream adds to C's action the smooth Ornstein-Uhlenbeck noise that
+drives the agent on the road with ``test.action_noise`` (``ou_path``), clipped to the action box, so the fitness
+is the return of the policy that is deployed. The noise path of dream r comes from dream r's key, common to every
+candidate like the rest of the dream.
 """
 
 from __future__ import annotations
@@ -73,6 +78,49 @@ class DreamCarry(NamedTuple):
     total: Float[Array, ""]
 
 
+OU_THETA = 0.5
+"""Mean reversion per step of the dream's action noise: ``policies.OU_THETA``, the real noise's."""
+
+
+def ou_path(
+    key: PRNGKeyArray, steps: int, action_size: int, std: float, theta: float = OU_THETA
+) -> Float[Array, "T A"]:
+    """T steps of an Ornstein-Uhlenbeck process from zero with stationary standard deviation ``std``:
+    n_t = (1 - theta) n_{t-1} + std sqrt(1 - (1 - theta)^2) eps_t, eps_t ~ N(0, I), n_{-1} = 0; the process of
+    ``policies.ou_noise_step`` (the real episodes' noise; Uhlenbeck & Ornstein 1930), with JAX's generator.
+
+    Args:
+        key: the dream's noise key.
+        steps, action_size: T and A (static).
+        std: stationary standard deviation, in action units.
+        theta: mean reversion per step, in (0, 1].
+
+    Returns:
+        float32 (T, A), the noise added to the action of each step.
+    """
+    sigma = std * np.sqrt(1.0 - (1.0 - theta) ** 2)
+    eps = jr.normal(key, (steps, action_size))
+
+    def step(n, e):
+        n = (1.0 - theta) * n + sigma * e
+        return n, n
+
+    return jax.lax.scan(step, jnp.zeros(action_size), eps)[1]
+
+
+def action_box(squash: str, action_size: int) -> tuple[Float[Array, " A"], Float[Array, " A"]]:
+    """(low, high) of the action box that ``models.controller.squash_action``'s ``squash`` maps into.
+
+    Raises:
+        ValueError: for another ``squash``.
+    """
+    if squash == "carracing":
+        return jnp.array([-1.0, 0.0, 0.0]), jnp.ones(3)
+    if squash == "tanh":
+        return -jnp.ones(action_size), jnp.ones(action_size)
+    raise ValueError(f"unknown action squash {squash!r}; expected 'carracing' or 'tanh'")
+
+
 def dream_step(
     controller: LinearController,
     dynamics: Dynamics,
@@ -80,8 +128,12 @@ def dream_step(
     noise: MixtureNoise,
     temperature: float | Array,
     done_threshold: float | None,
+    action_noise: Float[Array, " A"] | None = None,
 ) -> tuple[DreamCarry, Float[Array, " 3"]]:
     """One dream step: act on [z_t, h_t], advance M, sample z_{t+1} at ``temperature``.
+
+    With ``action_noise`` (this step's row of ``ou_path``) the action is C's plus that noise, clipped to the box of
+    the controller's squash (``action_box``), as on the road with ``test.action_noise``.
 
     The reward is added while the dream is alive; the done head (probability > ``done_threshold``)
     ends it, masking every later reward. With ``done_threshold`` ``None`` (``dream.termination expected``)
@@ -93,11 +145,19 @@ def dream_step(
     Returns:
         (next carry, action (3,)).
     """
-    action = controller(carry.z, carry.state.h)
+    action = _noisy(controller, controller(carry.z, carry.state.h), action_noise)
     state, out = dynamics(carry.z, action, carry.state)
     z_next = sample_next_z_from_noise(out, noise, temperature)
     alive, total = _accumulate(carry.alive, carry.total, out, done_threshold)
     return DreamCarry(z_next, state, alive, total), action
+
+
+def _noisy(controller: LinearController, action: Array, noise: Array | None) -> Array:
+    """``action`` plus ``noise`` clipped to the controller's action box; ``action`` itself when ``noise`` is None."""
+    if noise is None:
+        return action
+    low, high = action_box(controller.squash, action.shape[-1])
+    return jnp.clip(action + noise, low, high)
 
 
 def _accumulate(alive, total, out: MDNOutput, done_threshold: float | None):
@@ -225,13 +285,20 @@ def mid_episode_starts(
     return DreamStart(jnp.asarray(mu[idx]), jnp.asarray(logvar[idx]), state)
 
 
-def _rollout_setup(params, agent: Dynamics, world: Dynamics, key: PRNGKeyArray, steps: int, squash: str, inputs: str):
-    """The controller of ``params`` (reading ``agent``'s h), the start key, and the sampling noise of every step of
-    a dream in ``world`` (``mixture_noise`` of each step's key, drawn in one vectorised call before the scan)."""
+def _rollout_setup(
+    params, agent: Dynamics, world: Dynamics, key: PRNGKeyArray, steps: int, squash: str, inputs: str,
+    action_noise: float = 0.0,
+):  # fmt: skip
+    """The controller of ``params`` (reading ``agent``'s h), the start key, and the scan's inputs: the sampling
+    noise of every step of a dream in ``world`` (``mixture_noise`` of each step's key, drawn in one vectorised call
+    before the scan), paired with the action noise (``ou_path`` of ``fold_in(key, 1)``) when ``action_noise`` > 0
+    (else ``None``, and the dream is exactly the noise-free one)."""
     controller = LinearController.from_flat(params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs)
     k_start, k_steps = jr.split(key)
     draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
-    return controller, k_start, draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
+    mixture = draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
+    actions = ou_path(jr.fold_in(key, 1), steps, agent.action_size, action_noise) if action_noise > 0 else None
+    return controller, k_start, (mixture, actions)
 
 
 def single_rollout(
@@ -245,19 +312,22 @@ def single_rollout(
     done_threshold: float | None = 0.5,
     squash: str = "carracing",
     inputs: str = "zh",
+    action_noise: float = 0.0,
 ) -> Float[Array, ""]:
     """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,), a ``LinearController``
-    with the environment's action ``squash`` reading ``inputs`` (``zh`` or ``z``).
+    with the environment's action ``squash`` reading ``inputs`` (``zh`` or ``z``), its actions perturbed by
+    Ornstein-Uhlenbeck noise of stationary std ``action_noise`` (static; 0: none; ``dream_step``).
 
-    The sampling noise of all steps (``mixture_noise`` of each step's key) is drawn in one vectorised
-    call before the ``lax.scan``, so the scanned step runs no random-number hashing.
+    The sampling noise of all steps (``mixture_noise`` of each step's key) and the action noise are drawn in
+    vectorised calls before the ``lax.scan``, so the scanned step runs no random-number hashing.
     """
-    controller, k_start, noise = _rollout_setup(params, dynamics, dynamics, key, steps, squash, inputs)
+    controller, k_start, xs = _rollout_setup(params, dynamics, dynamics, key, steps, squash, inputs, action_noise)
 
-    def step(carry, n):
-        return dream_step(controller, dynamics, carry, n, temperature, done_threshold)[0], None
+    def step(carry, x):
+        n, a = x
+        return dream_step(controller, dynamics, carry, n, temperature, done_threshold, a)[0], None
 
-    carry, _ = jax.lax.scan(step, initial_carry(dynamics, start, k_start), noise)
+    carry, _ = jax.lax.scan(step, initial_carry(dynamics, start, k_start), xs)
     return carry.total
 
 
@@ -284,8 +354,10 @@ def tracked_rollout(
     done_threshold: float | None = 0.5,
     squash: str = "carracing",
     inputs: str = "zh",
+    action_noise: float = 0.0,
 ) -> Float[Array, ""]:
-    """Return of one dream of ``steps`` steps whose world is ``world`` while the controller reads ``agent``'s h.
+    """Return of one dream of ``steps`` steps whose world is ``world`` while the controller reads ``agent``'s h
+    (with ``action_noise`` as in ``single_rollout``).
 
     At every step the controller acts on [z_t, h_t] with h_t from ``agent`` (the run's own M), ``world`` (another
     member of an ensemble, same Z and A) consumes (z_t, a_t) and gives z_{t+1} (sampled at ``temperature``), the
@@ -298,11 +370,12 @@ def tracked_rollout(
     """
     if start.state is not None:
         raise ValueError("a dream in another ensemble member starts from first frames only (start.state is None)")
-    controller, k_start, noise = _rollout_setup(params, agent, world, key, steps, squash, inputs)
+    controller, k_start, xs = _rollout_setup(params, agent, world, key, steps, squash, inputs, action_noise)
     first = initial_carry(agent, start, k_start)
 
-    def step(carry: TrackedCarry, n):
-        action = controller(carry.z, carry.agent.h)
+    def step(carry: TrackedCarry, x):
+        n, a = x
+        action = _noisy(controller, controller(carry.z, carry.agent.h), a)
         world_state, out = world(carry.z, action, carry.world)
         agent_state, _ = agent(carry.z, action, carry.agent)
         alive, total = _accumulate(carry.alive, carry.total, out, done_threshold)
@@ -310,7 +383,7 @@ def tracked_rollout(
         return TrackedCarry(z_next, world_state, agent_state, alive, total), None
 
     carry = TrackedCarry(first.z, world.initial_state(), first.state, first.alive, first.total)
-    return jax.lax.scan(step, carry, noise)[0].total
+    return jax.lax.scan(step, carry, xs)[0].total
 
 
 def batch_rollout(params, dynamics, start, keys: PRNGKeyArray, **kw) -> Float[Array, ""]:
@@ -342,6 +415,7 @@ def generation_fitness(
     mesh: Mesh | None = None,
     squash: str = "carracing",
     inputs: str = "zh",
+    action_noise: float = 0.0,
 ) -> Float[Array, " P"]:
     """A whole CMA-ES generation, P x R x T dream steps, in one jitted call.
 
@@ -357,13 +431,14 @@ def generation_fitness(
             so XLA splits candidates and rollouts over the devices; the values are the same. Use
             ``sharded_generation_fitness``, which builds the mesh and pads P.
         squash, inputs: static; the controller's action squash and inputs (``models.controller``).
+        action_noise: static; stationary std of the actions' Ornstein-Uhlenbeck noise (``single_rollout``).
 
     Returns:
         float32 (P,) mean dream return per candidate.
     """
     keys = jr.split(key, rollouts)
     kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
-          "inputs": inputs}  # fmt: skip
+          "inputs": inputs, "action_noise": action_noise}  # fmt: skip
     if mesh is None:
         return population_rollout(population, dynamics, start, keys, **kw)
     population = jax.lax.with_sharding_constraint(population, NamedSharding(mesh, PartitionSpec(POP, None)))
@@ -387,6 +462,7 @@ def ensemble_generation_returns(
     done_threshold: float | None,
     squash: str = "carracing",
     inputs: str = "zh",
+    action_noise: float = 0.0,
 ) -> Float[Array, "P K"]:
     """Each candidate's mean dream return in each of K ensemble members, one jitted call per generation.
 
@@ -400,7 +476,8 @@ def ensemble_generation_returns(
         population: float32 (P, N) flat controllers.
         members: K >= 1 dynamics of one Z and A (the run's M first), a static-length tuple.
         start: first-frame starts (``start.state`` None).
-        key, temperature, rollouts, steps, done_threshold, squash, inputs: as in ``generation_fitness``.
+        key, temperature, rollouts, steps, done_threshold, squash, inputs, action_noise: as in
+            ``generation_fitness``.
 
     Returns:
         float32 (P, K) mean return of each candidate over each member's dreams.
@@ -413,7 +490,7 @@ def ensemble_generation_returns(
         raise ValueError(f"{rollouts} dream rollouts cannot cover {k} ensemble members; use at least {k}")
     keys = jr.split(key, rollouts)
     kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
-          "inputs": inputs}  # fmt: skip
+          "inputs": inputs, "action_noise": action_noise}  # fmt: skip
     agent = members[0]
     columns = [population_rollout(population, agent, start, keys[0::k], **kw)]
     one = functools.partial(tracked_rollout, **kw)
@@ -450,6 +527,7 @@ def sharded_generation_fitness(
     devices: Sequence[jax.Device] | None = None,
     squash: str = "carracing",
     inputs: str = "zh",
+    action_noise: float = 0.0,
 ) -> Float[Array, " P"]:
     """``generation_fitness`` spread over ``devices`` (default ``jax.devices()``).
 
@@ -464,17 +542,19 @@ def sharded_generation_fitness(
         dynamics, start, key, temperature, rollouts, steps, done_threshold: as in ``generation_fitness``.
         devices: the devices to use; default all of ``jax.devices()``.
         squash, inputs: the controller's action squash and inputs (``models.controller``).
+        action_noise: stationary std of the actions' Ornstein-Uhlenbeck noise (``single_rollout``; 0: none).
 
     Returns:
         float32 (P,) mean dream return per candidate, padding removed.
     """
     devices = list(jax.devices() if devices is None else devices)
     args = (dynamics, start, key, temperature, rollouts, steps, done_threshold)
+    kw = {"squash": squash, "inputs": inputs, "action_noise": action_noise}
     if len(devices) == 1:
-        return generation_fitness(population, *args, squash=squash, inputs=inputs)
+        return generation_fitness(population, *args, **kw)
     p = population.shape[0]
     mesh = dream_mesh(p, rollouts, devices)
-    fitness = generation_fitness(shard_population(population, mesh), *args, mesh, squash=squash, inputs=inputs)
+    fitness = generation_fitness(shard_population(population, mesh), *args, mesh, **kw)
     return fitness if fitness.shape[0] == p else fitness[:p]
 
 

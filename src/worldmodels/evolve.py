@@ -53,7 +53,8 @@ def dream_fitness(
     members: Sequence[Dynamics] = (),
 ) -> Callable:
     """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller
-    (a ``LinearController`` with the environment's action ``squash``, reading ``cfg.controller_inputs``).
+    (a ``LinearController`` with the environment's action ``squash``, reading ``cfg.controller_inputs``; its actions
+    perturbed by ``cfg.action_noise``, ``dream.single_rollout``).
 
     The dream ends by ``cfg.termination`` (``dream.dream_step``: at M's done threshold, or continue-weighted).
     One jitted call per generation over every device (``dream.sharded_generation_fitness``: candidates,
@@ -69,12 +70,12 @@ def dream_fitness(
         if members:
             returns = ensemble_generation_returns(
                 population, ensemble, start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold,
-                squash=squash, inputs=cfg.controller_inputs,
+                squash=squash, inputs=cfg.controller_inputs, action_noise=cfg.action_noise,
             )  # fmt: skip
             return ensemble_fitness(returns, cfg.pessimism)
         return sharded_generation_fitness(
             population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold,
-            squash=squash, inputs=cfg.controller_inputs,
+            squash=squash, inputs=cfg.controller_inputs, action_noise=cfg.action_noise,
         )  # fmt: skip
 
     return fitness
