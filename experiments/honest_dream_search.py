@@ -59,6 +59,9 @@ class Args:
     """Dreams per controller for the final dream scores (the same keys for every controller)."""
     start_episodes: int = 64
     """Brownian episodes (50 steps each) whose first frames start the dreams."""
+    action_noise: float = 0.0
+    """Standard deviation of the Ornstein-Uhlenbeck action noise of the policy: added in every dream (CMA-ES and
+    the re-scores, ``dream.action_noise``) and on the road (``test.action_noise``), for every controller."""
 
 
 def _save_controller(run_dir: Path, source: Path, flat: np.ndarray, hparams: dict, step: int) -> None:
@@ -82,6 +85,8 @@ def main() -> None:
     unknown = [a for a in args.arms if a not in ("continue", "fresh")]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; known: continue, fresh")
+    if args.action_noise < 0:
+        raise SystemExit(f"--action-noise must be >= 0 (a standard deviation), got {args.action_noise}")
     for name in ("vae", "rnn", "controller", "config.json"):
         if not (args.source / name).exists():
             raise SystemExit(f"--source {args.source}: no {name}; point it at a run with a trained controller")
@@ -101,6 +106,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "search.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
+    if table.get("action_noise", 0.0) != args.action_noise:
+        raise SystemExit(f"{table_path} was measured with --action-noise {table.get('action_noise', 0.0)}; "
+                         "give another --out")  # fmt: skip
+    table["action_noise"] = args.action_noise
 
     def save_table() -> None:
         write_json(table_path, table)
@@ -108,7 +117,7 @@ def main() -> None:
     dynamics, _ = load_dynamics(args.source)
     spec = env_spec(args.source)
     cfg = dataclasses.replace(load_preset(args.preset).dream, generations=args.generations, seed=args.seed,
-                              sigma_init=args.sigma)  # fmt: skip
+                              sigma_init=args.sigma, action_noise=args.action_noise)  # fmt: skip
     hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs)
     source_ctrl, _ = load_controller(args.source)
     source_flat = np.asarray(source_ctrl.to_flat())
@@ -159,7 +168,9 @@ def main() -> None:
         table["rescore_rollouts"] = args.rescore_rollouts
         save_table()
 
-    test = TestConfig(episodes=args.episodes, seed=1_000_000, workers=2, max_steps=args.max_steps)
+    test = TestConfig(
+        episodes=args.episodes, seed=1_000_000, workers=2, max_steps=args.max_steps, action_noise=args.action_noise
+    )
     dirs = {"source": args.source}
     dirs |= {f"{a}_kept": out / a for a in args.arms} | {f"{a}_mean": out / f"{a}_mean" for a in args.arms}
     real = table.setdefault("real", {})
