@@ -106,7 +106,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "search.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {}
-    if table.get("action_noise", 0.0) != args.action_noise:
+    if table and table.get("action_noise", 0.0) != args.action_noise:  # (a table without the key: measured at 0)
         raise SystemExit(f"{table_path} was measured with --action-noise {table.get('action_noise', 0.0)}; "
                          "give another --out")  # fmt: skip
     table["action_noise"] = args.action_noise
