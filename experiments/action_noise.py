@@ -75,21 +75,19 @@ def run(args: Args) -> dict:
 
     levels = sorted(set(args.levels) | {0.0})
     base = load_preset(args.preset).test
-    for level in levels:  # results of another plan are refused before anything runs
-        out = args.out / f"noise_{level:g}" / "results.json"
-        if out.is_file():
-            summary = json.loads(out.read_text())
-            first = summary["episodes"][0]["seed"]
-            if summary["n"] != args.episodes or first != args.seed:
-                raise SystemExit(
-                    f"{out} holds {summary['n']} episodes from seed {first}, not {args.episodes} from {args.seed}; "
-                    "give another --out (nothing was written)"
-                )
+    outs = {level: args.out / f"noise_{level:g}" / "results.json" for level in levels}
+    done = {level: json.loads(out.read_text()) for level, out in outs.items() if out.is_file()}
+    for level, summary in done.items():  # results of another plan are refused before anything runs
+        first = summary["episodes"][0]["seed"]
+        if summary["n"] != args.episodes or first != args.seed:
+            raise SystemExit(
+                f"{outs[level]} holds {summary['n']} episodes from seed {first}, not {args.episodes} from "
+                f"{args.seed}; give another --out (nothing was written)"
+            )
     table: dict[str, dict] = {}
-    for level in levels:
-        out = args.out / f"noise_{level:g}" / "results.json"
-        if out.is_file():
-            summary = json.loads(out.read_text())
+    for level, out in outs.items():
+        if level in done:
+            summary = done[level]
             print(f"noise {level:g}: done before ({summary['mean']:.1f} over {summary['n']} episodes)")
         else:
             cfg = dataclasses.replace(

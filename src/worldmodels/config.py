@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+OU_THETA = 0.5
+"""Mean reversion per step of the Ornstein-Uhlenbeck action noise, wherever it is added: the ``controller``
+collection policy and the road (``policies.ou_noise_step``) and the dream (``dream.ou_path``)."""
+
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 """Where the named presets live (``configs/NAME.json`` next to the scripts)."""
 

@@ -46,7 +46,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from worldmodels.models.controller import LinearController
+from worldmodels.config import OU_THETA
+from worldmodels.models.controller import LinearController, action_box
 from worldmodels.models.dynamics import Dynamics
 from worldmodels.models.mdnrnn import MDNOutput, MixtureNoise, mixture_noise, sample_next_z_from_noise
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
@@ -78,10 +79,6 @@ class DreamCarry(NamedTuple):
     total: Float[Array, ""]
 
 
-OU_THETA = 0.5
-"""Mean reversion per step of the dream's action noise: ``policies.OU_THETA``, the real noise's."""
-
-
 def ou_path(
     key: PRNGKeyArray, steps: int, action_size: int, std: float, theta: float = OU_THETA
 ) -> Float[Array, "T A"]:
@@ -108,19 +105,6 @@ def ou_path(
     return jax.lax.scan(step, jnp.zeros(action_size), eps)[1]
 
 
-def action_box(squash: str, action_size: int) -> tuple[Float[Array, " A"], Float[Array, " A"]]:
-    """(low, high) of the action box that ``models.controller.squash_action``'s ``squash`` maps into.
-
-    Raises:
-        ValueError: for another ``squash``.
-    """
-    if squash == "carracing":
-        return jnp.array([-1.0, 0.0, 0.0]), jnp.ones(3)
-    if squash == "tanh":
-        return -jnp.ones(action_size), jnp.ones(action_size)
-    raise ValueError(f"unknown action squash {squash!r}; expected 'carracing' or 'tanh'")
-
-
 def dream_step(
     controller: LinearController,
     dynamics: Dynamics,
@@ -133,7 +117,7 @@ def dream_step(
     """One dream step: act on [z_t, h_t], advance M, sample z_{t+1} at ``temperature``.
 
     With ``action_noise`` (this step's row of ``ou_path``) the action is C's plus that noise, clipped to the box of
-    the controller's squash (``action_box``), as on the road with ``test.action_noise``.
+    the controller's squash (``models.controller.action_box``), as on the road with ``test.action_noise``.
 
     The reward is added while the dream is alive; the done head (probability > ``done_threshold``)
     ends it, masking every later reward. With ``done_threshold`` ``None`` (``dream.termination expected``)

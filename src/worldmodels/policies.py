@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from worldmodels.config import COLLECTION_POLICIES, CollectConfig
+from worldmodels.config import COLLECTION_POLICIES, OU_THETA, CollectConfig
 from worldmodels.env import ACTION_HIGH, ACTION_LOW, get_spec
 
 POLICIES = COLLECTION_POLICIES
@@ -42,10 +42,6 @@ def seed_offset(policy: str) -> int:
     if policy not in POLICIES:
         raise ValueError(f"unknown collection policy {policy!r}; available: {', '.join(POLICIES)}")
     return POLICIES.index(policy) * SEED_BLOCK
-
-
-OU_THETA = 0.5
-"""Mean reversion per step of the action noise of ``ControllerPolicy`` and ``evaluate.run_episodes``."""
 
 
 def ou_noise_step(noise: np.ndarray, rng: np.random.Generator, std: float, theta: float = OU_THETA) -> np.ndarray:

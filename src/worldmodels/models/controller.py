@@ -35,6 +35,19 @@ def squash_action(o: Float[Array, " A"], squash: str = "carracing") -> Float[Arr
     return jnp.stack([t[0], (t[1] + 1.0) / 2.0, jnp.clip(t[2], 0.0, 1.0)])
 
 
+def action_box(squash: str, action_size: int) -> tuple[Float[Array, " A"], Float[Array, " A"]]:
+    """(low, high) float32 (A,) each: the action box that ``squash_action``'s ``squash`` maps into.
+
+    Raises:
+        ValueError: for another ``squash``.
+    """
+    if squash == "carracing":
+        return jnp.array([-1.0, 0.0, 0.0]), jnp.ones(3)
+    if squash == "tanh":
+        return -jnp.ones(action_size), jnp.ones(action_size)
+    raise ValueError(f"unknown action squash {squash!r}; expected 'carracing' or 'tanh'")
+
+
 class LinearController(eqx.Module):
     """a = squash(W [z, h] + b) (or W z + b with ``inputs="z"``) for one example.
 
