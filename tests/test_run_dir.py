@@ -1,5 +1,7 @@
 """Run-directory access: the loaders rebuild V, M and C from their checkpoints' own kinds and sizes."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -45,7 +47,6 @@ def test_missing_and_mismatched_parts_are_named(tmp_path):
 
 
 def test_exported_agent_is_the_same_agent_and_frozen(tmp_path, monkeypatch):
-    import json
 
     import numpy as np
 
@@ -71,6 +72,25 @@ def test_exported_agent_is_the_same_agent_and_frozen(tmp_path, monkeypatch):
 
     with pytest.raises(FileExistsError, match="never overwritten"):
         run_dir.export_agent(src, out, {})
+
+
+def test_results_of_another_test_plan_are_kept_aside(tmp_path):
+    """A re-test with another plan keeps the earlier results.json under a name that says its plan; the same plan
+    replaces it; names already taken are not overwritten."""
+    out = tmp_path / "eval" / "results.json"
+    assert run_dir.keep_previous_results(out, {"n": 3, "action_noise": 0.2}) is None  # nothing there
+    out.parent.mkdir()
+    out.write_text(json.dumps({"n": 3, "mean": 1.0}))  # written before results recorded action_noise
+    assert run_dir.keep_previous_results(out, {"n": 3, "action_noise": 0.0}) is None  # same plan
+    assert out.is_file()
+    aside = run_dir.keep_previous_results(out, {"n": 3, "action_noise": 0.2})
+    assert aside == out.with_name("results.n3-noise0.0.json") and not out.exists()
+    assert json.loads(aside.read_text()) == {"n": 3, "mean": 1.0}
+    out.write_text(json.dumps({"n": 3, "mean": 2.0}))
+    second = run_dir.keep_previous_results(out, {"n": 100, "action_noise": 0.0})
+    assert second == out.with_name("results.n3-noise0.0-2.json") and json.loads(aside.read_text())["mean"] == 1.0
+    out.write_text("{not json")
+    assert run_dir.keep_previous_results(out, {"n": 3, "action_noise": 0.0}).name == "results.nunknown-noise0.0.json"
 
 
 def test_copy_world_model_copies_whole_parts_and_keeps_what_is_there(tmp_path):

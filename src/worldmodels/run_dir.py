@@ -38,6 +38,7 @@ __all__ = [
     "export_agent",
     "fixed_export",
     "frozen",
+    "keep_previous_results",
     "load_agent",
     "load_controller",
     "load_dynamics",
@@ -269,6 +270,33 @@ def results_path(run_dir: Path, out: Path | None = None, runs: Path = Path("runs
     if not frozen(run_dir):
         return run_dir / "eval" / "results.json"
     return runs / f"{run_dir.resolve().name}-eval-{time.strftime('%Y%m%d-%H%M%S')}" / "eval" / "results.json"
+
+
+def keep_previous_results(out: Path, plan: dict[str, Any]) -> Path | None:
+    """Move an earlier ``results.json`` at ``out`` aside when it was made with a different test plan.
+
+    A test re-run because its plan changed (another episode count ``n`` or ``action_noise``; ``plan`` holds the
+    new values of those keys) must not destroy the earlier measurement: the old file is renamed (``os.replace``,
+    atomic) to ``results.n{N}-noise{A}.json`` beside it, or ``...-2.json``, ``-3`` ... where that name is taken.
+    An unreadable old file is also kept aside. Returns the new path of the old file, or None when there was none
+    or its plan equals ``plan`` (then the new results simply replace results of the same plan).
+    """
+    out = Path(out)
+    if not out.is_file():
+        return None
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old and all(old.get(k, 0.0 if k == "action_noise" else None) == v for k, v in plan.items()):
+        return None
+    stem = f"{out.stem}.n{old.get('n', 'unknown')}-noise{old.get('action_noise', 0.0)}"
+    aside, k = out.with_name(stem + out.suffix), 1
+    while aside.exists():
+        k += 1
+        aside = out.with_name(f"{stem}-{k}{out.suffix}")
+    os.replace(out, aside)
+    return aside
 
 
 def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from worldmodels.run_dir import (
     env_spec,
     fixed_export,
     frozen,
+    keep_previous_results,
     load_agent,
     load_dynamics,
     load_members,
@@ -614,6 +615,9 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         summary["planner"] = {"policy": cfg.policy, "ensemble": members, "cem": dataclasses.asdict(cem),
                               "constraint_fraction": bound}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
+    aside = keep_previous_results(out, {"n": summary["n"], "action_noise": cfg.action_noise})
+    if aside is not None:
+        print(f"the earlier results of {out.parent} (another test plan) are kept as {aside}")
     write_json(out, summary)
     print(
         f"{summary['n']} real episodes ({name}): {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the "
