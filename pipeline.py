@@ -17,13 +17,16 @@ class Args:
     iterations: int | None = None
     """Sim2Real2Sim iterations after the pipeline (real test -> on-policy data from the controller -> MDN-RNN
     fine-tuning -> CMA-ES again); default: the preset's ``iterate.iterations``."""
+    seed: int | None = None
+    """Training seed of every stage (collection, V, M, the dream; ``config.with_seed``); default: the preset's.
+    Test seeds stay the same. A run directory whose recorded seeds differ is refused: use a fresh --run-dir."""
 
 
 def main() -> None:
     import tyro
 
     from worldmodels.cli import run_main
-    from worldmodels.config import load_preset
+    from worldmodels.config import load_preset, recorded_seeds, with_seed
     from worldmodels.pipeline import run_pipeline
 
     args = tyro.cli(Args, description=__doc__)
@@ -31,8 +34,22 @@ def main() -> None:
         raise SystemExit(f"error: --iterations must be >= 0, got {args.iterations}")
     try:
         preset = load_preset(args.preset)
+        if args.seed is not None:
+            preset = with_seed(preset, args.seed)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
+    wanted = {
+        "collect": preset.collect.seed,
+        "vae": preset.vae.seed,
+        "rnn": preset.rnn.seed,
+        "dream": preset.dream.seed,
+    }
+    clash = {k: v for k, v in recorded_seeds(args.run_dir).items() if v != wanted[k]}
+    if clash:
+        raise SystemExit(
+            f"error: {args.run_dir} was made with other seeds ({', '.join(f'{k} {v}' for k, v in clash.items())}; "
+            f"this command asks for {', '.join(f'{k} {wanted[k]}' for k in clash)}): use a fresh --run-dir"
+        )
     run_main(lambda: run_pipeline(args.run_dir, preset, args.iterations))
 
 

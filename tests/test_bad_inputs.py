@@ -93,6 +93,7 @@ TRIALS = [
     # pipeline.py
     ("pipeline.py", ["--iterations", "-1"], "--iterations"),
     ("pipeline.py", ["--preset", "nosuch"], "unknown preset 'nosuch'"),
+    ("pipeline.py", ["--seed", "-1"], "--seed must be in"),
 ]
 
 

@@ -100,3 +100,34 @@ def test_a_value_of_the_wrong_type_is_refused_with_the_field_named():
     """A preset file can hold a string where a number belongs; it is refused, not compared."""
     with pytest.raises(ValueError, match="vae.batch_size must be a number >= 1, got '5'"):
         VAEConfig(batch_size="5")
+
+
+def test_with_seed_reaches_every_training_stage_and_a_mismatched_run_is_refused(tmp_path):
+    """pipeline.py --seed sets the seed of collection, V, M and the dream but not the test tracks; a run directory
+    recorded with other seeds is refused before anything is written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from worldmodels.config import recorded_seeds, with_seed
+
+    preset = with_seed(load_preset("quick"), 2)
+    assert (preset.collect.seed, preset.vae.seed, preset.rnn.seed, preset.dream.seed) == (2, 2, 2, 2)
+    assert preset.test.seed == load_preset("quick").test.seed and preset.dream.action_noise == 0.0
+    for bad in (-1, 500_000):
+        with pytest.raises(ValueError, match="--seed must be in"):
+            with_seed(load_preset("quick"), bad)
+
+    assert recorded_seeds(tmp_path) == {}
+    record = json.dumps({"collect": {"seed": 0}, "rnn": {"seed": 0}, "test": {"seed": 1_000_000}})
+    (tmp_path / "config.json").write_text(record)
+    assert recorded_seeds(tmp_path) == {"collect": 0, "rnn": 0}
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "pipeline.py"), "--preset", "smoke", "--run-dir", str(tmp_path), "--seed", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode != 0 and "was made with other seeds (collect 0, rnn 0" in proc.stderr, proc.stderr
+    assert "use a fresh --run-dir" in proc.stderr
+    assert (tmp_path / "config.json").read_text() == record and sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json"
+    ]

@@ -1179,6 +1179,42 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def with_seed(preset: Preset, seed: int) -> Preset:
+    """``preset`` with every training seed set to ``seed``: collection (and so the tracks of the collected
+    episodes and of the loop's on-policy episodes), V, M and the dream (CMA-ES and its dreams). The test seeds
+    (``test.seed``, 1,000,000 on) are not changed, so runs of different seeds are scored on the same tracks.
+
+    Raises:
+        ValueError: if ``seed`` is negative or would reach the test seeds.
+    """
+    if not 0 <= seed < preset.test.seed // 2:
+        raise ValueError(f"--seed must be in [0, {preset.test.seed // 2}) (below the test seeds), got {seed}")
+    return dataclasses.replace(
+        preset,
+        collect=dataclasses.replace(preset.collect, seed=seed),
+        vae=dataclasses.replace(preset.vae, seed=seed),
+        rnn=dataclasses.replace(preset.rnn, seed=seed),
+        dream=dataclasses.replace(preset.dream, seed=seed),
+    )
+
+
+def recorded_seeds(run_dir: Path) -> dict[str, int]:
+    """The training seeds recorded in ``run_dir/config.json`` ({stage: seed} for collect, vae, rnn, dream; empty
+    when there is no readable record)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: data[k]["seed"]
+        for k in ("collect", "vae", "rnn", "dream")
+        if isinstance(data.get(k), dict) and "seed" in data[k]
+    }
+
+
 def record_config(run_dir: Path, stage: str, cfg: Any) -> None:
     """Merge the resolved config of ``stage`` into ``run_dir/config.json`` (the run's record), atomically.
 
