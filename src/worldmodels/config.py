@@ -50,6 +50,9 @@ COLLECTION_POLICIES = ("brownian", "random_controller", "heuristic", "recovery",
 """Collection policies by name (``worldmodels.policies`` implements them); the index also sets each policy's
 block of reset seeds (``policies.seed_offset``)."""
 
+SEED_BLOCK = 20_000
+"""Reset seeds of collection policy number p start at ``CollectConfig.seed + p * SEED_BLOCK``."""
+
 
 def _check_policy(name: str, where: str, spec: Any = None) -> None:
     """Refuse an unknown collection policy name, or one that does not apply to the environment ``spec`` (an
@@ -1180,18 +1183,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def with_seed(preset: Preset, seed: int) -> Preset:
-    """``preset`` with every training seed set to ``seed``: collection (and so the tracks of the collected
-    episodes and of the loop's on-policy episodes), V, M and the dream (CMA-ES and its dreams). The test seeds
+    """``preset`` with every training seed derived from ``seed``: V, M and the dream (CMA-ES and its dreams) get
+    ``seed``; collection gets ``seed * len(COLLECTION_POLICIES) * SEED_BLOCK``, so each run seed drives its own
+    block of tracks (every policy's block included) and no two seeds share a collected episode. The test seeds
     (``test.seed``, 1,000,000 on) are not changed, so runs of different seeds are scored on the same tracks.
 
     Raises:
-        ValueError: if ``seed`` is negative or would reach the test seeds.
+        ValueError: if ``seed`` is negative or its collection block would reach the test seeds.
     """
-    if not 0 <= seed < preset.test.seed // 2:
-        raise ValueError(f"--seed must be in [0, {preset.test.seed // 2}) (below the test seeds), got {seed}")
+    block = len(COLLECTION_POLICIES) * SEED_BLOCK
+    top = preset.test.seed // block - 1
+    if not 0 <= seed <= top:
+        raise ValueError(f"--seed must be in [0, {top}] (collection seeds stay below the test seeds), got {seed}")
     return dataclasses.replace(
         preset,
-        collect=dataclasses.replace(preset.collect, seed=seed),
+        collect=dataclasses.replace(preset.collect, seed=seed * block),
         vae=dataclasses.replace(preset.vae, seed=seed),
         rnn=dataclasses.replace(preset.rnn, seed=seed),
         dream=dataclasses.replace(preset.dream, seed=seed),

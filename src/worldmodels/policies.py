@@ -16,15 +16,12 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from worldmodels.config import COLLECTION_POLICIES, OU_THETA, CollectConfig
+from worldmodels.config import COLLECTION_POLICIES, OU_THETA, SEED_BLOCK, CollectConfig
 from worldmodels.env import ACTION_HIGH, ACTION_LOW, get_spec
 
 POLICIES = COLLECTION_POLICIES
 """Collection policies by name (``config.COLLECTION_POLICIES``, where configs check names); the index also sets each
 policy's block of reset seeds (``seed_offset``)."""
-
-SEED_BLOCK = 20_000
-"""Reset seeds of policy number p start at ``seed + p * SEED_BLOCK``."""
 
 
 class Policy(Protocol):
