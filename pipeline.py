@@ -26,7 +26,7 @@ def main() -> None:
     import tyro
 
     from worldmodels.cli import run_main
-    from worldmodels.config import load_preset, recorded_seeds, with_seed
+    from worldmodels.config import load_preset, seed_clash, with_seed
     from worldmodels.pipeline import run_pipeline
 
     args = tyro.cli(Args, description=__doc__)
@@ -38,17 +38,11 @@ def main() -> None:
             preset = with_seed(preset, args.seed)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
-    wanted = {
-        "collect": preset.collect.seed,
-        "vae": preset.vae.seed,
-        "rnn": preset.rnn.seed,
-        "dream": preset.dream.seed,
-    }
-    clash = {k: v for k, v in recorded_seeds(args.run_dir).items() if v != wanted[k]}
+    clash = seed_clash(args.run_dir, preset)
     if clash:
         raise SystemExit(
-            f"error: {args.run_dir} was made with other seeds ({', '.join(f'{k} {v}' for k, v in clash.items())}; "
-            f"this command asks for {', '.join(f'{k} {wanted[k]}' for k in clash)}): use a fresh --run-dir"
+            f"error: {args.run_dir} was made with other seeds ({', '.join(f'{k} {a}' for k, (a, _) in clash.items())}; "
+            f"this command asks for {', '.join(f'{k} {b}' for k, (_, b) in clash.items())}): use a fresh --run-dir"
         )
     run_main(lambda: run_pipeline(args.run_dir, preset, args.iterations))
 

@@ -1204,9 +1204,13 @@ def with_seed(preset: Preset, seed: int) -> Preset:
     )
 
 
+SEEDED_STAGES = ("collect", "vae", "rnn", "dream")
+"""The stages whose training seed ``with_seed`` sets and ``recorded_seeds`` reads."""
+
+
 def recorded_seeds(run_dir: Path) -> dict[str, int]:
-    """The training seeds recorded in ``run_dir/config.json`` ({stage: seed} for collect, vae, rnn, dream; empty
-    when there is no readable record)."""
+    """The training seeds recorded in ``run_dir/config.json`` ({stage: seed} for the ``SEEDED_STAGES`` that have
+    one; empty when there is no readable record)."""
     path = Path(run_dir) / "config.json"
     try:
         data = json.loads(path.read_text())
@@ -1214,11 +1218,15 @@ def recorded_seeds(run_dir: Path) -> dict[str, int]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {
-        k: data[k]["seed"]
-        for k in ("collect", "vae", "rnn", "dream")
-        if isinstance(data.get(k), dict) and "seed" in data[k]
-    }
+    return {k: data[k]["seed"] for k in SEEDED_STAGES if isinstance(data.get(k), dict) and "seed" in data[k]}
+
+
+def seed_clash(run_dir: Path, preset: Preset) -> dict[str, tuple[int, int]]:
+    """{stage: (recorded seed, ``preset``'s seed)} for every stage of ``run_dir`` recorded with another seed than
+    ``preset`` asks for (empty when they agree or nothing is recorded). The stages' done-checks do not look at
+    seeds, so ``pipeline.py`` refuses such a run directory instead of skipping or mixing them."""
+    recorded = recorded_seeds(run_dir)
+    return {k: (v, getattr(preset, k).seed) for k, v in recorded.items() if v != getattr(preset, k).seed}
 
 
 def record_config(run_dir: Path, stage: str, cfg: Any) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "load_vae",
     "results_path",
     "recipe_paths",
+    "results_plan",
     "require",
     "require_ckpt",
 ]
@@ -272,14 +273,21 @@ def results_path(run_dir: Path, out: Path | None = None, runs: Path = Path("runs
     return runs / f"{run_dir.resolve().name}-eval-{time.strftime('%Y%m%d-%H%M%S')}" / "eval" / "results.json"
 
 
+def results_plan(results: dict[str, Any]) -> dict[str, Any]:
+    """The test plan a ``results.json`` was made with: ``{"n": episodes, "action_noise": std}`` (``n`` None when
+    absent; ``action_noise`` 0.0 for results written before it was recorded). A test is done only when its
+    results' plan equals the config's (``stages.test_done``)."""
+    return {"n": results.get("n"), "action_noise": results.get("action_noise", 0.0)}
+
+
 def keep_previous_results(out: Path, plan: dict[str, Any]) -> Path | None:
     """Move an earlier ``results.json`` at ``out`` aside when it was made with a different test plan.
 
-    A test re-run because its plan changed (another episode count ``n`` or ``action_noise``; ``plan`` holds the
-    new values of those keys) must not destroy the earlier measurement: the old file is renamed (``os.replace``,
-    atomic) to ``results.n{N}-noise{A}.json`` beside it, or ``...-2.json``, ``-3`` ... where that name is taken.
-    An unreadable old file is also kept aside. Returns the new path of the old file, or None when there was none
-    or its plan equals ``plan`` (then the new results simply replace results of the same plan).
+    A test re-run because its plan changed (``plan``: the new ``results_plan``) must not destroy the earlier
+    measurement: the old file is renamed (``os.replace``, atomic) to ``results.n{N}-noise{A}.json`` beside it, or
+    ``...-2.json``, ``-3`` ... where that name is taken. An unreadable old file is also kept aside. Returns the new
+    path of the old file, or None when there was none or its plan equals ``plan`` (then the new results simply
+    replace results of the same plan).
     """
     out = Path(out)
     if not out.is_file():
@@ -288,9 +296,11 @@ def keep_previous_results(out: Path, plan: dict[str, Any]) -> Path | None:
         old = json.loads(out.read_text())
     except (OSError, ValueError):
         old = {}
-    if old and all(old.get(k, 0.0 if k == "action_noise" else None) == v for k, v in plan.items()):
+    previous = results_plan(old)
+    if old and previous == plan:
         return None
-    stem = f"{out.stem}.n{old.get('n', 'unknown')}-noise{old.get('action_noise', 0.0)}"
+    n = "unknown" if previous["n"] is None else previous["n"]
+    stem = f"{out.stem}.n{n}-noise{previous['action_noise']}"
     aside, k = out.with_name(stem + out.suffix), 1
     while aside.exists():
         k += 1

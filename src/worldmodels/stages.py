@@ -58,6 +58,7 @@ from worldmodels.run_dir import (
     recipe_paths,
     require_ckpt,
     results_path,
+    results_plan,
 )
 from worldmodels.train import (
     DYNAMICS_NAMES,
@@ -126,8 +127,7 @@ def test_done(run_dir: Path, cfg: TestConfig) -> bool:
         path = path.parent / _policy_name(cfg) / "results.json"
     if not path.is_file():
         return False
-    results = json.loads(path.read_text())
-    return results.get("n") == cfg.episodes and results.get("action_noise", 0.0) == cfg.action_noise
+    return results_plan(json.loads(path.read_text())) == {"n": cfg.episodes, "action_noise": cfg.action_noise}
 
 
 def _policy_name(cfg: TestConfig) -> str:
@@ -615,7 +615,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         summary["planner"] = {"policy": cfg.policy, "ensemble": members, "cem": dataclasses.asdict(cem),
                               "constraint_fraction": bound}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    aside = keep_previous_results(out, {"n": summary["n"], "action_noise": cfg.action_noise})
+    aside = keep_previous_results(out, results_plan(summary))
     if aside is not None:
         print(f"the earlier results of {out.parent} (another test plan) are kept as {aside}")
     write_json(out, summary)
