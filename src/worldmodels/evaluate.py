@@ -199,7 +199,7 @@ def run_episodes(
             episode's seed, before that action reaches the simulator.
     """
     from worldmodels.env import get_spec
-    from worldmodels.policies import ou_noise_step
+    from worldmodels.policies import add_noise, ou_noise_step
     from worldmodels.viz import side_by_side, to_uint8, vector_panel, write_video
 
     spec = get_spec(env)
@@ -291,7 +291,7 @@ def run_episodes(
         if action_noise > 0:
             for i in range(g.size):
                 g.noise[i] = ou_noise_step(g.noise[i], g.rngs[i], action_noise)
-            actions = np.clip(actions + g.noise, spec.low(), spec.high()).astype(np.float32)
+            actions = add_noise(actions, g.noise, spec.low(), spec.high())
         g.step_async(actions)
         g.t += 1
 

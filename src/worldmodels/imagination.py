@@ -44,6 +44,7 @@ from worldmodels.models import twohot
 from worldmodels.models.actor import Actor, Critic
 from worldmodels.models.dynamics import Dynamics
 from worldmodels.models.mdnrnn import mixture_noise, sample_next_z_from_noise
+from worldmodels.trainer import clipped_adam
 
 
 def lambda_returns(
@@ -263,9 +264,7 @@ class ACState(eqx.Module):
 
 def optimizers(cfg: ActorCriticConfig) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """(actor, critic) optimisers: clip_by_global_norm(cfg.grad_clip) then Adam at cfg.actor_lr / cfg.critic_lr."""
-    actor_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.actor_lr))
-    critic_tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.critic_lr))
-    return actor_tx, critic_tx
+    return clipped_adam(cfg.actor_lr, cfg.grad_clip), clipped_adam(cfg.critic_lr, cfg.grad_clip)
 
 
 def init_ac_state(

@@ -17,7 +17,6 @@ import equinox as eqx
 import jax
 import jax.random as jr
 import numpy as np
-import optax
 
 from worldmodels.config import RNNConfig
 from worldmodels.data import Episode
@@ -33,7 +32,7 @@ from worldmodels.train import (
     window_indices,
     window_means,
 )
-from worldmodels.trainer import fit
+from worldmodels.trainer import clipped_adam, fit
 
 PIXEL_SCALES = {"recon": 1.0, "vae_kl": 1.0, "image": 1.0}
 """Scales of the pixel path's own terms in the total, next to the RSSM's (``pixel_loss_scales``): the VAE's
@@ -217,7 +216,7 @@ def train_pixel_rssm(
         if init_vae.z_size != z_size:
             raise ValueError(f"init_vae has z_size {init_vae.z_size}, the pixel RSSM {z_size}")
         model = eqx.tree_at(lambda m: m.vae, model, init_vae)
-    optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+    optimizer = clipped_adam(cfg.learning_rate, cfg.grad_clip)
     return fit(
         model=model,
         optimizer=optimizer,

@@ -53,10 +53,16 @@ def ou_noise_step(noise: np.ndarray, rng: np.random.Generator, std: float, theta
         theta: mean reversion per step, in (0, 1].
 
     Returns:
-        (A,), the next noise (float64 once ``sigma`` has scaled it; callers clip action + noise and cast).
+        (A,), the next noise (float64 once ``sigma`` has scaled it; ``add_noise`` adds it to an action).
     """
     sigma = std * np.sqrt(1.0 - (1.0 - theta) ** 2)
     return (1.0 - theta) * noise + sigma * rng.standard_normal(noise.shape[-1]).astype(np.float32)
+
+
+def add_noise(action: np.ndarray, noise: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``action + noise`` clipped to the action box [low, high], as float32: (..., A) actions, (..., A) noise,
+    (A,) bounds. How the noise of ``ou_noise_step`` reaches the environment."""
+    return np.clip(action + noise, low, high).astype(np.float32)
 
 
 def squash_np(o: np.ndarray) -> np.ndarray:
@@ -241,8 +247,7 @@ class ControllerPolicy:
         if explore:
             return np.asarray(action[0], np.float32)
         self._noise = ou_noise_step(self._noise, self._rng, self.noise)
-        low, high = np.asarray(self.low, np.float32), np.asarray(self.high, np.float32)
-        return np.clip(np.asarray(action[0]) + self._noise, low, high).astype(np.float32)
+        return add_noise(np.asarray(action[0]), self._noise, np.asarray(self.low), np.asarray(self.high))
 
 
 _AGENTS: dict[str, Any] = {}

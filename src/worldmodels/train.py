@@ -31,7 +31,7 @@ from worldmodels.models.mlp_autoencoder import MLPAutoencoder
 from worldmodels.models.rssm import RSSM
 from worldmodels.models.transformer import TransformerDynamics
 from worldmodels.models.vae import to_float
-from worldmodels.trainer import fit
+from worldmodels.trainer import clipped_adam, fit
 
 # Vision
 
@@ -478,7 +478,7 @@ def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RS
         model, loss = TransformerDynamics(**hparams, key=jr.key(cfg.seed)), rnn_loss
     else:
         model, loss = MDNRNN(**hparams, key=jr.key(cfg.seed)), rnn_loss
-    optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+    optimizer = clipped_adam(cfg.learning_rate, cfg.grad_clip)
     return fit(
         model=model,
         optimizer=optimizer,

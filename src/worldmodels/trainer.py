@@ -24,6 +24,21 @@ from worldmodels.errors import TrainingDiverged
 from worldmodels.metrics_log import MetricsLog, trim_jsonl
 
 
+def clipped_adam(
+    learning_rate: float | optax.Schedule, max_norm: float, eps: float = 1e-8
+) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba 2015) on gradients first clipped to global norm ``max_norm``: the optimiser every
+    dynamics and policy learner here uses (MDN-RNN, RSSM, actor, critic, gossip pools, MARL learner, PPO; the VAE
+    trains with plain Adam).
+
+    Args:
+        learning_rate: Adam's step size (> 0), or a schedule of it.
+        max_norm: the largest global L2 norm of the gradient pytree before the update (> 0).
+        eps: Adam's epsilon (PPO uses 1e-5, as PureJaxRL does).
+    """
+    return optax.chain(optax.clip_by_global_norm(max_norm), optax.adam(learning_rate, eps=eps))
+
+
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
     """One jitted update: ``step(model, opt_state, batch, key) -> (model, opt_state, metrics)``.
 

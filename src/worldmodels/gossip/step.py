@@ -15,6 +15,7 @@ from jaxtyping import Array, PRNGKeyArray
 from worldmodels.config import GossipConfig
 from worldmodels.gossip.losses import model_loss, pool_loss
 from worldmodels.models.joint import JointWorldModel
+from worldmodels.trainer import clipped_adam
 
 LOSS_KEYS = ("total", "recon", "kl", "kl_raw", "mdn_nll", "reward", "done", "dynamics", "consistency", "grad_norm")
 """Per-model metrics of a pool step, in the order they are plotted."""
@@ -27,7 +28,7 @@ def model_keys(key: PRNGKeyArray, num_models: int) -> PRNGKeyArray:
 
 def make_optimizer(cfg: GossipConfig) -> optax.GradientTransformation:
     """Global-norm clip then Adam, applied to one model (the pool vmaps it)."""
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+    return clipped_adam(cfg.learning_rate, cfg.grad_clip)
 
 
 def init_opt_state(pool: JointWorldModel, optimizer: optax.GradientTransformation) -> Any:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from worldmodels.config import PPOConfig
 from worldmodels.marl import env as menv
+from worldmodels.trainer import clipped_adam
 
 _GAINS = (math.sqrt(2.0), math.sqrt(2.0))
 """Orthogonal gains of the two hidden layers; the heads use 0.01 (policy) and 1 (value)."""
@@ -336,7 +337,7 @@ def train_ppo(
     params, static = eqx.partition(net, eqx.is_array)
     n_grad_steps = cfg.num_updates * cfg.epochs * cfg.minibatches
     lr = optax.linear_schedule(cfg.lr, 0.0, n_grad_steps) if cfg.anneal_lr else cfg.lr
-    optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr, eps=1e-5))
+    optimizer = clipped_adam(lr, cfg.max_grad_norm, eps=1e-5)
 
     obs, env_state = jax.jit(jax.vmap(lambda k: menv.reset(env, k)))(jr.split(k_reset, cfg.num_envs))
     n_members = 1 if partners is None else len(partners)

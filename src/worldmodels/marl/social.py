@@ -37,6 +37,7 @@ from worldmodels.losses import weighted_total
 from worldmodels.marl.world_model import JointState, Sequence, SocialWorldModel, sequence_terms
 from worldmodels.models.actor import Critic
 from worldmodels.models.rssm import MLP
+from worldmodels.trainer import clipped_adam
 
 TEAMMATES = ("tom", "repeat", "none")
 SLOW_CRITIC_DECAY = 0.98
@@ -169,12 +170,7 @@ class Learner(eqx.Module):
 
 def optimizers(cfg: MARLConfig) -> tuple[optax.GradientTransformation, ...]:
     """(world model, actor, critic) optimisers: global-norm clip then Adam at each learning rate."""
-    clip = optax.clip_by_global_norm(GRAD_CLIP)
-    return (
-        optax.chain(clip, optax.adam(cfg.wm_lr)),
-        optax.chain(clip, optax.adam(cfg.actor_lr)),
-        optax.chain(clip, optax.adam(cfg.critic_lr)),
-    )
+    return tuple(clipped_adam(lr, GRAD_CLIP) for lr in (cfg.wm_lr, cfg.actor_lr, cfg.critic_lr))
 
 
 def model_hparams(cfg: MARLConfig, obs_size: int, num_actions: int) -> dict[str, Any]:
