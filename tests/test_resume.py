@@ -136,6 +136,17 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     table = json.loads(table_path.read_text())[str(a)]
     assert [r["iteration"] for r in table["rows"]] == [0] and table["rows"][0]["onpolicy_n"] == 2
     assert table["rows"][0]["test_mean"] == scores[0]["mean"] and table["picked_iteration"] == 0
+    # The seeds report (experiments/recipe_seeds.py) reads the run's stage times and scores; here the last
+    # iteration's own test stands in for the final 100-episode test.
+    final = a / "iterations" / "1" / "results.json"
+    cmd = [sys.executable, str(ROOT / "experiments" / "recipe_seeds.py"), "--run-dirs", str(a)]
+    report_path, plot_path = tmp_path / "seeds.json", tmp_path / "seeds.png"
+    ok([*cmd, "--final-tests", str(final), "--out", str(report_path), "--plot", str(plot_path)])
+    report = json.loads(report_path.read_text())
+    (row,) = report["runs"]
+    assert row["seed"] == 0 and [r["iteration"] for r in row["iterations"]] == [0, 1]
+    assert row["final_test"]["mean"] == pytest.approx(json.loads(final.read_text())["mean"])
+    assert report["summary"]["runs"] == 1 and plot_path.is_file()
     killed_when(script(*loop, b), lambda: generation(b) >= 4)
     ok(script(*loop, b))
     same_arrays(run_dir.load_dynamics, a, b, 15)
