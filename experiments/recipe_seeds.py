@@ -145,7 +145,7 @@ def main(args: Args) -> dict:
         print(f"seed {r['seed']}: {r['minutes_total']:.1f} min (skipped: {r['skipped'] or 'none'})  {its}{final}")
     print("summary:", report["summary"])
     if args.out is not None:
-        from worldmodels.run_dir import write_json
+        from worldmodels.metrics_log import write_json
 
         write_json(args.out, report)
         print(f"-> {args.out}")
