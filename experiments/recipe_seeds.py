@@ -26,6 +26,7 @@ import tyro
 
 from worldmodels.config import recorded_seeds
 from worldmodels.evaluate import ci95
+from worldmodels.run_dir import results_plan
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,16 @@ def run_row(run_dir: Path, final_test: Path | None) -> dict:
             raise FileNotFoundError(f"{run_dir / name} is missing: run pipeline.py --iterations N on {run_dir} first")
     pipeline = json.loads((run_dir / "pipeline.json").read_text())
     stages = {name: s["seconds"] / 60.0 for name, s in pipeline["stages"].items()}
+    seeds = recorded_seeds(run_dir)
     row = {
         "run_dir": str(run_dir),
         "preset": pipeline.get("preset"),
-        "seed": recorded_seeds(run_dir).get("dream"),
+        "seed": seeds.get("dream"),
         "minutes": stages,
         "minutes_total": sum(stages.values()),
         "skipped": [name for name, s in pipeline["stages"].items() if s["status"].startswith("skipped")],
         "iteration0_100": pipeline.get("score"),
-        "collect_seed": json.loads((run_dir / "config.json").read_text()).get("collect", {}).get("seed"),
+        "collect_seed": seeds.get("collect"),
         "iterations": json.loads((run_dir / "iterations" / "scores.json").read_text()),
     }
     if final_test is not None:
@@ -70,14 +72,10 @@ def run_row(run_dir: Path, final_test: Path | None) -> dict:
             raise ValueError(f"{final_test}: {len(rets)} episodes, but n says {res['n']}")
         row["final_test"] = {
             "path": str(final_test),
-            "n": int(res["n"]),
-            "mean": float(rets.mean()),
-            "ci95": ci95(rets),
+            **results_plan(res),
+            **{k: res[k] for k in ("mean", "ci95", "min", "max")},
             "median": float(np.median(rets)),
-            "min": float(rets.min()),
-            "max": float(rets.max()),
             "above_800": int((rets > 800).sum()),
-            "action_noise": res.get("action_noise", 0.0),
             "seeds": [int(e["seed"]) for e in res["episodes"]],
         }
     return row
