@@ -134,20 +134,31 @@ def summarize(args: Args) -> dict:
     return summary
 
 
-def random_reference(args: Args, episodes: int = 16) -> dict:
-    """The floor: an agent acting uniformly at random beside each teammate of the shared population (``episodes``
-    per teammate, key ``PRNGKey(12345)``), as a summary arm."""
+REFERENCES = {"random_agent": "random", "complement_agent": "complement"}
+"""Summary arms scored without training: an agent acting uniformly at random (the floor), and, in MPE, the
+scripted ``complement`` rule (heads for the landmark its teammate is not nearest to: what a perfect model of a
+``nearest`` teammate allows)."""
+
+
+def reference(args: Args, rule: str, episodes: int = 16) -> dict:
+    """A summary arm for an agent that does not learn: ``random`` (uniform actions) or a scripted rule of the
+    environment acting on the agent's own observation, beside each teammate of the shared population
+    (``episodes`` per teammate, key ``PRNGKey(12345)``)."""
     import jax.random as jr
 
     from worldmodels.config import load_preset
     from worldmodels.marl import env as menv
-    from worldmodels.marl.partners import load_pool
+    from worldmodels.marl.partners import load_pool, make_pool
     from worldmodels.marl.train import score_partners
 
     cfg = dataclasses.replace(load_preset(args.preset).marl, eval_episodes=episodes)
     pool = load_pool(args.out / f"full_s{args.seeds[0]}" / "partners")
     env = menv.make(cfg.layout, cfg.max_steps, cfg.env)
-    per_partner, pooled = score_partners(cfg, env, pool, None, "random", jr.PRNGKey(12345))
+    if rule == "random":
+        ego, kind = None, "random"
+    else:
+        ego, kind = make_pool([rule], obs_size=menv.obs_size(env), env=cfg.env), "scripted"
+    per_partner, pooled = score_partners(cfg, env, pool, ego, kind, jr.PRNGKey(12345))
     arm: dict = {"seeds": [12345], "env_steps": 0, "per_partner": {}}
     for name, r in per_partner.items():
         arm["per_partner"][name] = {"group": r["group"], "mean": r["mean"], "ci95_over_seeds": r["ci95"]}
@@ -230,7 +241,12 @@ def main() -> None:
     run_all(args)
     summary = summarize(args)
     if (args.out / f"full_s{args.seeds[0]}" / "partners").is_dir():
-        summary["random_agent"] = random_reference(args)
+        from worldmodels.config import load_preset, scripted_partners
+
+        env = load_preset(args.preset).marl.env
+        for arm, rule in REFERENCES.items():
+            if rule == "random" or rule in scripted_partners(env):
+                summary[arm] = reference(args, rule)
     write_json(args.out / "summary.json", summary)
     text = report(args, summary)
     (args.out / "report.md").write_text(text)

@@ -125,6 +125,18 @@ def test_mpe_wrapper_matches_jaxmarl_and_its_scripted_teammates_reach_their_land
         nearest = np.linalg.norm(first[:, 1:2] - first[:, 2:], axis=-1).argmin(-1)
         target = nearest if name == "nearest" else np.full(32, int(name[-1]))
         assert np.median(gap[np.arange(32), target]) < 0.1, name
+
+    # The scripted `complement` agent (ego kind `scripted`) takes the landmark its `nearest` teammate leaves: it
+    # covers the other landmark, and the team's return beats a random agent's by far on the same resets.
+    nearest = np.full(64, pool.names.index("nearest"), np.int32)
+    ego = make_pool(["complement"], obs_size=12, env="mpe_spread")
+    comp, states = run_episodes(env, ego, pool, nearest, jr.PRNGKey(9), ego_kind="scripted", record_states=True)
+    rand, _ = run_episodes(env, None, pool, nearest, jr.PRNGKey(9), ego_kind="random")
+    pos = np.asarray(states.p_pos)[-1]  # (E, 4, 2) at the last step: agents 0-1, landmarks 2-3
+    covered = np.linalg.norm(pos[:, :2, None] - pos[:, None, 2:], axis=-1).min(1)  # each landmark's nearest agent
+    assert np.median(covered.max(-1)) < 0.15
+    comp_ret, rand_ret = np.asarray(comp.reward).sum(-1), np.asarray(rand.reward).sum(-1)
+    assert comp_ret.mean() > rand_ret.mean() + 4.0, (comp_ret.mean(), rand_ret.mean())
     with pytest.raises(ValueError, match="marl.env"):
         menv.make(name="mpe_nowhere")
 
@@ -302,7 +314,7 @@ def test_train_marl_smoke_end_to_end(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-@pytest.mark.heavy(seconds=85)
+@pytest.mark.heavy(seconds=100)
 def test_train_marl_mpe_smoke_end_to_end(tmp_path):
     """marl_mpe_smoke (vector observations, five actions, 25-step episodes) trains and evaluates end to end; a run
     directory of that environment refuses the Overcooked preset."""
@@ -325,6 +337,27 @@ def test_train_marl_mpe_smoke_end_to_end(tmp_path):
     assert (run / "eval" / "episode.gif").stat().st_size > 1000
     bad = run_script("--run-dir", str(run))
     assert bad.returncode == 1 and "marl.env='mpe_spread'" in bad.stderr, bad.stderr
+
+    # experiments/marl_arms.py on that run (its arm full_s0, finished, so skipped): the summary, the report and the
+    # two references that do not learn (a random agent, the scripted `complement` rule)
+    arms = tmp_path / "arms"
+    arms.mkdir()
+    run.rename(arms / "full_s0")
+    experiment = [sys.executable, str(ROOT / "experiments" / "marl_arms.py"), "--out", str(arms)]
+    proc = subprocess.run(
+        [*experiment, "--preset", "marl_mpe_smoke", "--seeds", "0", "--variants", "full"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((arms / "summary.json").read_text())
+    assert set(summary) == {"full", "random_agent", "complement_agent"}
+    assert summary["complement_agent"]["per_partner"]["nearest"]["mean"] > summary["random_agent"]["per_partner"][
+        "nearest"
+    ]["mean"]
+    assert "| complement_agent |" in (arms / "report.md").read_text() and (arms / "curves.png").is_file()
 
 
 def test_replay_windows_roundtrip_and_damage(tmp_path):

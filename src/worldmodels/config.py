@@ -871,7 +871,7 @@ MARL_VARIANTS: tuple[str, ...] = get_args(MARLVariant)
 SCRIPTED_PARTNERS = ("random", "stay", "cook", "cook_eps")
 """Overcooked's scripted teammates by name; a learned teammate is named ``ppo_SEED`` (self-play PPO with that
 seed)."""
-MPE_SCRIPTED_PARTNERS = ("random", "stay", "nearest", "landmark_0", "landmark_1")
+MPE_SCRIPTED_PARTNERS = ("random", "stay", "nearest", "landmark_0", "landmark_1", "complement")
 """MPE cooperative navigation's scripted teammates by name (``worldmodels.marl.partners``)."""
 MARLEnv = Literal["overcooked", "mpe_spread"]
 MARL_ENVS: tuple[str, ...] = get_args(MARLEnv)

@@ -19,7 +19,9 @@ show on its own tile.
 In MPE cooperative navigation (``mpe_spread``) the observation is float32 (12,) (``worldmodels.marl.env``) and the
 five actions are 0 stay, 1 left, 2 right, 3 down, 4 up. Scripted kinds there: 1 ``random``, 2 ``stay``, 3
 ``nearest`` (steers to the landmark nearest to itself, ``steer_to``), 4 ``landmark_0`` and 5 ``landmark_1``
-(steer to that landmark whatever the agent does).
+(steer to that landmark whatever the agent does), 6 ``complement`` (steers to the landmark its teammate is not
+nearest to, ``complement_landmark``: the division of labour a perfect model of a ``nearest`` teammate allows; the
+project's scripted reference for what our agent could reach).
 """
 
 from __future__ import annotations
@@ -226,12 +228,24 @@ def nearest_landmark(obs: Float[Array, " 12"]) -> Int[Array, ""]:
     return jnp.argmin(jnp.stack([jnp.linalg.norm(obs[4:6]), jnp.linalg.norm(obs[6:8])])).astype(jnp.int32)
 
 
+def complement_landmark(obs: Float[Array, " 12"]) -> Int[Array, ""]:
+    """MPE: the index int32 () of the landmark its teammate is NOT nearest to, from the agent's own observation
+    (landmark k relative to the teammate is obs[4 + 2k : 6 + 2k] - obs[8:10]): cooperative navigation's division
+    of labour when the teammate heads for its nearest landmark."""
+    team = obs[8:10]
+    to_team = jnp.stack([jnp.linalg.norm(obs[4:6] - team), jnp.linalg.norm(obs[6:8] - team)])
+    return (1 - jnp.argmin(to_team)).astype(jnp.int32)
+
+
 def _mpe_probs(kind: Int[Array, ""], obs: Float[Array, " 12"]) -> Float[Array, " 5"]:
     n = menv.NUM_ACTIONS_OF["mpe_spread"]
     uniform = jnp.full(n, 1.0 / n, jnp.float32)
     hot = lambda a: jax.nn.one_hot(a, n, dtype=jnp.float32)  # noqa: E731
     nearest = hot(steer_to(obs, nearest_landmark(obs)))
-    table = jnp.stack([uniform, uniform, hot(menv.MPE_STAY), nearest, hot(steer_to(obs, 0)), hot(steer_to(obs, 1))])
+    complement = hot(steer_to(obs, complement_landmark(obs)))
+    table = jnp.stack(
+        [uniform, uniform, hot(menv.MPE_STAY), nearest, hot(steer_to(obs, 0)), hot(steer_to(obs, 1)), complement]
+    )
     return table[jnp.clip(kind, 0, len(table) - 1)]
 
 
@@ -239,7 +253,7 @@ def scripted_probs(kind: Int[Array, ""], obs: Array, env: str = "overcooked") ->
     """The action distribution float32 (A,) of scripted kind ``kind`` (traced ok) on its own observation in
     environment ``env`` (static). Overcooked (codes 1-4): uniform for ``random`` (and for the code 0 of a learned
     member, which has no script), one-hot for ``stay`` and ``cook``, the cook mixed with uniform at ``COOK_EPS`` for
-    ``cook_eps``. MPE (codes 1-5): uniform for ``random``, one-hot for the others."""
+    ``cook_eps``. MPE (codes 1-6): uniform for ``random``, one-hot for the others."""
     if env == "mpe_spread":
         return _mpe_probs(kind, obs)
     uniform = jnp.full(menv.NUM_ACTIONS, 1.0 / menv.NUM_ACTIONS, jnp.float32)

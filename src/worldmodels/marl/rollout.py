@@ -7,6 +7,8 @@ steps. The agent ("ego", agent 0) is one of
   actor samples a^0_t from it; the ToM head's prediction of the teammate's action is recorded at every step;
 * ``random``: uniform actions (the replay's prefill);
 * ``ppo``: a PPO policy network (the model-free reference);
+* ``scripted``: member 0 of a ``PartnerPool`` acting on the agent's own observation (a scripted reference such as
+  MPE's ``complement``);
 
 and the teammate (agent 1) is the population member given for that environment, acting on its own observation
 (``PartnerPool.act``); its true action distribution (``PartnerPool.probs``) is recorded too, the known answer the ToM
@@ -31,7 +33,7 @@ from worldmodels.marl import env as menv
 from worldmodels.marl import partners as mpartners
 from worldmodels.marl.world_model import Sequence
 
-EGO_KINDS = ("dreamer", "random", "ppo")
+EGO_KINDS = ("dreamer", "random", "ppo", "scripted")
 
 
 class Episodes(NamedTuple):
@@ -72,7 +74,8 @@ def run_episodes(
 
     Args:
         env: a JaxMARL Overcooked (``marl.env.make``).
-        ego: ``(world_model, actor)`` for ``dreamer``, a ``ppo.PolicyNet`` for ``ppo``, ignored for ``random``.
+        ego: ``(world_model, actor)`` for ``dreamer``, a ``ppo.PolicyNet`` for ``ppo``, a ``PartnerPool`` whose
+            member 0 acts for the agent for ``scripted``, ignored for ``random``.
         pool: the teammate population.
         members: int32 (E,) the teammate of each episode (indices into ``pool``).
         key: PRNG key.
@@ -116,6 +119,8 @@ def _run(env, ego, pool, members, key, ego_kind, record_states):
         if ego_kind == "ppo":
             logits, _ = ego(x)
             return carry_state, jr.categorical(k_act, logits).astype(jnp.int32), jnp.zeros((num_actions,))
+        if ego_kind == "scripted":
+            return carry_state, ego.act(jnp.zeros((), jnp.int32), x, k_act), jnp.zeros((num_actions,))
         return carry_state, jr.randint(k_act, (), 0, num_actions, jnp.int32), jnp.zeros((num_actions,))
 
     def one_env_step(env_state, obs, carry_state, prev_self, prev_team, first, member, k):
