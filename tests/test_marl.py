@@ -354,9 +354,10 @@ def test_train_marl_mpe_smoke_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((arms / "summary.json").read_text())
     assert set(summary) == {"full", "random_agent", "complement_agent"}
-    assert summary["complement_agent"]["per_partner"]["nearest"]["mean"] > summary["random_agent"]["per_partner"][
-        "nearest"
-    ]["mean"]
+    assert (
+        summary["complement_agent"]["per_partner"]["nearest"]["mean"]
+        > summary["random_agent"]["per_partner"]["nearest"]["mean"]
+    )
     assert "| complement_agent |" in (arms / "report.md").read_text() and (arms / "curves.png").is_file()
 
 
