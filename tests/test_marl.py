@@ -128,10 +128,10 @@ def test_mpe_wrapper_matches_jaxmarl_and_its_scripted_teammates_reach_their_land
 
     # The scripted `complement` agent (ego kind `scripted`) takes the landmark its `nearest` teammate leaves: it
     # covers the other landmark, and the team's return beats a random agent's by far on the same resets.
-    nearest = np.full(64, pool.names.index("nearest"), np.int32)
+    beside_nearest = np.full(64, pool.names.index("nearest"), np.int32)
     ego = make_pool(["complement"], obs_size=12, env="mpe_spread")
-    comp, states = run_episodes(env, ego, pool, nearest, jr.PRNGKey(9), ego_kind="scripted", record_states=True)
-    rand, _ = run_episodes(env, None, pool, nearest, jr.PRNGKey(9), ego_kind="random")
+    comp, states = run_episodes(env, ego, pool, beside_nearest, jr.PRNGKey(9), ego_kind="scripted", record_states=True)
+    rand, _ = run_episodes(env, None, pool, beside_nearest, jr.PRNGKey(9), ego_kind="random")
     pos = np.asarray(states.p_pos)[-1]  # (E, 4, 2) at the last step: agents 0-1, landmarks 2-3
     covered = np.linalg.norm(pos[:, :2, None] - pos[:, None, 2:], axis=-1).min(1)  # each landmark's nearest agent
     assert np.median(covered.max(-1)) < 0.15
