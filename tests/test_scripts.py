@@ -158,7 +158,8 @@ def test_every_script_end_to_end(tmp_path):
     generations = [json.loads(x) for x in (run_dir / "controller" / "metrics.jsonl").read_text().splitlines()]
     assert [g["generation"] for g in generations] == [1, 2, 3]
     assert "real_mean" in generations[1] and "real_mean" not in generations[0]  # checked every 2 generations
-    for part in ("vae/recon.png", "vae/metrics.jsonl", "rnn/metrics.jsonl", "controller/metrics.jsonl"):
+    parts = ("vae/recon.png", "vae/metrics.jsonl", "rnn/metrics.jsonl", "controller/metrics.jsonl", "eval/returns.png")
+    for part in parts:
         assert (run_dir / part).is_file(), part
     for stage in ("vae", "rnn", "controller"):  # TensorBoard event files next to every metrics.jsonl
         assert any(f.name.startswith("events.out.tfevents") for f in (run_dir / stage / "tb").iterdir()), stage
@@ -171,7 +172,7 @@ def test_every_script_end_to_end(tmp_path):
     elsewhere = tmp_path / "elsewhere" / "results.json"
     run("test_agent.py", *common, "--out", str(elsewhere), "--episodes", "1", "--no-video")
     assert snapshot() == before
-    assert json.loads(elsewhere.read_text())["n"] == 1
+    assert json.loads(elsewhere.read_text())["n"] == 1 and (elsewhere.parent / "returns.png").is_file()
     assert json.loads((elsewhere.parent / "config.json").read_text())["test"]["episodes"] == 1
 
     # A CEM planner acts instead of C, each search started from C's plan, scoring plans in a two-member ensemble.

@@ -619,6 +619,16 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     if aside is not None:
         print(f"the earlier results of {out.parent} (another test plan) are kept as {aside}")
     write_json(out, summary)
+    from worldmodels.viz import plot_returns  # here, not at the top: matplotlib costs a second at import
+
+    spec = env_spec(run_dir)
+    plot_returns(
+        out.parent / "returns.png",
+        np.array([e["return"] for e in summary["episodes"]]),
+        f"{spec.name}, {run_dir.name}, {name}, action noise {cfg.action_noise:g}",
+        threshold=spec.reward_threshold,
+        ci95=summary["ci95"],
+    )
     print(
         f"{summary['n']} real episodes ({name}): {summary['mean']:.1f} +- {summary['std']:.1f} (std; 95 % CI of the "
         f"mean +- {summary['ci95']:.1f}; min {summary['min']:.1f}, max {summary['max']:.1f}); reward delusion "

@@ -203,3 +203,46 @@ def plot_metrics(metrics_path: Path, out_path: Path, keys: list[str], title: str
     fig.tight_layout()
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
+
+
+def plot_returns(
+    out_path: Path, returns: np.ndarray, title: str, threshold: float | None = None, ci95: float | None = None
+) -> None:
+    """A histogram of real episode returns with their mean, its 95 % interval and the task's "solved" line.
+
+    Args:
+        out_path: the PNG to write (its folder must exist).
+        returns: float (N,) returns, one per real episode (N >= 1).
+        title: the plot's title (the agent and its test plan).
+        threshold: the environment's reward threshold (``env.EnvSpec.reward_threshold``: 900 for CarRacing, 200
+            for LunarLander), drawn as a dashed line; None draws none.
+        ci95: half-width of the 95 % interval of the mean (``evaluate.ci95``), shaded around the mean; None or 0
+            shades nothing.
+
+    Raises:
+        ValueError: for an empty ``returns``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    returns = np.asarray(returns, np.float64).ravel()
+    if returns.size == 0:
+        raise ValueError(f"plot_returns: no returns to plot for {out_path}")
+    mean = float(returns.mean())
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(returns, bins=min(30, max(5, returns.size // 3)), color="tab:blue", alpha=0.75)
+    label = f"mean {mean:.1f}" + (f" +- {ci95:.1f} (95 %)" if ci95 else "")
+    if ci95:
+        ax.axvspan(mean - ci95, mean + ci95, color="tab:orange", alpha=0.25)
+    ax.axvline(mean, color="tab:orange", label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="k", linestyle="--", label=f"solved ({threshold:g})")
+    ax.set_xlabel("real return per episode")
+    ax.set_ylabel("episodes")
+    ax.set_title(f"{title} ({returns.size} episodes)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
