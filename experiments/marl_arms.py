@@ -168,6 +168,31 @@ def reference(args: Args, rule: str, episodes: int = 16) -> dict:
     return arm
 
 
+def paired_lines(summary: dict) -> list[str]:
+    """Markdown rows of each learning arm minus ``full``, seed by seed: a seed's runs share their teammates and
+    evaluation keys, so the difference cancels what the seed's draws contribute. Mean over the seeds both arms
+    ran, +- the 95 % Student-t interval of that mean; no rows when ``full`` or no other learning arm ran."""
+    if "full" not in summary:
+        return []
+    full = summary["full"]
+    rows = []
+    for variant, arm in summary.items():
+        common = [s for s in arm["seeds"] if s in full["seeds"]]
+        if variant == "full" or len(common) < 2:
+            continue
+        cells = []
+        for group in ("train", "heldout"):
+            mine, base = arm[group]["per_seed"], full[group]["per_seed"]
+            d = np.array([mine[arm["seeds"].index(s)] - base[full["seeds"].index(s)] for s in common])
+            cells.append(f"{d.mean():+.2f} +- {ci95(d):.2f} (lower on {int((d < 0).sum())} of {len(d)})")
+        rows.append(f"| {variant} - full | {len(common)} | {cells[0]} | {cells[1]} |")
+    if not rows:
+        return []
+    head = ["", "Paired against `full`, seed by seed (same teammates and evaluation keys):", "",
+            "| difference | seeds | training teammates | held-out teammates |", "|---|---:|---:|---:|"]  # fmt: skip
+    return head + rows
+
+
 def report(args: Args, summary: dict) -> str:
     """A markdown table of the arms."""
     from worldmodels.config import load_preset
@@ -193,6 +218,7 @@ def report(args: Args, summary: dict) -> str:
             f"| {arm['heldout']['mean']:.1f} +- {arm['heldout']['ci95_over_seeds']:.1f} "
             f"| {tom['train']} / {tom['heldout']} |"
         )
+    lines += paired_lines(summary)
     lines += ["", "Per teammate (mean over seeds):", ""]
     names = list(next(iter(summary.values()))["per_partner"])
     lines.append("| arm | " + " | ".join(names) + " |")

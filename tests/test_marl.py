@@ -396,3 +396,28 @@ def test_replay_windows_roundtrip_and_damage(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a replay")
     with pytest.raises(DatasetError, match="bad.npz"):
         Replay.load(tmp_path / "bad.npz")
+
+
+def test_marl_arms_pairs_each_arm_with_full_seed_by_seed():
+    """experiments/marl_arms.py's paired rows: arm minus full on the seeds both ran, never for a reference arm."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import marl_arms
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+
+    def arm(seeds, train, heldout):
+        return {"seeds": seeds, "train": {"per_seed": train}, "heldout": {"per_seed": heldout}}
+
+    summary = {
+        "full": arm([0, 1, 2], [-10.0, -12.0, -11.0], [-15.0, -15.0, -16.0]),
+        # seeds in another order; train: -1 on every seed; held-out: -1, +1, +1
+        "no_tom": arm([2, 0, 1], [-12.0, -11.0, -13.0], [-15.0, -16.0, -14.0]),
+        "random_agent": arm([12345], [-15.0], [-16.0]),
+    }
+    lines = marl_arms.paired_lines(summary)
+    rows = [x for x in lines if x.startswith("| no_tom - full")]
+    assert len(rows) == 1, lines
+    assert "| 3 | -1.00 +- 0.00 (lower on 3 of 3) | +0.33 +- 2.87 (lower on 1 of 3) |" in rows[0], rows
+    assert not any("random_agent" in x for x in lines)
+    assert marl_arms.paired_lines({"no_tom": summary["no_tom"]}) == []
