@@ -590,6 +590,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     if planner is not None:
         record_config(run_dir if in_run else out.parent, f"cem_{name}", cem)
     seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
+    spec = env_spec(run_dir)
     timing: dict = {}
     results = run_episodes(
         agent,
@@ -602,7 +603,7 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
         fps=cfg.video_fps,
         planner=planner,
         timing=timing,
-        env=env_spec(run_dir).name,
+        env=spec.name,
         action_noise=cfg.action_noise,
     )
     summary = summarize(results)
@@ -621,10 +622,9 @@ def run_test(run_dir: Path, cfg: TestConfig, out: Path | None = None, cem: CEMCo
     write_json(out, summary)
     from worldmodels.viz import plot_returns  # here, not at the top: matplotlib costs a second at import
 
-    spec = env_spec(run_dir)
     plot_returns(
         out.parent / "returns.png",
-        np.array([e["return"] for e in summary["episodes"]]),
+        np.array([r.ret for r in results]),
         f"{spec.name}, {run_dir.name}, {name}, action noise {cfg.action_noise:g}",
         threshold=spec.reward_threshold,
         ci95=summary["ci95"],
