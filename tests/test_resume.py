@@ -125,6 +125,19 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     scores = json.loads((a / "iterations" / "scores.json").read_text())
     assert [r["iteration"] for r in scores] == [0, 1] and scores[1]["onpolicy_episodes"] == 2
     assert (a / "iterations" / "scores.png").is_file()
+    # Each iteration's agent is kept (M and C copied at that iteration's steps, V linked) and loads as a run
+    # directory; iteration 1's is the run's own agent now, iteration 0's the one the loop began from.
+    kept = {k: a / "iterations" / str(k) / "agent" for k in (0, 1)}
+    same_arrays(run_dir.load_controller, a, kept[1], 5)
+    same_arrays(run_dir.load_dynamics, a, kept[1], 15)
+    parts = json.loads((kept[0] / "pretrained.json").read_text())["parts"]
+    assert parts["controller"]["step"] == 3 and parts["rnn"]["step"] < 15 and (kept[0] / "vae").is_symlink()
+    assert run_dir.frozen(kept[0]) and run_dir.load_agent(kept[0]).controller is not None
+    # ... and the controller to keep is chosen by its own on-policy episodes, the only candidate here being
+    # iteration 0's (iteration 1's has none yet).
+    choice = json.loads((a / "iterations" / "selection.json").read_text())
+    assert choice["iteration"] == 0 and choice["agent_kept"] and choice["onpolicy"]["n"] == 2
+    assert scores[0]["onpolicy"]["mean"] == choice["onpolicy"]["mean"] and "onpolicy" not in scores[1]
     assert json.loads((a / "config.json").read_text())["rnn"]["dataset"].endswith("controller:1")
     state = es_state(a)
     assert str(state["adaptation"]) == "tpa" and state["mean"].shape == (387,)
@@ -136,6 +149,7 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     table = json.loads(table_path.read_text())[str(a)]
     assert [r["iteration"] for r in table["rows"]] == [0] and table["rows"][0]["onpolicy_n"] == 2
     assert table["rows"][0]["test_mean"] == scores[0]["mean"] and table["picked_iteration"] == 0
+    assert table["rows"][0]["onpolicy_mean"] == pytest.approx(choice["onpolicy"]["mean"])
     # The seeds report (experiments/recipe_seeds.py) reads the run's stage times and scores; here the last
     # iteration's own test stands in for the final 100-episode test.
     final = a / "iterations" / "1" / "results.json"
@@ -153,5 +167,7 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     same_es_state(a, b)
     assert rows(b / "controller" / "metrics.jsonl", "generation") == [1, 2, 3, 4, 5]
     assert rows(b / "rnn" / "metrics.jsonl", "step") == rows(a / "rnn" / "metrics.jsonl", "step")
+    for k in (0, 1):  # the resumed loop kept the same agents
+        same_arrays(run_dir.load_controller, kept[k], b / "iterations" / str(k) / "agent", 3 if k == 0 else 5)
     ra, rb = (json.loads((d / "iterations" / "1" / "results.json").read_text()) for d in (a, b))
     assert [e["return"] for e in ra["episodes"]] == [e["return"] for e in rb["episodes"]]

@@ -90,18 +90,29 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
     )
     if iterations:
         table = Table(title="Sim2Real2Sim iterations (same first test seeds)")
-        for col in ("iteration", "episodes", "real score", "reward delusion", "on-policy episodes"):
+        cols = ("iteration", "episodes", "real score", "reward delusion", "on-policy episodes", "its on-policy return")
+        for col in cols:
             table.add_column(col, justify="right")
         for row in report["iterations"]:
+            own = row.get("onpolicy")
             table.add_row(
                 str(row["iteration"]),
                 str(row["n"]),
                 f"{row['mean']:.1f} +- {row['std']:.1f}",
                 delusion_text(row["reward_delusion"]),
                 str(row["onpolicy_episodes"]),
+                "-" if not own or own["mean"] is None else f"{own['mean']:.1f} +- {own['ci95'] or 0:.1f} ({own['n']})",
             )
         Console().print(table)
         print(f"-> {run_dir / 'iterations' / 'scores.png'}")
+        chosen = json.loads((run_dir / "iterations" / "selection.json").read_text())
+        if chosen["iteration"] is not None:
+            print(
+                f"kept by its own on-policy episodes: iteration {chosen['iteration']} (mean "
+                f"{chosen['onpolicy']['mean']:.1f} over {chosen['onpolicy']['n']}; the last iteration's controller "
+                f"has none yet); test it: {chosen['command']}"
+                + ("" if chosen["agent_kept"] else " (its agent was not kept: the loop began before snapshots)")
+            )
     return report
 
 
@@ -123,6 +134,8 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
     ]
     for k in range(1, iterations + 1):
         res = stages.run_iteration(run_dir, preset, k)
+        onpolicy = stages.onpolicy_returns(run_dir, preset, k)  # iteration k - 1's controller, on its own episodes
+        rows[k - 1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "controller_noise")}
         rows.append(
             {
                 "iteration": k,
@@ -137,11 +150,45 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
         out = run_dir / "iterations"
         write_json(out / "scores.json", rows)
         plot_iterations(rows, out / "scores.png")
+    write_json(run_dir / "iterations" / "selection.json", select_iteration(run_dir, rows))
     return rows
 
 
+def select_iteration(run_dir: Path, rows: list[dict]) -> dict:
+    """The loop's controller to keep, chosen by the mean return of its own on-policy episodes (the next
+    iteration's collection: ``stages.onpolicy_returns``), not by a test score; the last iteration's controller
+    has no such episodes yet and is not a candidate.
+
+    Args:
+        run_dir: the run directory (for the command that tests the choice).
+        rows: ``_iterate``'s rows; those with an ``onpolicy`` entry are the candidates.
+
+    Returns:
+        dict with ``iteration`` (None without candidates), ``onpolicy`` (its entry), ``test`` (its real test
+        score on the loop's test seeds, for reference: not used to choose), ``agent`` (the kept agent's
+        directory, ``stages.agent_snapshot_dir``), ``command`` (a full test of it) and ``candidates``.
+    """
+    candidates = [r for r in rows if r.get("onpolicy") and r["onpolicy"]["mean"] is not None]
+    if not candidates:
+        return {"iteration": None, "candidates": []}
+    best = max(candidates, key=lambda r: r["onpolicy"]["mean"])
+    agent = stages.agent_snapshot_dir(run_dir, best["iteration"])
+    return {
+        "iteration": best["iteration"],
+        "by": "mean return of the controller's own on-policy episodes (collection seeds, exploration noise)",
+        "onpolicy": best["onpolicy"],
+        "test": {"n": best["n"], "mean": best["mean"], "ci95": best["ci95"]},
+        "agent": str(agent),
+        "agent_kept": agent.is_dir(),
+        "command": f"uv run test_agent.py --run-dir {agent} --out {agent.parent / 'test' / 'results.json'}",
+        "candidates": [{"iteration": r["iteration"], **r["onpolicy"]} for r in candidates],
+    }
+
+
 def plot_iterations(rows: list[dict], path: Path) -> None:
-    """Real score (mean +- std) and reward delusion per Sim2Real2Sim iteration, as a PNG."""
+    """Real score (mean +- std) per Sim2Real2Sim iteration beside the mean return of each controller's own
+    on-policy episodes (+- the 95 % interval; ``select_iteration`` keeps the highest), and the reward delusion,
+    as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +196,14 @@ def plot_iterations(rows: list[dict], path: Path) -> None:
 
     it = [r["iteration"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].errorbar(it, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=3)
+    axes[0].errorbar(it, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=3,
+                     label="real test (+- std)")  # fmt: skip
+    own = [r for r in rows if r.get("onpolicy") and r["onpolicy"]["mean"] is not None]
+    if own:
+        axes[0].errorbar([r["iteration"] for r in own], [r["onpolicy"]["mean"] for r in own],
+                         yerr=[r["onpolicy"]["ci95"] or 0.0 for r in own], marker="s", capsize=3, linestyle="--",
+                         label="its on-policy episodes (+- 95 % CI)")  # fmt: skip
+        axes[0].legend(fontsize=7)
     axes[0].set_title("real score")
     axes[1].plot(it, [np.nan if r["reward_delusion"] is None else r["reward_delusion"] for r in rows], marker="o")
     axes[1].set_title("reward delusion")

@@ -309,7 +309,7 @@ def keep_previous_results(out: Path, plan: dict[str, Any]) -> Path | None:
     return aside
 
 
-def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any], link: tuple[str, ...] = ()) -> dict[str, Any]:
     """Copy the agent of ``run_dir`` (V, M, C at their latest steps, without optimiser states, metrics or
     data) and its ``config.json`` into the new run directory ``out``, marked ``frozen`` by a
     ``pretrained.json`` that records ``provenance`` and each part's kind, step and hparams.
@@ -321,24 +321,36 @@ def export_agent(run_dir: Path, out: Path, provenance: dict[str, Any]) -> dict[s
         run_dir: a run directory with trained ``vae/``, ``rnn/`` and ``controller/`` checkpoints.
         out: the directory to create.
         provenance: JSON-able facts to record (the source, the score and the command that measured it).
+        link: parts (``"vae"``, ``"rnn"``, ``"controller"``) that ``out`` links to (a relative symbolic link to
+            ``run_dir``'s directory) instead of copying: for a part that stays as it is for as long as ``out``
+            is used, such as V in a Sim2Real2Sim loop, which never retrains it.
 
     Returns:
         The contents of ``out/pretrained.json``.
 
     Raises:
         FileExistsError: when ``out`` exists (nothing is overwritten).
+        ValueError: for a name in ``link`` that is not a part.
         MissingInput, CheckpointError: as ``load_agent``.
     """
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new --out (an existing agent is never overwritten)")
     loaded = _agent_parts(run_dir)  # every part loads and the sizes agree before anything is written
+    unknown = sorted(set(link) - set(loaded))
+    if unknown:
+        raise ValueError(f"export_agent(link=...): unknown parts {unknown}; choose from {sorted(loaded)}")
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
-        shutil.rmtree(tmp)  # our own unfinished export, never a user's directory
+        shutil.rmtree(tmp)  # our own unfinished export (links in it are removed, never followed)
     parts = {}
+    tmp.mkdir(parents=True)
     for name, (module, meta) in loaded.items():
-        checkpoint.save(tmp / name / "ckpt", meta["step"], module, kind=meta["kind"], hparams=meta["hparams"], keep=1)
+        if name in link:  # relative, and tmp sits beside out, so the link holds after the rename
+            os.symlink(os.path.relpath((run_dir / name).resolve(), out.parent.resolve() / out.name), tmp / name)
+        else:
+            checkpoint.save(tmp / name / "ckpt", meta["step"], module, kind=meta["kind"], hparams=meta["hparams"],
+                            keep=1)  # fmt: skip
         parts[name] = {"kind": meta["kind"], "step": meta["step"], "hparams": meta["hparams"]}
     shutil.copy(run_dir / "config.json", tmp / "config.json")
     record = {"parts": parts, **provenance}

@@ -37,16 +37,18 @@ from worldmodels.data import collect, collection_plan, load_episodes, open_datas
 from worldmodels.diagnostics import delusion_text
 from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.env import get_spec
-from worldmodels.evaluate import run_episodes, summarize
+from worldmodels.evaluate import ci95, run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve, save_es_state, write_restart_state
 from worldmodels.metrics_log import append_jsonl, write_json
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import stack_modules
 from worldmodels.models.registry import controller_hparams
+from worldmodels.policies import seed_offset
 from worldmodels.run_dir import (
     dataset_dir,
     dynamics_meta,
     env_spec,
+    export_agent,
     fixed_export,
     frozen,
     keep_previous_results,
@@ -668,6 +670,86 @@ def iteration_configs(
     return collect, rnn, dream, ac, test
 
 
+def iteration_steps(preset: Preset, j: int) -> tuple[int, int]:
+    """(M's updates, the controller checkpoint's step) at the end of loop iteration ``j`` of ``preset`` (0: the
+    first pipeline pass); the step is CMA-ES's generation or the actor-critic's update."""
+    if j == 0:
+        rnn, dream, ac = preset.rnn, preset.dream, preset.actor_critic
+    else:
+        _, rnn, dream, ac, _ = iteration_configs(preset, j)
+    return rnn.steps, ac.steps if dream.learner == "actor-critic" else dream.generations
+
+
+def agent_snapshot_dir(run_dir: Path, j: int) -> Path:
+    """Where the loop keeps iteration ``j``'s agent: ``RUN_DIR/iterations/J/agent`` (``snapshot_agent``)."""
+    return Path(run_dir) / "iterations" / str(j) / "agent"
+
+
+def snapshot_agent(run_dir: Path, preset: Preset, j: int) -> Path | None:
+    """Keep loop iteration ``j``'s agent (V, and M and C as iteration ``j`` left them) as the frozen run directory
+    ``agent_snapshot_dir(run_dir, j)``, so that ``test_agent.py --run-dir RUN_DIR/iterations/J/agent`` drives it
+    after later iterations replaced M and C (the loop keeps only their newest checkpoints). M and C are copied
+    (``run_dir.export_agent``, a few MB), V is linked: the loop never retrains it.
+
+    Done once (an existing snapshot is returned as it is). Skipped, returning None with a line that says why,
+    when M or C is no longer at iteration ``j``'s step (``iteration_steps``): a loop resumed from a version of
+    this program that kept no snapshots, or a run whose M is a fixed export.
+    """
+    run_dir = Path(run_dir)
+    out = agent_snapshot_dir(run_dir, j)
+    if out.is_dir():
+        return out
+    want = iteration_steps(preset, j)
+    have = (checkpoint.latest_step(run_dir / "rnn" / "ckpt"), checkpoint.latest_step(run_dir / "controller" / "ckpt"))
+    if have != want or fixed_export(run_dir) is not None:
+        print(f"iteration {j}'s agent is not kept in {out}: M and C are at steps {have}, iteration {j}'s are {want}")
+        return None
+    export_agent(run_dir, out, {"source": str(run_dir), "preset": preset.name, "iteration": j}, link=("vae",))
+    return out
+
+
+def onpolicy_returns(run_dir: Path, preset: Preset, k: int) -> dict:
+    """The real returns of the on-policy episodes loop iteration ``k`` >= 1 collected: iteration ``k - 1``'s
+    controller driving with the collection's exploration noise (``collect.controller_noise``) on collection
+    seeds, which no test uses. Free validation data: over a loop, the controller whose own episodes scored
+    best is the one to keep (see the README's LunarLander section), and choosing by them looks at no test seed.
+
+    Cached in ``RUN_DIR/iterations/K/onpolicy.json`` once all of the iteration's episodes are stored.
+
+    Returns:
+        dict with ``controller_iteration`` (k - 1), ``seeds``, ``returns`` (float, per episode, in seed order),
+        ``n``, ``mean`` and ``ci95`` (half-width of the 95 % interval of the mean; None for fewer than 1 and 2
+        episodes), ``controller_noise``.
+
+    Raises:
+        DatasetError: when ``RUN_DIR/data/controller`` is missing or unreadable.
+    """
+    out = Path(run_dir) / "iterations" / str(k) / "onpolicy.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    cfg = iteration_configs(preset, k)[0]
+    first = cfg.seed + seed_offset(cfg.policy) + (k - 1) * preset.iterate.episodes
+    wanted = range(first, first + preset.iterate.episodes)
+    ds = open_dataset(dataset_dir(run_dir, cfg.policy))
+    seeds = [int(m["seed"]) for m in ds.storage.get_episode_metadata(range(ds.total_episodes))]
+    index = sorted((s, i) for i, s in enumerate(seeds) if s in wanted)
+    returns = [float(np.sum(ep["rewards"])) for ep in ds.storage.get_episodes([i for _, i in index])]
+    rets = np.asarray(returns)
+    summary = {
+        "controller_iteration": k - 1,
+        "seeds": [s for s, _ in index],
+        "returns": returns,
+        "n": len(returns),
+        "mean": float(rets.mean()) if len(rets) else None,
+        "ci95": ci95(rets) if len(rets) > 1 else None,
+        "controller_noise": cfg.controller_noise,
+    }
+    if len(returns) == len(wanted):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, summary)
+    return summary
+
+
 def _restart_kept_best(run_dir: Path, generation: int, restart_sigma: float = 0.0) -> None:
     """Forget the kept best controller's dream score before CMA-ES continues in a new MDN-RNN's dream
     (a score from the old dream is not comparable); only when no generation of the new round ran yet.
@@ -693,15 +775,19 @@ def _restart_kept_best(run_dir: Path, generation: int, restart_sigma: float = 0.
 def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
     """Loop iteration ``k`` (see ``iteration_configs``); every step resumes, a finished one is skipped.
 
-    Writes ``RUN_DIR/iterations/K/results.json`` and returns its summary.
+    Writes ``RUN_DIR/iterations/K/results.json`` and returns its summary; keeps iteration ``k - 1``'s agent
+    (before this iteration changes it) and iteration ``k``'s (``snapshot_agent``) and the returns of the on-policy
+    episodes (``onpolicy_returns``).
     """
     run_dir = Path(run_dir)
     out = run_dir / "iterations" / str(k) / "results.json"
     if out.is_file():
         return json.loads(out.read_text())
     collect_cfg, rnn_cfg, dream_cfg, ac_cfg, test_cfg = iteration_configs(preset, k)
+    snapshot_agent(run_dir, preset, k - 1)  # before this iteration replaces M and C
     print(f"== iteration {k}: on-policy collection ({collect_cfg.episodes} episodes in data/controller) ==")
     collect(run_dir, collect_cfg)
+    onpolicy_returns(run_dir, preset, k)
     if not rnn_done(run_dir, rnn_cfg):
         name = DYNAMICS_NAMES[rnn_cfg.kind]
         print(f"== iteration {k}: {name} fine-tuning to {rnn_cfg.steps} updates on {rnn_cfg.dataset} ==")
@@ -715,4 +801,6 @@ def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
             _restart_kept_best(run_dir, dream_cfg.generations - it.generations, it.restart_sigma)
         run_dream(run_dir, dream_cfg, ac_cfg)
     print(f"== iteration {k}: real test ({test_cfg.episodes} episodes) ==")
-    return run_test(run_dir, test_cfg, out)
+    summary = run_test(run_dir, test_cfg, out)
+    snapshot_agent(run_dir, preset, k)
+    return summary
