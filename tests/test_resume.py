@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from worldmodels import run_dir
+from worldmodels.data import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,11 +134,13 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     parts = json.loads((kept[0] / "pretrained.json").read_text())["parts"]
     assert parts["controller"]["step"] == 3 and parts["rnn"]["step"] < 15 and (kept[0] / "vae").is_symlink()
     assert run_dir.frozen(kept[0]) and run_dir.load_agent(kept[0]).controller is not None
-    # ... and the controller to keep is chosen by its own on-policy episodes, the only candidate here being
-    # iteration 0's (iteration 1's has none yet).
+    # ... and the controller to keep is chosen by its own on-policy episodes: iteration 1's collected iteration 0's,
+    # and the loop ended by collecting iteration 1's (iterate.validate_last), 2 each.
     choice = json.loads((a / "iterations" / "selection.json").read_text())
-    assert choice["iteration"] == 0 and choice["agent_kept"] and choice["onpolicy"]["n"] == 2
-    assert scores[0]["onpolicy"]["mean"] == choice["onpolicy"]["mean"] and "onpolicy" not in scores[1]
+    own = [scores[k]["onpolicy"]["mean"] for k in (0, 1)]
+    assert [c["iteration"] for c in choice["candidates"]] == [0, 1] and choice["agent_kept"]
+    assert choice["iteration"] == int(np.argmax(own)) and choice["onpolicy"]["n"] == 2
+    assert open_dataset(a / "data" / "controller").total_episodes == 4
     assert json.loads((a / "config.json").read_text())["rnn"]["dataset"].endswith("controller:1")
     state = es_state(a)
     assert str(state["adaptation"]) == "tpa" and state["mean"].shape == (387,)
@@ -149,7 +152,7 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     table = json.loads(table_path.read_text())[str(a)]
     assert [r["iteration"] for r in table["rows"]] == [0] and table["rows"][0]["onpolicy_n"] == 2
     assert table["rows"][0]["test_mean"] == scores[0]["mean"] and table["picked_iteration"] == 0
-    assert table["rows"][0]["onpolicy_mean"] == pytest.approx(choice["onpolicy"]["mean"])
+    assert table["rows"][0]["onpolicy_mean"] == pytest.approx(own[0])
     # The seeds report (experiments/recipe_seeds.py) reads the run's stage times and scores; here the last
     # iteration's own test stands in for the final 100-episode test.
     final = a / "iterations" / "1" / "results.json"

@@ -689,6 +689,10 @@ class IterateConfig:
     """With ``dream.learner actor-critic``: actor-critic updates per iteration, continuing from the previous ones."""
     test_episodes: int = 20
     """Real episodes scoring each iteration's controller."""
+    validate_last: bool = True
+    """After the last iteration, collect the next iteration's on-policy episodes with the last controller, so that
+    it too has episodes of its own and is a candidate for ``iterations/selection.json`` (costs ``episodes`` real
+    episodes; a later, longer loop reuses them as its next iteration's)."""
 
     def __post_init__(self):
         _check_ranges(

@@ -109,8 +109,8 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         if chosen["iteration"] is not None:
             print(
                 f"kept by its own on-policy episodes: iteration {chosen['iteration']} (mean "
-                f"{chosen['onpolicy']['mean']:.1f} over {chosen['onpolicy']['n']}; the last iteration's controller "
-                f"has none yet); test it: {chosen['command']}"
+                f"{chosen['onpolicy']['mean']:.1f} over {chosen['onpolicy']['n']} episodes, of iterations "
+                f"{', '.join(str(c['iteration']) for c in chosen['candidates'])}); test it: {chosen['command']}"
                 + ("" if chosen["agent_kept"] else " (its agent was not kept: the loop began before snapshots)")
             )
     return report
@@ -132,6 +132,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
             "onpolicy_episodes": 0,
         }
     ]
+    out = run_dir / "iterations"
     for k in range(1, iterations + 1):
         res = stages.run_iteration(run_dir, preset, k)
         onpolicy = stages.onpolicy_returns(run_dir, preset, k)  # iteration k - 1's controller, on its own episodes
@@ -147,7 +148,11 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
                 "onpolicy_episodes": k * preset.iterate.episodes,
             }
         )
-        out = run_dir / "iterations"
+        write_json(out / "scores.json", rows)
+        plot_iterations(rows, out / "scores.png")
+    if preset.iterate.validate_last:  # the last controller's own episodes: iteration N + 1's first step
+        onpolicy = stages.collect_onpolicy(run_dir, preset, iterations + 1)
+        rows[-1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "controller_noise")}
         write_json(out / "scores.json", rows)
         plot_iterations(rows, out / "scores.png")
     write_json(run_dir / "iterations" / "selection.json", select_iteration(run_dir, rows))
@@ -157,7 +162,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
 def select_iteration(run_dir: Path, rows: list[dict]) -> dict:
     """The loop's controller to keep, chosen by the mean return of its own on-policy episodes (the next
     iteration's collection: ``stages.onpolicy_returns``), not by a test score; the last iteration's controller
-    has no such episodes yet and is not a candidate.
+    is a candidate only when ``iterate.validate_last`` collected its episodes.
 
     Args:
         run_dir: the run directory (for the command that tests the choice).

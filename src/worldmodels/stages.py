@@ -750,6 +750,18 @@ def onpolicy_returns(run_dir: Path, preset: Preset, k: int) -> dict:
     return summary
 
 
+def collect_onpolicy(run_dir: Path, preset: Preset, k: int) -> dict:
+    """The first step of loop iteration ``k`` >= 1: keep iteration ``k - 1``'s agent (``snapshot_agent``, before
+    the iteration replaces M and C), grow ``data/controller`` by ``iterate.episodes`` episodes of its controller,
+    and return their returns (``onpolicy_returns``). Resumes like every collection; episodes already stored are
+    kept."""
+    collect_cfg = iteration_configs(preset, k)[0]
+    snapshot_agent(run_dir, preset, k - 1)
+    print(f"== iteration {k}: on-policy collection ({collect_cfg.episodes} episodes in data/controller) ==")
+    collect(run_dir, collect_cfg)
+    return onpolicy_returns(run_dir, preset, k)
+
+
 def _restart_kept_best(run_dir: Path, generation: int, restart_sigma: float = 0.0) -> None:
     """Forget the kept best controller's dream score before CMA-ES continues in a new MDN-RNN's dream
     (a score from the old dream is not comparable); only when no generation of the new round ran yet.
@@ -783,11 +795,8 @@ def run_iteration(run_dir: Path, preset: Preset, k: int) -> dict:
     out = run_dir / "iterations" / str(k) / "results.json"
     if out.is_file():
         return json.loads(out.read_text())
-    collect_cfg, rnn_cfg, dream_cfg, ac_cfg, test_cfg = iteration_configs(preset, k)
-    snapshot_agent(run_dir, preset, k - 1)  # before this iteration replaces M and C
-    print(f"== iteration {k}: on-policy collection ({collect_cfg.episodes} episodes in data/controller) ==")
-    collect(run_dir, collect_cfg)
-    onpolicy_returns(run_dir, preset, k)
+    collect_onpolicy(run_dir, preset, k)
+    _, rnn_cfg, dream_cfg, ac_cfg, test_cfg = iteration_configs(preset, k)
     if not rnn_done(run_dir, rnn_cfg):
         name = DYNAMICS_NAMES[rnn_cfg.kind]
         print(f"== iteration {k}: {name} fine-tuning to {rnn_cfg.steps} updates on {rnn_cfg.dataset} ==")
