@@ -6,7 +6,9 @@ on collection seeds (100,000 on), into ``data/controller``; then it trains M and
 new controller on the test seeds (1,000,000 on). So every controller but the last already has a second, independent
 measurement of its real return, on seeds the test never uses. This script reads both for each iteration and asks
 whether the on-policy return could pick the iteration to keep (a validation set) where the loop today keeps the
-last one. It reads a finished run and writes nothing into it.
+last one. It reads a finished run and writes nothing into it. (Since 2026-11-29 the loop records these returns and
+its choice itself: ``iterations/K/onpolicy.json`` and ``iterations/selection.json``; this script also reads the
+runs made before that.)
 
     uv run python experiments/onpolicy_validation.py --run-dirs runs/lunar_climb runs/lunar_mean \\
         --out experiments/results/lunar/onpolicy_validation.json

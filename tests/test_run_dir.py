@@ -73,6 +73,38 @@ def test_exported_agent_is_the_same_agent_and_frozen(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="never overwritten"):
         run_dir.export_agent(src, out, {})
 
+    # A linked part (V, which the Sim2Real2Sim loop never retrains) is a relative link that loads the same V from
+    # the source, and survives moving source and copy together; a part name that is not a part is refused first.
+    with pytest.raises(ValueError, match=r"unknown parts \['vea'\]"):
+        run_dir.export_agent(src, src / "iterations" / "0" / "agent", {}, link=("vea",))
+    assert not (src / "iterations").exists()
+    kept = src / "iterations" / "0" / "agent"
+    run_dir.export_agent(src, kept, {"iteration": 0}, link=("vae",))
+    assert (kept / "vae").is_symlink() and not (kept / "vae").readlink().is_absolute()
+    moved = tmp_path / "moved"
+    src.rename(moved)
+    c = run_dir.load_agent(moved / "iterations" / "0" / "agent")
+    for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_the_loop_keeps_the_controller_its_own_episodes_rank_first(tmp_path):
+    from worldmodels.pipeline import select_iteration
+
+    def row(k, test, own):
+        r = {"iteration": k, "n": 20, "mean": test, "ci95": 5.0, "std": 10.0}
+        if own is not None:
+            r["onpolicy"] = {"n": 30, "mean": own, "ci95": 4.0, "controller_noise": 0.2}
+        return r
+
+    # The test score (iteration 1's 900) is never looked at; iteration 2 has no episodes of its own.
+    rows = [row(0, 100.0, 50.0), row(1, 900.0, 40.0), row(2, 50.0, None)]
+    choice = select_iteration(tmp_path, rows)
+    assert choice["iteration"] == 0 and [c["iteration"] for c in choice["candidates"]] == [0, 1]
+    assert choice["agent"] == str(tmp_path / "iterations" / "0" / "agent") and not choice["agent_kept"]
+    assert choice["test"]["mean"] == 100.0 and f"--run-dir {tmp_path}/iterations/0/agent" in choice["command"]
+    assert select_iteration(tmp_path, [row(0, 1.0, None)]) == {"iteration": None, "candidates": []}
+
 
 def test_results_of_another_test_plan_are_kept_aside(tmp_path):
     """A re-test with another plan keeps the earlier results.json under a name that says its plan; the same plan
