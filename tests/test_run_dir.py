@@ -94,7 +94,7 @@ def test_the_loop_keeps_the_controller_its_own_episodes_rank_first(tmp_path):
     def row(k, test, own):
         r = {"iteration": k, "n": 20, "mean": test, "ci95": 5.0, "std": 10.0}
         if own is not None:
-            r["onpolicy"] = {"n": 30, "mean": own, "ci95": 4.0, "controller_noise": 0.2}
+            r["onpolicy"] = {"n": 30, "mean": own, "ci95": 4.0, "exploration": "noise 0.2"}
         return r
 
     # The test score (iteration 1's 900) is never looked at; iteration 2 has no episodes of its own.

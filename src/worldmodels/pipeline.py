@@ -136,7 +136,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
     for k in range(1, iterations + 1):
         res = stages.run_iteration(run_dir, preset, k)
         onpolicy = stages.onpolicy_returns(run_dir, preset, k)  # iteration k - 1's controller, on its own episodes
-        rows[k - 1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "controller_noise")}
+        rows[k - 1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "exploration")}
         rows.append(
             {
                 "iteration": k,
@@ -151,8 +151,9 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
         write_json(out / "scores.json", rows)
         plot_iterations(rows, out / "scores.png")
     if preset.iterate.validate_last:  # the last controller's own episodes: iteration N + 1's first step
+        print(f"== the last controller's own episodes (validate_last): iteration {iterations + 1}'s first step ==")
         onpolicy = stages.collect_onpolicy(run_dir, preset, iterations + 1)
-        rows[-1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "controller_noise")}
+        rows[-1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "exploration")}
         write_json(out / "scores.json", rows)
         plot_iterations(rows, out / "scores.png")
     write_json(run_dir / "iterations" / "selection.json", select_iteration(run_dir, rows))

@@ -710,7 +710,7 @@ def snapshot_agent(run_dir: Path, preset: Preset, j: int) -> Path | None:
 
 def onpolicy_returns(run_dir: Path, preset: Preset, k: int) -> dict:
     """The real returns of the on-policy episodes loop iteration ``k`` >= 1 collected: iteration ``k - 1``'s
-    controller driving with the collection's exploration noise (``collect.controller_noise``) on collection
+    controller driving with its exploration (``collect.controller_noise``, or an actor's own samples) on collection
     seeds, which no test uses. Free validation data: over a loop, the controller whose own episodes scored
     best is the one to keep (see the README's LunarLander section), and choosing by them looks at no test seed.
 
@@ -719,7 +719,7 @@ def onpolicy_returns(run_dir: Path, preset: Preset, k: int) -> dict:
     Returns:
         dict with ``controller_iteration`` (k - 1), ``seeds``, ``returns`` (float, per episode, in seed order),
         ``n``, ``mean`` and ``ci95`` (half-width of the 95 % interval of the mean; None for fewer than 1 and 2
-        episodes), ``controller_noise``.
+        episodes), ``exploration`` (the actor's own samples, or the linear controller's noise).
 
     Raises:
         DatasetError: when ``RUN_DIR/data/controller`` is missing or unreadable.
@@ -742,7 +742,9 @@ def onpolicy_returns(run_dir: Path, preset: Preset, k: int) -> dict:
         "n": len(returns),
         "mean": float(rets.mean()) if len(rets) else None,
         "ci95": ci95(rets) if len(rets) > 1 else None,
-        "controller_noise": cfg.controller_noise,
+        "exploration": "the actor's own samples"
+        if preset.dream.learner == "actor-critic"
+        else f"noise {cfg.controller_noise:g}",
     }
     if len(returns) == len(wanted):
         out.parent.mkdir(parents=True, exist_ok=True)
