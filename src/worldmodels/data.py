@@ -238,10 +238,17 @@ def stored_seeds(storage) -> list[int]:
     return [int(m["seed"]) for m in storage.get_episode_metadata(range(storage.total_episodes))]
 
 
+def episode_seeds(cfg: CollectConfig) -> range:
+    """The reset seeds of a collection's episodes, in episode order: episode i uses ``cfg.seed +
+    seed_offset(cfg.policy) + i``, for i < ``cfg.episodes``."""
+    first = cfg.seed + seed_offset(cfg.policy)
+    return range(first, first + cfg.episodes)
+
+
 def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
     """Collect ``cfg.episodes`` episodes of ``cfg.policy`` with ``cfg.workers`` processes into ``RUN_DIR/data/NAME``.
 
-    Episode i uses reset seed ``cfg.seed + seed_offset(cfg.policy) + i``; seeds already stored are
+    Episode i uses reset seed ``cfg.seed + seed_offset(cfg.policy) + i`` (``episode_seeds``); seeds already stored are
     skipped, so an interrupted collection resumes. Each finished episode is appended to the dataset at once.
 
     Returns:
@@ -255,8 +262,7 @@ def collect(run_dir: Path, cfg: CollectConfig, name: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = open_for_collection(path, cfg)
     done = set(stored_seeds(storage))
-    first = cfg.seed + seed_offset(cfg.policy)
-    todo = [first + i for i in range(cfg.episodes) if first + i not in done]
+    todo = [seed for seed in episode_seeds(cfg) if seed not in done]
     workers = cfg.workers or mp.cpu_count()
     if not todo:
         return path

@@ -135,8 +135,7 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
     out = run_dir / "iterations"
     for k in range(1, iterations + 1):
         res = stages.run_iteration(run_dir, preset, k)
-        onpolicy = stages.onpolicy_returns(run_dir, preset, k)  # iteration k - 1's controller, on its own episodes
-        rows[k - 1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "exploration")}
+        rows[k - 1]["onpolicy"] = _own_entry(stages.onpolicy_returns(run_dir, preset, k))  # iteration k - 1's
         rows.append(
             {
                 "iteration": k,
@@ -152,12 +151,21 @@ def _iterate(run_dir: Path, preset: Preset, iterations: int, first: dict) -> lis
         plot_iterations(rows, out / "scores.png")
     if preset.iterate.validate_last:  # the last controller's own episodes: iteration N + 1's first step
         print(f"== the last controller's own episodes (validate_last): iteration {iterations + 1}'s first step ==")
-        onpolicy = stages.collect_onpolicy(run_dir, preset, iterations + 1)
-        rows[-1]["onpolicy"] = {key: onpolicy[key] for key in ("n", "mean", "ci95", "exploration")}
+        rows[-1]["onpolicy"] = _own_entry(stages.collect_onpolicy(run_dir, preset, iterations + 1))
         write_json(out / "scores.json", rows)
         plot_iterations(rows, out / "scores.png")
     write_json(run_dir / "iterations" / "selection.json", select_iteration(run_dir, rows))
     return rows
+
+
+def _own_entry(onpolicy: dict) -> dict:
+    """A row's ``onpolicy`` entry: the summary of ``stages.onpolicy_returns`` without its per-episode lists."""
+    return {key: onpolicy[key] for key in ("n", "mean", "ci95", "exploration")}
+
+
+def _with_own_episodes(rows: list[dict]) -> list[dict]:
+    """The rows whose controller has a mean return on its own on-policy episodes."""
+    return [r for r in rows if r.get("onpolicy") and r["onpolicy"]["mean"] is not None]
 
 
 def select_iteration(run_dir: Path, rows: list[dict]) -> dict:
@@ -174,7 +182,7 @@ def select_iteration(run_dir: Path, rows: list[dict]) -> dict:
         score on the loop's test seeds, for reference: not used to choose), ``agent`` (the kept agent's
         directory, ``stages.agent_snapshot_dir``), ``command`` (a full test of it) and ``candidates``.
     """
-    candidates = [r for r in rows if r.get("onpolicy") and r["onpolicy"]["mean"] is not None]
+    candidates = _with_own_episodes(rows)
     if not candidates:
         return {"iteration": None, "candidates": []}
     best = max(candidates, key=lambda r: r["onpolicy"]["mean"])
@@ -204,7 +212,7 @@ def plot_iterations(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].errorbar(it, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o", capsize=3,
                      label="real test (+- std)")  # fmt: skip
-    own = [r for r in rows if r.get("onpolicy") and r["onpolicy"]["mean"] is not None]
+    own = _with_own_episodes(rows)
     if own:
         axes[0].errorbar([r["iteration"] for r in own], [r["onpolicy"]["mean"] for r in own],
                          yerr=[r["onpolicy"]["ci95"] or 0.0 for r in own], marker="s", capsize=3, linestyle="--",

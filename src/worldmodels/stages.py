@@ -33,7 +33,7 @@ from worldmodels.config import (
     parse_recipe,
     record_config,
 )
-from worldmodels.data import collect, collection_plan, load_episodes, open_dataset
+from worldmodels.data import collect, collection_plan, episode_seeds, load_episodes, open_dataset
 from worldmodels.diagnostics import delusion_text
 from worldmodels.dream import DreamStart, mid_episode_starts
 from worldmodels.env import get_spec
@@ -43,7 +43,6 @@ from worldmodels.metrics_log import append_jsonl, write_json
 from worldmodels.models import LinearController
 from worldmodels.models.dynamics import stack_modules
 from worldmodels.models.registry import controller_hparams
-from worldmodels.policies import seed_offset
 from worldmodels.run_dir import (
     dataset_dir,
     dynamics_meta,
@@ -728,8 +727,7 @@ def onpolicy_returns(run_dir: Path, preset: Preset, k: int) -> dict:
     if out.is_file():
         return json.loads(out.read_text())
     cfg = iteration_configs(preset, k)[0]
-    first = cfg.seed + seed_offset(cfg.policy) + (k - 1) * preset.iterate.episodes
-    wanted = range(first, first + preset.iterate.episodes)
+    wanted = episode_seeds(cfg)[(k - 1) * preset.iterate.episodes :]  # the last iterate.episodes of k * episodes
     ds = open_dataset(dataset_dir(run_dir, cfg.policy))
     seeds = [int(m["seed"]) for m in ds.storage.get_episode_metadata(range(ds.total_episodes))]
     index = sorted((s, i) for i, s in enumerate(seeds) if s in wanted)
