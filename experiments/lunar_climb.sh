@@ -9,15 +9,17 @@
 #      and its 8 Sim2Real2Sim iterations.
 #
 #   experiments/lunar_climb.sh RUN
+#   PRESET=lunar_land experiments/lunar_climb.sh RUN   # the same steps with another preset of the same data
 #
 # Every step is skipped where done, so the script resumes where it stopped (the pipeline resumes inside a stage).
 set -euo pipefail
 run=${1:?usage: experiments/lunar_climb.sh RUN}
+preset=${PRESET:-lunar_climb}
 cd "$(dirname "$0")/.."
-uv run collect_data.py --preset lunar_climb --run-dir "$run"
+uv run collect_data.py --preset "$preset" --run-dir "$run"
 if [ ! -f "$run/data/climb/metadata.json" ]; then
-  uv run collect_data.py --preset lunar_climb --run-dir "$run.climb" --mix brownian:100 --brownian-mean 0.6 0.0 \
+  uv run collect_data.py --preset "$preset" --run-dir "$run.climb" --mix brownian:100 --brownian-mean 0.6 0.0 \
     --seed 7000
   cp -r "$run.climb/data/brownian" "$run/data/climb.tmp" && mv "$run/data/climb.tmp" "$run/data/climb"
 fi
-uv run pipeline.py --preset lunar_climb --run-dir "$run"
+uv run pipeline.py --preset "$preset" --run-dir "$run"

@@ -52,3 +52,35 @@ def small_world():
     start = DreamStart(jr.normal(jr.key(1), (5, 8)), jnp.full((5, 8), -2.0))
     n = LinearController.num_params(8, 16)
     return rnn, start, n
+
+
+def linear_system(episodes: int = 6, length: int = 24, z_size: int = 4, action_size: int = 3) -> LatentDataset:
+    """Latent episodes of z_{t+1} = 0.9 z_t + 0.5 [a_t, 0] (Z = A + 1), reward 1 + z_t[0]: a ``LatentDataset``
+    whose dynamics and reward a trained M can learn (a known answer)."""
+    Z, A = z_size, action_size
+    assert Z == A + 1, "the system pads the action with one zero"
+    rng = np.random.default_rng(0)
+    mus, acts, rews = [], [], []
+    for _ in range(episodes):
+        a = rng.uniform(-1, 1, (length, A)).astype(np.float32)
+        z = np.zeros((length + 1, Z), np.float32)
+        z[0] = rng.normal(size=Z)
+        for t in range(length):
+            z[t + 1] = 0.9 * z[t] + 0.5 * np.concatenate([a[t], [0.0]])
+        mus.append(z)
+        acts.append(a)
+        rews.append(1.0 + z[:-1, 0])
+    lengths = np.full(episodes, length)
+    return LatentDataset(
+        mu=np.concatenate(mus),
+        logvar=np.full(((length + 1) * episodes, Z), -6.0, np.float32),
+        actions=np.concatenate(acts),
+        rewards=np.concatenate(rews).astype(np.float32),
+        dones=np.zeros(length * episodes, np.float32),
+        offroad=np.zeros(length * episodes, bool),
+        obs_start=np.arange(episodes) * (length + 1),
+        act_start=np.arange(episodes) * length,
+        lengths=lengths,
+        episode_p=np.full(episodes, 1.0 / episodes),
+        heldout=np.zeros(episodes, bool),
+    )

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import linear_system
 
 from worldmodels.models.dynamics import Dynamics, DynamicsState, batched_initial_state
 from worldmodels.models.transformer import TransformerDynamics, TransformerState, rope
@@ -124,37 +125,6 @@ def test_rope_scores_depend_on_relative_offsets_only():
     np.testing.assert_allclose(late.mu[5 + 3 :], seq.mu[3:], atol=1e-4)
 
 
-def linear_system(episodes: int = 6, length: int = 24):
-    """Latent episodes of z_{t+1} = 0.9 z_t + 0.5 [a_t, 0], reward 1 + z_t[0]: a ``LatentDataset``."""
-    from worldmodels.train import LatentDataset
-
-    rng = np.random.default_rng(0)
-    mus, acts, rews = [], [], []
-    for _ in range(episodes):
-        a = rng.uniform(-1, 1, (length, A)).astype(np.float32)
-        z = np.zeros((length + 1, Z), np.float32)
-        z[0] = rng.normal(size=Z)
-        for t in range(length):
-            z[t + 1] = 0.9 * z[t] + 0.5 * np.concatenate([a[t], [0.0]])
-        mus.append(z)
-        acts.append(a)
-        rews.append(1.0 + z[:-1, 0])
-    lengths = np.full(episodes, length)
-    return LatentDataset(
-        mu=np.concatenate(mus),
-        logvar=np.full(((length + 1) * episodes, Z), -6.0, np.float32),
-        actions=np.concatenate(acts),
-        rewards=np.concatenate(rews).astype(np.float32),
-        dones=np.zeros(length * episodes, np.float32),
-        offroad=np.zeros(length * episodes, bool),
-        obs_start=np.arange(episodes) * (length + 1),
-        act_start=np.arange(episodes) * length,
-        lengths=lengths,
-        episode_p=np.full(episodes, 1.0 / episodes),
-        heldout=np.zeros(episodes, bool),
-    )
-
-
 def test_training_lowers_the_loss_runs_in_the_dream_and_round_trips(tmp_path):
     """``train.train_rnn --kind transformer`` (the M stage's loop) learns a known linear system; the trained model
     runs in the fused dream and comes back from ``RUN_DIR/rnn/ckpt`` through ``run_dir.load_dynamics``."""
@@ -167,7 +137,7 @@ def test_training_lowers_the_loss_runs_in_the_dream_and_round_trips(tmp_path):
     cfg = RNNConfig(kind="transformer", hidden_size=H, num_mixtures=K, layers=1, heads=2, context=8, seq_len=16,
                     batch_size=8, steps=150, learning_rate=3e-3, log_every=10, checkpoint_every=150)  # fmt: skip
     assert DYNAMICS_NAMES["transformer"] == "transformer"
-    data = linear_system()
+    data = linear_system(z_size=Z, action_size=A)
     model = train_rnn(tmp_path / "rnn", data, cfg)
     assert isinstance(model, TransformerDynamics) and model.context == 8
     rows = [json.loads(line) for line in (tmp_path / "rnn" / "metrics.jsonl").read_text().splitlines()]

@@ -221,10 +221,12 @@ class VAEConfig:
 @dataclass(frozen=True)
 class RNNConfig:
     """Memory model M on the VAE's latent sequences: the paper's MDN-RNN (Appendix A.2) with reward and done heads,
-    an RSSM (``kind rssm``; Hafner et al. 2019, 2023) or a causal transformer (``kind transformer``)."""
+    the same with a GRU (``kind gru``), an RSSM (``kind rssm``; Hafner et al. 2019, 2023) or a causal transformer
+    (``kind transformer``)."""
 
-    kind: Literal["mdnrnn", "rssm", "transformer"] = "mdnrnn"
+    kind: Literal["mdnrnn", "gru", "rssm", "transformer"] = "mdnrnn"
     """Dynamics kind this stage trains into RUN_DIR/rnn/ckpt: ``mdnrnn`` (LSTM + mixture of Gaussians, the paper),
+    ``gru`` (the same mixture, reward and done heads on a GRU, Cho et al. 2014: ``models.transition``),
     ``rssm`` (GRU deterministic state + stochastic latent with prior and posterior, ``models.rssm``) or
     ``transformer`` (causal transformer with a sliding attention window + the MDN-RNN's mixture head,
     ``models.transformer``). Every later stage runs any of them."""
@@ -238,7 +240,8 @@ class RNNConfig:
     """Fraction of each dataset's episodes (its last ones, at least one when it has two or more) kept out of
     training; the reward delusion diagnostic is measured on them."""
     hidden_size: int = 256
-    """LSTM units (the RSSM's GRU units; the transformer's d_model, which must be divisible by ``heads``)."""
+    """LSTM units (the GRU's units, also the RSSM's; the transformer's d_model, which must be divisible by
+    ``heads``)."""
     num_mixtures: int = 5
     """Gaussian components K of the mixture over z_{t+1}."""
     layers: int = 2
@@ -354,7 +357,9 @@ class RNNConfig:
         if self.windows not in ("inside", "padded"):
             raise ValueError(f"rnn.windows must be 'inside' or 'padded', got {self.windows!r}")
         if self.ensemble > 1 and self.kind == "rssm":
-            raise ValueError("rnn.ensemble > 1 trains MDN-RNNs or transformers; use --kind mdnrnn with --ensemble")
+            raise ValueError(
+                "rnn.ensemble > 1 trains MDN-RNNs, MDN-GRUs or transformers; use --kind mdnrnn with --ensemble"
+            )
         if self.obs == "pixels" and self.kind != "rssm":
             raise ValueError("rnn.obs 'pixels' trains an RSSM end to end; add --kind rssm (or use train_rssm.py)")
         try:  # a malformed recipe is refused here, not mid-stage
@@ -364,7 +369,8 @@ class RNNConfig:
 
     @property
     def loss_scales(self) -> dict[str, float]:
-        """Scale of each loss term in the total: ``losses.rnn_step_loss``'s for the MDN-RNN and the transformer, or
+        """Scale of each loss term in the total: ``losses.rnn_step_loss``'s for the MDN-RNN, the GRU and the
+        transformer, or
         ``losses.rssm_sequence_loss``'s for the RSSM (``reward_weight``, ``done_weight`` and the two KL weights)."""
         if self.kind == "rssm":
             return {"obs": 1.0, "reward": self.reward_weight, "cont": self.done_weight,
@@ -372,7 +378,7 @@ class RNNConfig:
         return {"mdn_nll": 1.0, "reward": self.reward_weight, "done": self.done_weight}
 
 
-DYNAMICS_KINDS = ("mdnrnn", "rssm", "transformer")
+DYNAMICS_KINDS = ("mdnrnn", "gru", "rssm", "transformer")
 """The dynamics kinds ``train_rnn.py --kind`` trains."""
 
 

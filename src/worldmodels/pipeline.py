@@ -189,7 +189,8 @@ def select_iteration(run_dir: Path, rows: list[dict]) -> dict:
     agent = stages.agent_snapshot_dir(run_dir, best["iteration"])
     return {
         "iteration": best["iteration"],
-        "by": "mean return of the controller's own on-policy episodes (collection seeds, exploration noise)",
+        "by": "mean return of the controller's own on-policy episodes (collection seeds; exploration: "
+        f"{best['onpolicy'].get('exploration', 'not recorded')})",
         "onpolicy": best["onpolicy"],
         "test": {"n": best["n"], "mean": best["mean"], "ci95": best["ci95"]},
         "agent": str(agent),

@@ -30,6 +30,7 @@ from worldmodels.models.mdnrnn import MDNOutput, rollout_sequence
 from worldmodels.models.mlp_autoencoder import MLPAutoencoder
 from worldmodels.models.rssm import RSSM
 from worldmodels.models.transformer import TransformerDynamics
+from worldmodels.models.transition import GRUTransition
 from worldmodels.models.vae import to_float
 from worldmodels.trainer import clipped_adam, fit
 
@@ -346,8 +347,9 @@ def encode_episodes(
 
 
 def rnn_hparams(cfg: RNNConfig, z_size: int, action_size: int = 3) -> dict[str, Any]:
-    """Keyword arguments that rebuild the stage's dynamics (an ``MDNRNN``, an ``RSSM`` for ``kind rssm``, or a
-    ``TransformerDynamics`` for ``kind transformer``) on latents of ``z_size`` and actions of ``action_size``."""
+    """Keyword arguments that rebuild the stage's dynamics (an ``MDNRNN``, a ``GRUTransition`` for ``kind gru``, an
+    ``RSSM`` for ``kind rssm``, or a ``TransformerDynamics`` for ``kind transformer``) on latents of ``z_size`` and
+    actions of ``action_size``."""
     a = action_size
     if cfg.kind == "rssm":
         return {"z_size": z_size, "action_size": a, "hidden_size": cfg.hidden_size, "latent": cfg.latent,
@@ -401,17 +403,22 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
     }
 
 
-def mdn_sequence(model: MDNRNN | TransformerDynamics, z: jax.Array, actions: jax.Array) -> MDNOutput:
+def mdn_sequence(model: MDNRNN | GRUTransition | TransformerDynamics, z: jax.Array, actions: jax.Array) -> MDNOutput:
     """Teacher-forced predictions of a mixture-head M over one sequence, z (T, Z) and actions (T, A) -> ``MDNOutput``
     with a leading T (steps 1 .. T): the transformer's ``forward_sequence`` (all steps at once, banded causal mask),
-    the MDN-RNN's ``rollout_sequence`` (a ``lax.scan`` of its step)."""
+    the MDN-RNN's ``rollout_sequence`` (a ``lax.scan`` of its step), the GRU's step under ``lax.scan``."""
     if isinstance(model, TransformerDynamics):
         return model.forward_sequence(z, actions)
+    if isinstance(model, GRUTransition):
+        return jax.lax.scan(lambda s, x: model(x[0], x[1], s), model.initial_state(), (z, actions))[1]
     return rollout_sequence(model, z, actions)[1]
 
 
-def rnn_loss(model: MDNRNN | TransformerDynamics, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig):
-    """Masked mean MDN-RNN loss over a batch of windows (also the transformer's: same head, same terms); z is
+def rnn_loss(
+    model: MDNRNN | GRUTransition | TransformerDynamics, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig
+):
+    """Masked mean MDN-RNN loss over a batch of windows (also the GRU's and the transformer's: same head, same
+    terms); z is
     re-sampled from (mu, sigma) each call."""
     z = batch["mu"] + jnp.exp(0.5 * batch["logvar"]) * jr.normal(key, batch["mu"].shape)
 
@@ -463,12 +470,15 @@ def rssm_loss(model: RSSM, batch: dict[str, jax.Array], key: jax.Array, cfg: RNN
     return metrics["total"], {**metrics, **diagnostics}
 
 
-DYNAMICS_NAMES = {"mdnrnn": "MDN-RNN", "rssm": "RSSM", "transformer": "transformer"}
+DYNAMICS_NAMES = {"mdnrnn": "MDN-RNN", "gru": "MDN-GRU", "rssm": "RSSM", "transformer": "transformer"}
 """How messages and progress bars name each dynamics kind of the M stage."""
 
 
-def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RSSM | TransformerDynamics:
+def train_rnn(
+    out_dir: Path, data: LatentDataset, cfg: RNNConfig
+) -> MDNRNN | GRUTransition | RSSM | TransformerDynamics:
     """Train M on latent sequences of the frozen VAE: the MDN-RNN (Ha & Schmidhuber 2018, Sec. 2.2), with
+    ``cfg.kind == "gru"`` the same heads on a GRU (``models.transition``; the MDN-RNN's loss), with
     ``cfg.kind == "rssm"`` the RSSM (Hafner et al. 2019; losses of Hafner et al. 2023, Eq. 5), or with
     ``cfg.kind == "transformer"`` the causal transformer (``models.transformer``; the MDN-RNN's loss)."""
     hparams = rnn_hparams(cfg, data.mu.shape[-1], data.actions.shape[-1])
@@ -476,6 +486,8 @@ def train_rnn(out_dir: Path, data: LatentDataset, cfg: RNNConfig) -> MDNRNN | RS
         model, loss = RSSM(**hparams, key=jr.key(cfg.seed)), rssm_loss
     elif cfg.kind == "transformer":
         model, loss = TransformerDynamics(**hparams, key=jr.key(cfg.seed)), rnn_loss
+    elif cfg.kind == "gru":
+        model, loss = GRUTransition(**hparams, key=jr.key(cfg.seed)), rnn_loss
     else:
         model, loss = MDNRNN(**hparams, key=jr.key(cfg.seed)), rnn_loss
     optimizer = clipped_adam(cfg.learning_rate, cfg.grad_clip)

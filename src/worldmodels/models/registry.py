@@ -126,12 +126,13 @@ def build_mdnrnn(**hparams: Any) -> MDNRNN:
 
 
 def gru_hparams(z_size: int, hidden_size: int, action_size: int = 3) -> dict:
-    """Keyword arguments that rebuild a ``GRUTransition`` (the checkpoint kind ``gru``)."""
+    """Keyword arguments that rebuild gossip's one-Gaussian ``GRUTransition`` (the checkpoint kind ``gru``)."""
     return {"z_size": z_size, "action_size": action_size, "hidden_size": hidden_size}
 
 
 def build_gru(**hparams: Any) -> GRUTransition:
-    """GRU transition skeleton for loading (kind ``gru``)."""
+    """GRU transition skeleton for loading (kind ``gru``): ``z_size``, ``action_size``, ``hidden_size`` and
+    ``num_mixtures`` (1 where a checkpoint does not store it: gossip's exports)."""
     return GRUTransition(**hparams, key=jr.key(0))
 
 
@@ -196,6 +197,11 @@ register(
     build_transformer,
     "causal transformer (sliding window, RoPE) + mixture of Gaussians (train_rnn.py --kind transformer)",
 )
-register("gru", "dynamics", build_gru, "GRU transition with one Gaussian (train_gossip.py --flavour gru export)")
+register(
+    "gru",
+    "dynamics",
+    build_gru,
+    "GRU + one Gaussian or a mixture (train_rnn.py --kind gru; train_gossip.py --flavour gru export)",
+)
 register("controller", "controller", build_controller, "linear controller on [z, h] (train_dream.py)")
 register("actor", "controller", build_actor_critic, "actor-critic on [z, h] (train_dream.py --learner actor-critic)")

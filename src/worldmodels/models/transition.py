@@ -6,13 +6,17 @@ The gossip design's dynamics (docs/ARCHITECTURE.md, "World-model kinds"):
   ``equinox.nn.GRUCell``; the recurrent state is deterministic, like the deterministic path of
   PlaNet's RSSM (Hafner et al. 2019, Sec. 3, "Recurrent state-space model");
 * p(z_{t+1} | h_{t+1}) = N(mu(h_{t+1}), diag(sigma(h_{t+1})^2)) -- one diagonal Gaussian from a linear
-  head, the "prior" of the same RSSM (here the target latent is the VAE's posterior sample);
+  head, the "prior" of the same RSSM (here the target latent is the VAE's posterior sample); with
+  ``num_mixtures`` K > 1, the MDN-RNN's mixture of K diagonal Gaussians instead (Ha & Schmidhuber 2018,
+  Sec. 2.2, with the LSTM replaced by a GRU: the "MDN-GRU" the M stage trains with ``--kind gru``);
 * a reward r_{t+1} (regression) and the logit of the episode ending after a_t.
 
-The prediction is returned as an ``MDNOutput`` with K = 1 component (log pi = 0). A Gaussian is the
+The prediction is returned as an ``MDNOutput`` (K = 1: log pi = 0). A Gaussian is the
 one-component case of the MDN-RNN's mixture, so ``losses.mdn_nll`` is then exactly the Gaussian
 negative log-likelihood, ``sample_next_z`` at temperature tau draws mu + sqrt(tau) sigma eps and
 ``most_likely_z`` returns mu: ``dream.py`` and ``evaluate.py`` run this model where they run an MDN-RNN.
+The head's layout: K = 1 is [mu (Z), log sigma (Z), reward, done] (gossip's exports, unchanged); K > 1 is the
+MDN-RNN's [K logits, K x Z means, K x Z log sigmas, reward, done] (``mdnrnn.mdn_head_output``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from worldmodels.models.mdnrnn import MDNOutput, batch_major_linear
+from worldmodels.models.mdnrnn import MDNOutput, batch_major_linear, mdn_head_output
 
 
 class GRUState(NamedTuple):
@@ -35,11 +39,11 @@ class GRUState(NamedTuple):
 
 
 class GRUTransition(eqx.Module):
-    """GRU cell + Gaussian head over z_{t+1} + reward and done heads, one step on one example.
+    """GRU cell + Gaussian (or mixture) head over z_{t+1} + reward and done heads, one step on one example.
 
     Attributes:
         z_size, action_size, hidden_size: Z, A, H.
-        num_mixtures: always 1 (the prediction is an ``MDNOutput`` with one component).
+        num_mixtures: K >= 1 Gaussians of the next-latent prediction (1: gossip's GRU transition).
     """
 
     cell: eqx.nn.GRUCell
@@ -49,11 +53,24 @@ class GRUTransition(eqx.Module):
     hidden_size: int = eqx.field(static=True)
     num_mixtures: int = eqx.field(static=True)
 
-    def __init__(self, z_size: int = 32, action_size: int = 3, hidden_size: int = 256, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        z_size: int = 32,
+        action_size: int = 3,
+        hidden_size: int = 256,
+        num_mixtures: int = 1,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """Raises ValueError for ``num_mixtures`` < 1."""
+        if num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be >= 1, got {num_mixtures}")
         k_cell, k_head = jr.split(key)
         self.cell = eqx.nn.GRUCell(z_size + action_size, hidden_size, key=k_cell)
-        self.head = eqx.nn.Linear(hidden_size, 2 * z_size + 2, key=k_head)
-        self.z_size, self.action_size, self.hidden_size, self.num_mixtures = z_size, action_size, hidden_size, 1
+        out = 2 * z_size + 2 if num_mixtures == 1 else num_mixtures * (1 + 2 * z_size) + 2
+        self.head = eqx.nn.Linear(hidden_size, out, key=k_head)
+        self.z_size, self.action_size, self.hidden_size = z_size, action_size, hidden_size
+        self.num_mixtures = num_mixtures
 
     def initial_state(self) -> GRUState:
         """Zero state, float32 (H,)."""
@@ -65,10 +82,12 @@ class GRUTransition(eqx.Module):
         """One step: consume (z_t (Z,), a_t (A,)), return h_{t+1} and the prediction for step t+1.
 
         Returns:
-            (GRUState, MDNOutput with log_pi (1,), mu and log_sigma (1, Z), reward and done_logit ()).
+            (GRUState, MDNOutput with log_pi (K,), mu and log_sigma (K, Z), reward and done_logit ()).
         """
         h = gru_step(self.cell, jnp.concatenate([z, action]), state.h)
         out = batch_major_linear(self.head, h)
+        if self.num_mixtures > 1:
+            return GRUState(h), mdn_head_output(out, self.num_mixtures, self.z_size)
         zs = self.z_size
         return GRUState(h), MDNOutput(
             log_pi=jnp.zeros((1,), out.dtype),
