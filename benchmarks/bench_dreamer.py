@@ -4,8 +4,9 @@ Measures, in one run, at the ``dreamer_quick`` preset's sizes (Z 32, GRU 256, Ga
 
 * RSSM training, sequence-steps/s (B x L per update): the jitted update of ``train.rssm_loss`` (gradient clip +
   Adam, as ``train.train_rnn`` with ``--kind rssm``) on random VAE posteriors, with the MDN-RNN's update on the
-  same batch for comparison (``train.rnn_loss``) and the ratio RSSM / MDN-RNN; also the causal transformer's
-  (``--kind transformer``: 2 layers, d 256, 4 heads, context 64, the same loss as the MDN-RNN's);
+  same batch for comparison (``train.rnn_loss``) and the ratio RSSM / MDN-RNN; also the MDN-GRU's (``--kind gru``:
+  the MDN-RNN's heads and loss on a GRU of the same width) and the causal transformer's (``--kind transformer``:
+  2 layers, d 256, 4 heads, context 64, the same loss as the MDN-RNN's);
 * the actor-critic update, imagined steps/s (starts x horizon per update): ``dreamer.warm_starts`` on B x L real
   windows plus ``imagination.make_update`` (imagination, lambda-returns, actor and critic), in the RSSM's dream and
   in the MDN-RNN's, each with the ``dynamics`` (backprop) and the ``reinforce`` actor gradient.
@@ -73,6 +74,7 @@ def main(args: Args) -> dict:
     from worldmodels.models import MDNRNN
     from worldmodels.models.rssm import RSSM
     from worldmodels.models.transformer import TransformerDynamics
+    from worldmodels.models.transition import GRUTransition
     from worldmodels.train import rnn_hparams, rnn_loss, rssm_loss
     from worldmodels.trainer import make_step
 
@@ -89,8 +91,8 @@ def main(args: Args) -> dict:
     }
     results: dict = {"sizes": {"z": Z, "hidden": H, "units": units, "batch": B, "seq_len": L}}
     models = {}
-    builders = {"rssm": RSSM, "mdnrnn": MDNRNN, "transformer": TransformerDynamics}
-    for kind, loss in (("rssm", rssm_loss), ("mdnrnn", rnn_loss), ("transformer", rnn_loss)):
+    builders = {"rssm": RSSM, "mdnrnn": MDNRNN, "gru": GRUTransition, "transformer": TransformerDynamics}
+    for kind, loss in (("rssm", rssm_loss), ("mdnrnn", rnn_loss), ("gru", rnn_loss), ("transformer", rnn_loss)):
         cfg = RNNConfig(kind=kind, hidden_size=H, units=units, stoch=32 if not args.small else 4)
         hp = rnn_hparams(cfg, Z)
         model = builders[kind](**hp, key=jr.key(0))
@@ -101,16 +103,21 @@ def main(args: Args) -> dict:
             lambda model=model, state=state, step=step: step(model, state, batch, jr.key(1))[2], args.train_steps
         )
         results[f"{kind}_train"] = {"compile_s": first, "update_s": per, "sequence_steps_per_s": B * L / per}
-        models[kind] = model
+        if kind != "gru":  # the actor-critic timings below: the RSSM's dream and the MDN-RNN's
+            models[kind] = model
         print(f"{kind:7s} training: {B * L / per:10.0f} sequence-steps/s ({per * 1e3:.1f} ms per {B}x{L} update; "
               f"compile {first:.1f} s)")  # fmt: skip
     results["rssm_over_mdnrnn_train"] = (
         results["rssm_train"]["sequence_steps_per_s"] / results["mdnrnn_train"]["sequence_steps_per_s"]
     )
+    results["gru_over_mdnrnn_train"] = (
+        results["gru_train"]["sequence_steps_per_s"] / results["mdnrnn_train"]["sequence_steps_per_s"]
+    )
     results["transformer_over_mdnrnn_train"] = (
         results["transformer_train"]["sequence_steps_per_s"] / results["mdnrnn_train"]["sequence_steps_per_s"]
     )
     print(f"RSSM / MDN-RNN training throughput: {results['rssm_over_mdnrnn_train']:.2f}x")
+    print(f"MDN-GRU / MDN-RNN training throughput: {results['gru_over_mdnrnn_train']:.2f}x")
     print(f"transformer / MDN-RNN training throughput: {results['transformer_over_mdnrnn_train']:.2f}x")
 
     ab, al = (2, 4) if args.small else (args.ac_batch, args.ac_seq_len)
