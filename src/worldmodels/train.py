@@ -30,7 +30,7 @@ from worldmodels.models.mdnrnn import MDNOutput, rollout_sequence
 from worldmodels.models.mlp_autoencoder import MLPAutoencoder
 from worldmodels.models.rssm import RSSM
 from worldmodels.models.transformer import TransformerDynamics
-from worldmodels.models.transition import GRUTransition
+from worldmodels.models.transition import GRUTransition, gru_rollout_sequence
 from worldmodels.models.vae import to_float
 from worldmodels.trainer import clipped_adam, fit
 
@@ -406,11 +406,11 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
 def mdn_sequence(model: MDNRNN | GRUTransition | TransformerDynamics, z: jax.Array, actions: jax.Array) -> MDNOutput:
     """Teacher-forced predictions of a mixture-head M over one sequence, z (T, Z) and actions (T, A) -> ``MDNOutput``
     with a leading T (steps 1 .. T): the transformer's ``forward_sequence`` (all steps at once, banded causal mask),
-    the MDN-RNN's ``rollout_sequence`` (a ``lax.scan`` of its step), the GRU's step under ``lax.scan``."""
+    the MDN-RNN's ``rollout_sequence`` (a ``lax.scan`` of its step), the GRU's ``gru_rollout_sequence``."""
     if isinstance(model, TransformerDynamics):
         return model.forward_sequence(z, actions)
     if isinstance(model, GRUTransition):
-        return jax.lax.scan(lambda s, x: model(x[0], x[1], s), model.initial_state(), (z, actions))[1]
+        return gru_rollout_sequence(model, z, actions)[1]
     return rollout_sequence(model, z, actions)[1]
 
 

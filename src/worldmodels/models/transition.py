@@ -85,17 +85,7 @@ class GRUTransition(eqx.Module):
             (GRUState, MDNOutput with log_pi (K,), mu and log_sigma (K, Z), reward and done_logit ()).
         """
         h = gru_step(self.cell, jnp.concatenate([z, action]), state.h)
-        out = batch_major_linear(self.head, h)
-        if self.num_mixtures > 1:
-            return GRUState(h), mdn_head_output(out, self.num_mixtures, self.z_size)
-        zs = self.z_size
-        return GRUState(h), MDNOutput(
-            log_pi=jnp.zeros((1,), out.dtype),
-            mu=out[:zs][None],
-            log_sigma=out[zs : 2 * zs][None],
-            reward=out[-2],
-            done_logit=out[-1],
-        )
+        return GRUState(h), _head(self, h)
 
 
 def gru_step(cell: eqx.nn.GRUCell, x: Float[Array, " I"], h: Float[Array, " H"]) -> Float[Array, " H"]:
@@ -114,13 +104,61 @@ def gru_step(cell: eqx.nn.GRUCell, x: Float[Array, " I"], h: Float[Array, " H"])
     Returns:
         float32 (H,).
     """
+    return _gru_update(cell, _input_gates(cell, x), h)
+
+
+def _input_gates(cell: eqx.nn.GRUCell, x: Float[Array, "... I"]) -> Float[Array, "... G"]:
+    """The input half of the three gates, W_i x + b (G = 3H), for one input (I,) or many (T, I)."""
     igates = x @ cell.weight_ih.T
-    if cell.use_bias:
-        igates = igates + cell.bias
-    hgates = h @ cell.weight_hh.T
+    return igates + cell.bias if cell.use_bias else igates
+
+
+def _gru_update(cell: eqx.nn.GRUCell, igates: Float[Array, " G"], h: Float[Array, " H"]) -> Float[Array, " H"]:
+    """h' from the input gates W_i x + b (3H,) and h (H,) (Cho et al. 2014, Eqs. 5-8, as ``eqx.nn.GRUCell``)."""
     i_r, i_u, i_n = jnp.split(igates, 3)
-    h_r, h_u, h_n = jnp.split(hgates, 3)
+    h_r, h_u, h_n = jnp.split(h @ cell.weight_hh.T, 3)
     reset = jax.nn.sigmoid(i_r + h_r)
     update = jax.nn.sigmoid(i_u + h_u)
     new = jnp.tanh(i_n + reset * (h_n + (cell.bias_n if cell.use_bias else 0.0)))
     return new + update * (h - new)
+
+
+def gru_rollout_sequence(
+    model: GRUTransition, z: Float[Array, "T Z"], actions: Float[Array, "T A"]
+) -> tuple[GRUState, MDNOutput]:
+    """Teacher-forced pass over a sequence: the same values as ``lax.scan`` of ``model.__call__`` from
+    ``initial_state()``, with the input half of every gate (W_i [z_t, a_t] + b, which does not depend on h) computed
+    for all T steps in one (T, I) x (I, 3H) product before the scan and the heads applied to all T states after it,
+    so the scanned step holds only the recurrent product h @ W_h^T (Cho et al. 2014, Eqs. 5-8).
+
+    Args:
+        model: the GRU.
+        z: float32 (T, Z) latents z_0..z_{T-1}.
+        actions: float32 (T, A) actions a_0..a_{T-1}.
+
+    Returns:
+        (final state, ``MDNOutput`` with a leading T axis: predictions for z_1..z_T, r_1..r_T, d_1..d_T).
+    """
+    igates = _input_gates(model.cell, jnp.concatenate([z, actions], axis=-1))
+
+    def step(h, ig):
+        h = _gru_update(model.cell, ig, h)
+        return h, h
+
+    h_last, hs = jax.lax.scan(step, model.initial_state().h, igates)
+    return GRUState(h_last), jax.vmap(lambda h: _head(model, h))(hs)
+
+
+def _head(model: GRUTransition, h: Float[Array, " H"]) -> MDNOutput:
+    """The prediction of ``model`` from its new state h (H,): the mixture (K > 1) or the one Gaussian (K = 1)."""
+    out = batch_major_linear(model.head, h)
+    if model.num_mixtures > 1:
+        return mdn_head_output(out, model.num_mixtures, model.z_size)
+    zs = model.z_size
+    return MDNOutput(
+        log_pi=jnp.zeros((1,), out.dtype),
+        mu=out[:zs][None],
+        log_sigma=out[zs : 2 * zs][None],
+        reward=out[-2],
+        done_logit=out[-1],
+    )
