@@ -81,5 +81,6 @@ def test_m_stage_learns_a_known_system_runs_in_the_dream_and_round_trips(tmp_pat
     loaded, meta = run_dir.load_dynamics(tmp_path, expected={"z_size": Z})
     assert isinstance(loaded, GRUTransition) and meta["kind"] == "gru"
     assert meta["hparams"] == rnn_hparams(cfg, Z) and loaded.num_mixtures == K
+    assert run_dir.fixed_export(tmp_path) is None  # the M stage's own GRU trains on; a gossip export does not
     for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -142,12 +142,15 @@ def dynamics_meta(run_dir: Path) -> dict | None:
 
 
 def fixed_export(run_dir: Path) -> dict | None:
-    """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages cannot train on (a
-    ``gru`` gossip export; the M stage trains the kinds in ``config.DYNAMICS_KINDS``), else None. Such a run's
-    ``vae/`` and ``rnn/`` are one exported pair: the VAE and M stages count both as done, so training the VAE on
-    cannot move the latents the GRU was trained on."""
+    """The metadata of ``RUN_DIR/rnn/ckpt`` when it holds dynamics this project's stages do not train on (a
+    ``gru`` gossip export, trained jointly with its V; the M stage trains the kinds in ``config.DYNAMICS_KINDS``,
+    its own ``gru`` among them), else None. Such a run's ``vae/`` and ``rnn/`` are one exported pair: the VAE and
+    M stages count both as done, so training the VAE on cannot move the latents the GRU was trained on."""
     meta = dynamics_meta(run_dir)
-    return meta if meta is not None and meta.get("kind") not in DYNAMICS_KINDS else None
+    if meta is None:
+        return None
+    gossip_gru = meta.get("kind") == "gru" and meta.get("extra", {}).get("source") == "gossip"
+    return meta if gossip_gru or meta.get("kind") not in DYNAMICS_KINDS else None
 
 
 def _load(path: Path, role: str, command: str, expected: dict | None) -> tuple[Any, dict]:
