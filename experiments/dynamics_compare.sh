@@ -7,7 +7,8 @@
 #   directory per model (OUT/mdnrnn_s1, OUT/mdnrnn_s2, OUT/gru_s0, OUT/transformer_s0) and OUT/drift/. STEPS:
 #   updates of each MDN-RNN and of the MDN-GRU (default 600); TF_STEPS: the transformer's (default 140: on a 2-core CPU an update of the transformer
 #   (2 layers, d 256, context 64) costs about 5x the LSTM's, so 140 updates take the wall time of 600 of the LSTM's).
-#   Every run links SOURCE_RUN's data/ and vae/ and copies its rnn/latents/; every stage resumes.
+#   Every run links SOURCE_RUN's data/ and vae/ and copies its rnn/latents/ (the first model's, once encoded); every
+#   stage resumes.
 set -euo pipefail
 SOURCE=$(realpath "$1")
 OUT=$2
@@ -19,7 +20,10 @@ train() {  # train NAME KIND SEED STEPS
   mkdir -p "$R/rnn"
   [ -e "$R/data" ] || ln -s "$SOURCE/data" "$R/data"
   [ -e "$R/vae" ] || ln -s "$SOURCE/vae" "$R/vae"
-  [ -e "$R/rnn/latents" ] || cp -r "$SOURCE/rnn/latents" "$R/rnn/"
+  # the first model's cache once it exists: a source dataset that grew after its own last encode is encoded once
+  local CACHE="$SOURCE/rnn/latents"
+  [ -d "$OUT/mdnrnn_s1/rnn/latents" ] && [ "$1" != mdnrnn_s1 ] && CACHE="$OUT/mdnrnn_s1/rnn/latents"
+  [ -e "$R/rnn/latents" ] || cp -r "$CACHE" "$R/rnn/"
   /usr/bin/time -f "$1: %e s" uv run train_rnn.py --preset quick --run-dir "$R" --kind "$2" --seed "$3" \
       --dataset "$RECIPE" --mirror --steps "$4" --checkpoint-every 20
 }
