@@ -1,12 +1,14 @@
 #!/bin/bash
 # Dynamics kinds on the same data (issue 15): MDN-RNNs of two more seeds (also the ensemble members of the
-# uncertainty-aware planner), the MDN-GRU (--kind gru) and the causal transformer, each trained from scratch on SOURCE_RUN's latents with the
-# same windows and budget, then their open-loop drift on the same held-out episodes (experiments/drift_compare.py).
+# uncertainty-aware planner), the MDN-GRU (--kind gru) and the causal transformer, each trained from scratch on
+# SOURCE_RUN's latents with the same windows and budget, then their open-loop drift on the same held-out episodes
+# (experiments/drift_compare.py).
 # Usage: experiments/dynamics_compare.sh SOURCE_RUN OUT [STEPS] [TF_STEPS]
 #   SOURCE_RUN: a run directory after its VAE and M stages (runs/quick_s0); OUT: a new folder holding one run
 #   directory per model (OUT/mdnrnn_s1, OUT/mdnrnn_s2, OUT/gru_s0, OUT/transformer_s0) and OUT/drift/. STEPS:
-#   updates of each MDN-RNN and of the MDN-GRU (default 600); TF_STEPS: the transformer's (default 140: on a 2-core CPU an update of the transformer
-#   (2 layers, d 256, context 64) costs about 5x the LSTM's, so 140 updates take the wall time of 600 of the LSTM's).
+#   updates of each MDN-RNN and of the MDN-GRU (default 600); TF_STEPS: the transformer's (default 140: on a 2-core
+#   CPU an update of the transformer (2 layers, d 256, context 64) costs about 5x the LSTM's, so 140 updates take the
+#   wall time of 600 of the LSTM's).
 #   Every run links SOURCE_RUN's data/ and vae/ and copies its rnn/latents/ (the first model's, once encoded); every
 #   stage resumes.
 set -euo pipefail

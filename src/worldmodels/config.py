@@ -370,8 +370,8 @@ class RNNConfig:
     @property
     def loss_scales(self) -> dict[str, float]:
         """Scale of each loss term in the total: ``losses.rnn_step_loss``'s for the MDN-RNN, the GRU and the
-        transformer, or
-        ``losses.rssm_sequence_loss``'s for the RSSM (``reward_weight``, ``done_weight`` and the two KL weights)."""
+        transformer, or ``losses.rssm_sequence_loss``'s for the RSSM (``reward_weight``, ``done_weight`` and the two
+        KL weights)."""
         if self.kind == "rssm":
             return {"obs": 1.0, "reward": self.reward_weight, "cont": self.done_weight,
                     "kl_dyn": self.kl_dyn_weight, "kl_rep": self.kl_rep_weight}  # fmt: skip

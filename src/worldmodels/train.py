@@ -418,8 +418,7 @@ def rnn_loss(
     model: MDNRNN | GRUTransition | TransformerDynamics, batch: dict[str, jax.Array], key: jax.Array, cfg: RNNConfig
 ):
     """Masked mean MDN-RNN loss over a batch of windows (also the GRU's and the transformer's: same head, same
-    terms); z is
-    re-sampled from (mu, sigma) each call."""
+    terms); z is re-sampled from (mu, sigma) each call."""
     z = batch["mu"] + jnp.exp(0.5 * batch["logvar"]) * jr.normal(key, batch["mu"].shape)
 
     weights = {"reward_overpredict_weight": cfg.reward_overpredict_weight, "terminal_weight": cfg.terminal_weight}

@@ -150,15 +150,9 @@ def gru_rollout_sequence(
 
 
 def _head(model: GRUTransition, h: Float[Array, " H"]) -> MDNOutput:
-    """The prediction of ``model`` from its new state h (H,): the mixture (K > 1) or the one Gaussian (K = 1)."""
+    """The prediction of ``model`` from its new state h (H,), split by ``mdn_head_output``. The one-Gaussian head
+    (K = 1) stores no mixture logit; a constant 0 stands in for it, whose log-softmax is log pi = 0."""
     out = batch_major_linear(model.head, h)
-    if model.num_mixtures > 1:
-        return mdn_head_output(out, model.num_mixtures, model.z_size)
-    zs = model.z_size
-    return MDNOutput(
-        log_pi=jnp.zeros((1,), out.dtype),
-        mu=out[:zs][None],
-        log_sigma=out[zs : 2 * zs][None],
-        reward=out[-2],
-        done_logit=out[-1],
-    )
+    if model.num_mixtures == 1:
+        out = jnp.concatenate([jnp.zeros((1,), out.dtype), out])
+    return mdn_head_output(out, model.num_mixtures, model.z_size)
