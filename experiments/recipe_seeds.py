@@ -9,6 +9,8 @@ own 100-episode test (``test_agent.py --run-dir DIR --episodes 100 --out FILE``:
     uv run python experiments/recipe_seeds.py --run-dirs runs/qdn_s0 runs/qdn_s1 \\
         --final-tests runs/qdn_s0_final100/results.json runs/qdn_s1_final100/results.json \\
         --out experiments/results/carracing_levers/quick_dream_noise_seeds.json --plot docs/quick_dream_noise_seeds.png
+    uv run python experiments/recipe_seeds.py --run-dirs runs/qdn_s2 --final-tests runs/qdn_s2_final100/results.json \
+        --previous experiments/results/carracing_levers/quick_dream_noise_seeds.json --out ... --plot ...
 
 Printed: one row per run (seed, minutes per stage and in all, real score per iteration with its 95 % interval, the
 final 100-episode score), then the mean over runs of the final scores with the 95 % interval over runs
@@ -39,6 +41,9 @@ class Args:
     """JSON file for the table (default: print only)."""
     plot: Path | None = None
     """PNG of the real score per iteration, one line per run (default: no plot)."""
+    previous: Path | None = None
+    """An earlier ``--out`` of this script whose runs join the table first (their run directories may be gone); a
+    run directory named both there and in ``--run-dirs`` is read again from its directory."""
 
 
 def run_row(run_dir: Path, final_test: Path | None) -> dict:
@@ -135,6 +140,12 @@ def main(args: Args) -> dict:
         )
     finals: list[Path | None] = list(args.final_tests) or [None] * len(args.run_dirs)
     rows = [run_row(d, f) for d, f in zip(args.run_dirs, finals, strict=True)]
+    if args.previous is not None:
+        if not args.previous.is_file():
+            raise SystemExit(f"--previous {args.previous} does not exist: give an earlier --out of this script")
+        fresh = {r["run_dir"] for r in rows}
+        old = [r for r in json.loads(args.previous.read_text())["runs"] if r["run_dir"] not in fresh]
+        rows = old + rows
     report = {"runs": rows, "summary": summary(rows)}
     for r in rows:
         its = "  ".join(f"it{i['iteration']} {i['mean']:.1f}+-{i['ci95'] or 0:.1f}" for i in r["iterations"])

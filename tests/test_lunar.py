@@ -182,6 +182,15 @@ def test_lunar_smoke_end_to_end(tmp_path):
     frames = iio.imread(next((rd / "eval").glob("*.mp4")))
     assert frames.shape[0] > 10 and frames.shape[2] % 16 == 0  # render | bar chart
     assert json.loads((rd / "config.json").read_text())["collect"]["env"] == "lunarlander"
+    # The same command again runs nothing and keeps the first invocation's stage times ("done before").
+    first = json.loads((rd / "pipeline.json").read_text())["stages"]
+    run("pipeline.py", "--preset", "lunar_smoke", "--run-dir", str(rd), "--iterations", "1")
+    again = json.loads((rd / "pipeline.json").read_text())["stages"]
+    for name in ("collect", "vae", "rnn", "dream", "test"):
+        assert first[name]["status"] == "ran"
+        assert again[name] == {"status": "done before", "seconds": first[name]["seconds"]}
+    assert again["iterations"]["status"] == "0 ran, 1 done before"
+    assert again["iterations"]["seconds"] >= first["iterations"]["seconds"] > 0
 
     # A CarRacing preset does not count LunarLander datasets as its collection.
     from worldmodels.stages import collect_done

@@ -164,6 +164,13 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     assert row["seed"] == 0 and [r["iteration"] for r in row["iterations"]] == [0, 1]
     assert row["final_test"]["mean"] == pytest.approx(json.loads(final.read_text())["mean"])
     assert report["summary"]["runs"] == 1 and plot_path.is_file()
+    # An earlier report's runs (directories gone) join a new one's table; a run read again replaces its old row.
+    gone = {**row, "run_dir": "runs/gone", "seed": 7, "final_test": {**row["final_test"], "mean": 100.0}}
+    (tmp_path / "old.json").write_text(json.dumps({"runs": [gone, row], "summary": {}}))
+    ok([*cmd, "--final-tests", str(final), "--previous", str(tmp_path / "old.json"), "--out", str(report_path)])
+    joined = json.loads(report_path.read_text())
+    assert [r["seed"] for r in joined["runs"]] == [7, 0] and joined["summary"]["runs"] == 2
+    assert joined["summary"]["min"] == 100.0
     killed_when(script(*loop, b), lambda: generation(b) >= 4)
     ok(script(*loop, b))
     same_arrays(run_dir.load_dynamics, a, b, 15)

@@ -26,13 +26,34 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
+def _earlier_stages(run_dir: Path, preset_name: str) -> dict:
+    """Stage name -> {"status", "seconds"} of an earlier ``pipeline.json`` of the same preset in ``run_dir`` ({}
+    when there is none, or it is another preset's), so a resumed run reports what its finished stages took then.
+
+    An interrupted invocation has written the stages it finished (the file is rewritten after every stage); the
+    seconds of a stage it was interrupted in are not counted (that stage's rerun counts its own part only)."""
+    path = run_dir / "pipeline.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if old.get("preset") != preset_name:
+        return {}
+    return {name: row for name, row in old.get("stages", {}).items() if row.get("seconds", 0.0) > 0}
+
+
 def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -> dict:
     """Run every stage of ``preset`` in order on ``run_dir``, then ``iterations`` rounds of the Sim2Real2Sim
     loop (``stages.run_iteration``; default ``preset.iterate.iterations``).
 
     Returns:
         dict with ``stages`` (name -> {"status", "seconds"}), ``score`` (the test summary) and, with
-        iterations, ``iterations`` (per-iteration real scores; see ``plot_iterations``).
+        iterations, ``iterations`` (per-iteration real scores; see ``plot_iterations``). Also written to
+        ``RUN_DIR/pipeline.json``, after every stage: a stage finished by an earlier invocation of the same preset is
+        "done before" with the wall seconds it took then ("skipped (done)", 0 s, when no earlier invocation timed
+        it, e.g. data copied in), so a run resumed across sessions still reports its stage times.
     """
     iterations = preset.iterate.iterations if iterations is None else iterations
     run_dir = Path(run_dir)
@@ -53,15 +74,19 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         ),
         ("test", lambda: stages.test_done(run_dir, preset.test), lambda: stages.run_test(run_dir, preset.test)),
     ]
+    earlier = _earlier_stages(run_dir, preset.name)
     report: dict = {"preset": preset.name, "stages": {}}
     for name, done, run in plan:
         if done():
-            report["stages"][name] = {"status": "skipped (done)", "seconds": 0.0}
+            before = earlier.get(name, {}).get("seconds", 0.0)
+            status = "done before" if before > 0 else "skipped (done)"
+            report["stages"][name] = {"status": status, "seconds": before}
             continue
         print(f"== {name} ==")
         t0 = time.perf_counter()
         run()
         report["stages"][name] = {"status": "ran", "seconds": time.perf_counter() - t0}
+        write_json(run_dir / "pipeline.json", report)  # a later resume keeps this stage's time
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     report["score"] = {k: results.get(k) for k in ("mean", "ci95", "std", "min", "max", "n", "reward_delusion")}
     if report["score"]["ci95"] is None:  # a results.json written before the interval was recorded
@@ -71,7 +96,8 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         before = sum((run_dir / "iterations" / str(k) / "results.json").is_file() for k in range(1, iterations + 1))
         report["iterations"] = _iterate(run_dir, preset, iterations, results)
         status = f"{iterations - before} ran" + (f", {before} done before" if before else "")
-        report["stages"]["iterations"] = {"status": status, "seconds": time.perf_counter() - t0}
+        seconds = time.perf_counter() - t0 + (earlier.get("iterations", {}).get("seconds", 0.0) if before else 0.0)
+        report["stages"]["iterations"] = {"status": status, "seconds": seconds}
     write_json(run_dir / "pipeline.json", report)
 
     table = Table(title=f"World Models pipeline, preset {preset.name!r}, {run_dir}")
