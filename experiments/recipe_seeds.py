@@ -9,7 +9,7 @@ own 100-episode test (``test_agent.py --run-dir DIR --episodes 100 --out FILE``:
     uv run python experiments/recipe_seeds.py --run-dirs runs/qdn_s0 runs/qdn_s1 \\
         --final-tests runs/qdn_s0_final100/results.json runs/qdn_s1_final100/results.json \\
         --out experiments/results/carracing_levers/quick_dream_noise_seeds.json --plot docs/quick_dream_noise_seeds.png
-    uv run python experiments/recipe_seeds.py --run-dirs runs/qdn_s2 --final-tests runs/qdn_s2_final100/results.json \
+    uv run python experiments/recipe_seeds.py --run-dirs runs/qdn_s2 --final-tests runs/qdn_s2_final100/results.json \\
         --previous experiments/results/carracing_levers/quick_dream_noise_seeds.json --out ... --plot ...
 
 Printed: one row per run (seed, minutes per stage and in all, real score per iteration with its 95 % interval, the
@@ -138,11 +138,11 @@ def main(args: Args) -> dict:
         raise SystemExit(
             f"--final-tests has {len(args.final_tests)} files for {len(args.run_dirs)} --run-dirs: give one per run"
         )
+    if args.previous is not None and not args.previous.is_file():
+        raise SystemExit(f"--previous {args.previous} does not exist: give an earlier --out of this script")
     finals: list[Path | None] = list(args.final_tests) or [None] * len(args.run_dirs)
     rows = [run_row(d, f) for d, f in zip(args.run_dirs, finals, strict=True)]
     if args.previous is not None:
-        if not args.previous.is_file():
-            raise SystemExit(f"--previous {args.previous} does not exist: give an earlier --out of this script")
         fresh = {r["run_dir"] for r in rows}
         old = [r for r in json.loads(args.previous.read_text())["runs"] if r["run_dir"] not in fresh]
         rows = old + rows

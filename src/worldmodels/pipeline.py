@@ -26,9 +26,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def _earlier_stages(run_dir: Path, preset_name: str) -> dict:
-    """Stage name -> {"status", "seconds"} of an earlier ``pipeline.json`` of the same preset in ``run_dir`` ({}
-    when there is none, or it is another preset's), so a resumed run reports what its finished stages took then.
+def _earlier_seconds(run_dir: Path, preset_name: str) -> dict[str, float]:
+    """Stage name -> wall seconds (> 0) of an earlier ``pipeline.json`` of the same preset in ``run_dir`` ({} when
+    there is none, or it is another preset's), so a resumed run reports what its finished stages took then.
 
     An interrupted invocation has written the stages it finished (the file is rewritten after every stage); the
     seconds of a stage it was interrupted in are not counted (that stage's rerun counts its own part only)."""
@@ -41,7 +41,7 @@ def _earlier_stages(run_dir: Path, preset_name: str) -> dict:
         return {}
     if old.get("preset") != preset_name:
         return {}
-    return {name: row for name, row in old.get("stages", {}).items() if row.get("seconds", 0.0) > 0}
+    return {name: row["seconds"] for name, row in old.get("stages", {}).items() if row.get("seconds", 0.0) > 0}
 
 
 def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -> dict:
@@ -74,11 +74,11 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         ),
         ("test", lambda: stages.test_done(run_dir, preset.test), lambda: stages.run_test(run_dir, preset.test)),
     ]
-    earlier = _earlier_stages(run_dir, preset.name)
+    earlier = _earlier_seconds(run_dir, preset.name)
     report: dict = {"preset": preset.name, "stages": {}}
     for name, done, run in plan:
         if done():
-            before = earlier.get(name, {}).get("seconds", 0.0)
+            before = earlier.get(name, 0.0)
             status = "done before" if before > 0 else "skipped (done)"
             report["stages"][name] = {"status": status, "seconds": before}
             continue
@@ -96,7 +96,7 @@ def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -
         before = sum((run_dir / "iterations" / str(k) / "results.json").is_file() for k in range(1, iterations + 1))
         report["iterations"] = _iterate(run_dir, preset, iterations, results)
         status = f"{iterations - before} ran" + (f", {before} done before" if before else "")
-        seconds = time.perf_counter() - t0 + (earlier.get("iterations", {}).get("seconds", 0.0) if before else 0.0)
+        seconds = time.perf_counter() - t0 + (earlier.get("iterations", 0.0) if before else 0.0)
         report["stages"]["iterations"] = {"status": status, "seconds": seconds}
     write_json(run_dir / "pipeline.json", report)
 
