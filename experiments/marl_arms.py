@@ -140,10 +140,11 @@ scripted ``complement`` rule (heads for the landmark its teammate is not nearest
 ``nearest`` teammate allows)."""
 
 
-def reference(args: Args, rule: str, episodes: int = 16) -> dict:
-    """A summary arm for an agent that does not learn: ``random`` (uniform actions) or a scripted rule of the
-    environment acting on the agent's own observation, beside each teammate of the shared population
-    (``episodes`` per teammate, key ``PRNGKey(12345)``)."""
+def references(args: Args, arms: dict[str, str], episodes: int = 16) -> dict[str, dict]:
+    """Summary arms (arm name -> arm) for agents that do not learn: ``random`` (uniform actions) or a scripted
+    rule of the environment acting on the agent's own observation, beside each teammate of the shared population
+    (``episodes`` per teammate, key ``PRNGKey(12345)``). ``arms`` maps each arm's name to its rule; the preset,
+    the population and the environment are loaded once for all of them."""
     import jax.random as jr
 
     from worldmodels.config import load_preset
@@ -154,18 +155,21 @@ def reference(args: Args, rule: str, episodes: int = 16) -> dict:
     cfg = dataclasses.replace(load_preset(args.preset).marl, eval_episodes=episodes)
     pool = load_pool(args.out / f"full_s{args.seeds[0]}" / "partners")
     env = menv.make(cfg.layout, cfg.max_steps, cfg.env)
-    if rule == "random":
-        ego, kind = None, "random"
-    else:
-        ego, kind = make_pool([rule], obs_size=menv.obs_size(env), env=cfg.env), "scripted"
-    per_partner, pooled = score_partners(cfg, env, pool, ego, kind, jr.PRNGKey(12345))
-    arm: dict = {"seeds": [12345], "env_steps": 0, "per_partner": {}}
-    for name, r in per_partner.items():
-        arm["per_partner"][name] = {"group": r["group"], "mean": r["mean"], "ci95_over_seeds": r["ci95"]}
-    for group, values in pooled.items():
-        arm[group] = {"per_seed": [float(np.mean(values))], "mean": float(np.mean(values)), "ci95_over_seeds": 0.0,
-                      "episodes": len(values)}  # fmt: skip
-    return arm
+    out = {}
+    for name, rule in arms.items():
+        if rule == "random":
+            ego, kind = None, "random"
+        else:
+            ego, kind = make_pool([rule], obs_size=menv.obs_size(env), env=cfg.env), "scripted"
+        per_partner, pooled = score_partners(cfg, env, pool, ego, kind, jr.PRNGKey(12345))
+        arm: dict = {"seeds": [12345], "env_steps": 0, "per_partner": {}}
+        for partner, r in per_partner.items():
+            arm["per_partner"][partner] = {"group": r["group"], "mean": r["mean"], "ci95_over_seeds": r["ci95"]}
+        for group, values in pooled.items():
+            arm[group] = {"per_seed": [float(np.mean(values))], "mean": float(np.mean(values)),
+                          "ci95_over_seeds": 0.0, "episodes": len(values)}  # fmt: skip
+        out[name] = arm
+    return out
 
 
 def paired_lines(summary: dict) -> list[str]:
@@ -270,9 +274,8 @@ def main() -> None:
         from worldmodels.config import load_preset, scripted_partners
 
         env = load_preset(args.preset).marl.env
-        for arm, rule in REFERENCES.items():
-            if rule in scripted_partners(env):  # `random` is a scripted rule of every environment
-                summary[arm] = reference(args, rule)
+        # `random` is a scripted rule of every environment
+        summary.update(references(args, {a: r for a, r in REFERENCES.items() if r in scripted_partners(env)}))
     write_json(args.out / "summary.json", summary)
     text = report(args, summary)
     (args.out / "report.md").write_text(text)

@@ -148,3 +148,22 @@ def test_copy_world_model_copies_whole_parts_and_keeps_what_is_there(tmp_path):
     assert (dst / "rnn" / "ckpt" / "1").read_text() == "ours"  # kept
     assert os.path.islink(dst / "data") and (dst / "config.json").read_text() == "{}"
     assert (src / "vae" / "metrics.jsonl").exists()  # the source is only read
+
+
+def test_earlier_stage_times_read_only_a_pipeline_report_of_the_same_preset(tmp_path, capsys):
+    """A resumed pipeline reuses the seconds of the stages an earlier report of its preset timed; another
+    preset's report, a file that is not JSON, and JSON of another shape give no times (the last two named)."""
+    from worldmodels.pipeline import _earlier_seconds
+
+    path = tmp_path / "pipeline.json"
+    assert _earlier_seconds(tmp_path, "quick") == {}  # no report yet
+    stages = {"collect": {"status": "ran", "seconds": 12.5}, "vae": {"status": "skipped (done)", "seconds": 0.0},
+              "rnn": {"status": "ran", "seconds": "?"}, "dream": "ran"}  # fmt: skip
+    path.write_text(json.dumps({"preset": "quick", "stages": stages}))
+    assert _earlier_seconds(tmp_path, "quick") == {"collect": 12.5}
+    assert _earlier_seconds(tmp_path, "smoke") == {}
+    assert capsys.readouterr().out == ""
+    for text in ("{not json", "[1, 2]", '{"preset": "quick", "stages": [1]}', "\udcff"):
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        assert _earlier_seconds(tmp_path, "quick") == {}
+        assert f"{path} is not a pipeline report" in capsys.readouterr().out

@@ -31,17 +31,28 @@ def _earlier_seconds(run_dir: Path, preset_name: str) -> dict[str, float]:
     there is none, or it is another preset's), so a resumed run reports what its finished stages took then.
 
     An interrupted invocation has written the stages it finished (the file is rewritten after every stage); the
-    seconds of a stage it was interrupted in are not counted (that stage's rerun counts its own part only)."""
+    seconds of a stage it was interrupted in are not counted (that stage's rerun counts its own part only). A file
+    that is not such a report (not JSON, or edited into another shape) is named in one line and not used: the
+    stages it would have timed are reported "skipped (done)", and the run's report replaces it."""
     path = run_dir / "pipeline.json"
     if not path.is_file():
         return {}
     try:
         old = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = None
+    stages = old.get("stages") if isinstance(old, dict) else None
+    if not isinstance(stages, dict):
+        print(f"{path} is not a pipeline report (JSON with a 'stages' object): its stage times are not reused, and "
+              "this run's report replaces it")  # fmt: skip
         return {}
     if old.get("preset") != preset_name:
         return {}
-    return {name: row["seconds"] for name, row in old.get("stages", {}).items() if row.get("seconds", 0.0) > 0}
+    return {
+        name: float(row["seconds"])
+        for name, row in stages.items()
+        if isinstance(row, dict) and isinstance(row.get("seconds"), int | float) and row["seconds"] > 0
+    }
 
 
 def run_pipeline(run_dir: Path, preset: Preset, iterations: int | None = None) -> dict:
