@@ -110,6 +110,25 @@ def test_actor_and_critic_shapes_and_deterministic_action():
     assert build_critic(**critic_hparams(4, 8, units=16, layers=2)).out.weight.shape == critic.out.weight.shape
 
 
+def test_actor_squashes_into_its_environments_box():
+    """A ``tanh`` actor (LunarLander: A = 2, every action in [-1, 1]) squashes its mean and its samples with tanh; a
+    checkpoint's hparams without ``squash`` (written before it existed) rebuild CarRacing's actor; a squash that
+    cannot fill the action size is refused."""
+    actor = Actor(4, 8, action_size=2, units=16, layers=1, squash="tanh", key=jr.key(0))
+    zs, hs = jr.normal(jr.key(2), (5, 4)) * 3.0, jr.normal(jr.key(3), (5, 8)) * 3.0
+    actions = jax.vmap(actor)(zs, hs)
+    np.testing.assert_allclose(actions, jnp.tanh(jax.vmap(actor.mean_std)(zs, hs)[0]), rtol=1e-6)
+    sampled = jax.vmap(actor.sample)(zs, hs, jr.split(jr.key(4), 5))[0]
+    assert actions.shape == sampled.shape == (5, 2) and bool(jnp.all(jnp.abs(sampled) <= 1.0))
+    assert bool(jnp.any(sampled < 0.0))  # CarRacing's squash would clip the last dimension at 0
+    hparams = actor_hparams(4, 8, 2, units=16, layers=1, squash="tanh")
+    assert build_actor(**hparams).squash == "tanh"
+    old = {k: v for k, v in actor_hparams(4, 8, units=16, layers=1).items() if k != "squash"}
+    assert build_actor(**old).squash == "carracing"
+    with pytest.raises(ValueError, match="squash 'carracing' with 2 actions"):
+        Actor(4, 8, action_size=2, key=jr.key(0))
+
+
 def test_on_policy_collection_samples_the_actors_own_policy():
     """The agent explores with an actor-critic by sampling its policy (in the box, varying with the key, not its
     deterministic action); a linear controller does not explore by itself. (One compilation of ``agent_step``:

@@ -192,6 +192,22 @@ def test_lunar_smoke_end_to_end(tmp_path):
     assert again["iterations"]["status"] == "0 ran, 1 done before"
     assert again["iterations"]["seconds"] >= first["iterations"]["seconds"] > 0
 
+    # RSSM + actor-critic on the same data and V (`lunar_dreamer_smoke`: its collect and V sections are
+    # lunar_smoke's, so those stages are done): the actor acts in LunarLander's [-1, 1]^2 box through tanh, in the
+    # test and in the on-policy episodes of a Sim2Real2Sim iteration.
+    dreamer = tmp_path / "dreamer"
+    dreamer.mkdir()
+    for part in ("data", "vae"):
+        shutil.copytree(rd / part, dreamer / part)
+    out = run("pipeline.py", "--preset", "lunar_dreamer_smoke", "--run-dir", str(dreamer), "--iterations", "1")
+    assert "real LunarLander-v3 score over 2 episodes" in out
+    actor = checkpoint.newest_meta(dreamer / "controller" / "ckpt")
+    assert actor["kind"] == "actor" and actor["hparams"]["squash"] == "tanh" and actor["hparams"]["action_size"] == 2
+    assert checkpoint.newest_meta(dreamer / "rnn" / "ckpt")["kind"] == "rssm"
+    stages = json.loads((dreamer / "pipeline.json").read_text())["stages"]
+    assert stages["collect"]["status"] == stages["vae"]["status"] == "skipped (done)"
+    assert json.loads((dreamer / "iterations" / "1" / "results.json").read_text())["n"] == 2
+
     # A CarRacing preset does not count LunarLander datasets as its collection.
     from worldmodels.stages import collect_done
 

@@ -53,7 +53,7 @@ def warm_starts(dynamics: Dynamics, z: jax.Array, actions: jax.Array) -> tuple[j
 
 def start_batch(data: LatentDataset, step: int, ac: ActorCriticConfig, seed: int) -> dict[str, np.ndarray]:
     """Replayed real windows for update ``step``, deterministic in (seed, step): ``z`` float32 (B, L, Z) sampled from
-    the VAE posterior and ``actions`` (B, L, 3) (``train.sequence_batch``'s windows)."""
+    the VAE posterior and ``actions`` (B, L, A) (``train.sequence_batch``'s windows)."""
     windows = RNNConfig(seq_len=ac.seq_len, batch_size=ac.batch_size, seed=seed)
     batch = sequence_batch(data, step, windows)
     rng = np.random.default_rng([seed, step, 1])
@@ -63,7 +63,12 @@ def start_batch(data: LatentDataset, step: int, ac: ActorCriticConfig, seed: int
 
 
 def train_actor_critic(
-    out_dir: Path, dynamics: Dynamics, data: LatentDataset, ac: ActorCriticConfig, dream: DreamConfig
+    out_dir: Path,
+    dynamics: Dynamics,
+    data: LatentDataset,
+    ac: ActorCriticConfig,
+    dream: DreamConfig,
+    squash: str = "carracing",
 ) -> ActorCritic:
     """Train an actor and a critic in M's dream for ``ac.steps`` updates (resuming ``out_dir/ckpt``).
 
@@ -73,12 +78,14 @@ def train_actor_critic(
         data: the latent sequences M was trained on (starts are drawn from its training episodes).
         ac: the actor-critic config.
         dream: ``temperature`` (of the imagined latents) and ``seed`` (initialisation, batches, imagination).
+        squash: the actor's action squash, the run's ``env.EnvSpec.squash`` (``carracing`` or ``tanh``).
 
     Returns:
         The trained ``ActorCritic``.
     """
-    hparams = actor_critic_hparams(dynamics.z_size, dynamics.hidden_size, dynamics.action_size, ac.units, ac.layers)
-    init = init_ac_state(dynamics.z_size, dynamics.hidden_size, ac, jax.random.key(dream.seed), dynamics.action_size)
+    z_size, hidden_size, action_size = dynamics.z_size, dynamics.hidden_size, dynamics.action_size
+    hparams = actor_critic_hparams(z_size, hidden_size, action_size, ac.units, ac.layers, squash)
+    init = init_ac_state(z_size, hidden_size, ac, jax.random.key(dream.seed), action_size, squash)
     update = make_update(ac, dream.temperature)
 
     def step_fn(model: ActorCritic, opt_state, batch, key):

@@ -87,7 +87,7 @@ class Trajectory(NamedTuple):
     Attributes:
         z: float32 (H + 1, Z) latents z_0 .. z_H (z_0 the start).
         h: float32 (H + 1, Hd) the dynamics states' ``h`` at each of those steps (h_0 the start's).
-        actions: float32 (H, 3) squashed actions a_0 .. a_{H-1}.
+        actions: float32 (H, A) squashed actions a_0 .. a_{H-1}.
         log_probs: float32 (H,) log pi(u_t | z_t, h_t) of the raw actions (``Actor.sample``).
         entropies: float32 (H,) entropies of the raw-action Gaussians.
         rewards: float32 (H,) predicted reward of each action.
@@ -268,18 +268,24 @@ def optimizers(cfg: ActorCriticConfig) -> tuple[optax.GradientTransformation, op
 
 
 def init_ac_state(
-    z_size: int, hidden_size: int, cfg: ActorCriticConfig, key: PRNGKeyArray, action_size: int = 3
+    z_size: int,
+    hidden_size: int,
+    cfg: ActorCriticConfig,
+    key: PRNGKeyArray,
+    action_size: int = 3,
+    squash: str = "carracing",
 ) -> ACState:
     """A fresh ``ACState``: actor and critic of ``cfg.units`` x ``cfg.layers`` on [z (Z,), h (H,)], the slow critic
     a copy of the critic, zero optimiser moments, S = 0, step 0.
 
     Args:
         z_size, hidden_size, action_size: Z, H and A of the dynamics the learner will imagine in.
+        squash: the actor's action squash (``controller.squash_action``; the run's ``env.EnvSpec.squash``).
         cfg: the actor-critic config.
         key: PRNG key of the initial parameters.
     """
     k_actor, k_critic = jr.split(key)
-    actor = Actor(z_size, hidden_size, action_size, cfg.units, cfg.layers, key=k_actor)
+    actor = Actor(z_size, hidden_size, action_size, cfg.units, cfg.layers, squash, key=k_actor)
     critic = Critic(z_size, hidden_size, cfg.units, cfg.layers, key=k_critic)
     actor_tx, critic_tx = optimizers(cfg)
     return ACState(

@@ -492,10 +492,6 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     recipe_paths(run_dir, rnn_cfg.dataset)  # the episodes dreams start from exist
     _check_learner(run_dir, cfg)
     spec = env_spec(run_dir)
-    if cfg.learner == "actor-critic" and spec.squash != "carracing":
-        raise ValueError(
-            f"--learner actor-critic acts in CarRacing's action box only; on {spec.name} use --learner cmaes"
-        )
     hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs)
     if cfg.learner == "cmaes":
         _check_sizes(run_dir / "controller" / "ckpt", hparams)
@@ -509,7 +505,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     if cfg.learner == "actor-critic":
         from worldmodels.dreamer import train_actor_critic
 
-        train_actor_critic(run_dir / "controller", dynamics, latents(run_dir, rnn_cfg), ac, cfg)
+        train_actor_critic(run_dir / "controller", dynamics, latents(run_dir, rnn_cfg), ac, cfg, spec.squash)
         _finish(run_dir / "controller", ["imagined_return", "value", "entropy", "actor_loss", "critic_loss"],
                 "actor-critic in the dream")  # fmt: skip
         return

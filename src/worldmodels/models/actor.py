@@ -70,6 +70,11 @@ class Actor(eqx.Module):
         mlp: the hidden layers on [z, h] (Z + H,).
         out: linear layer units -> 2 A: the raw mean (A,) and the raw std parameter (A,).
         z_size, hidden_size, action_size, units, layers: Z, H, A and the MLP's width and depth (static).
+        squash: how raw actions map into the environment's box (``controller.squash_action``: ``carracing``,
+            A = 3, or ``tanh``, any A; static, from the run's ``env.EnvSpec``).
+
+    Raises:
+        ValueError: (at construction) for another ``squash``, or ``carracing`` with A != 3.
     """
 
     mlp: _MLP
@@ -79,6 +84,7 @@ class Actor(eqx.Module):
     action_size: int = eqx.field(static=True)
     units: int = eqx.field(static=True)
     layers: int = eqx.field(static=True)
+    squash: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -87,14 +93,19 @@ class Actor(eqx.Module):
         action_size: int = 3,
         units: int = 256,
         layers: int = 2,
+        squash: str = "carracing",
         *,
         key: PRNGKeyArray,
     ):
+        if squash not in ("carracing", "tanh") or (squash == "carracing" and action_size != 3):
+            raise ValueError(
+                f"actor squash {squash!r} with {action_size} actions: expected 'tanh', or 'carracing' with 3"
+            )
         k_mlp, k_out = jr.split(key)
         self.mlp = _MLP(z_size + hidden_size, units, layers, key=k_mlp)
         self.out = eqx.nn.Linear(units if layers > 0 else z_size + hidden_size, 2 * action_size, key=k_out)
         self.z_size, self.hidden_size, self.action_size = z_size, hidden_size, action_size
-        self.units, self.layers = units, layers
+        self.units, self.layers, self.squash = units, layers, squash
 
     def mean_std(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> tuple[Float[Array, " A"], Float[Array, " A"]]:
         """The raw-action Gaussian's mean and std, float32 (A,) each.
@@ -106,13 +117,13 @@ class Actor(eqx.Module):
         mean, raw_std = out[: self.action_size], out[self.action_size :]
         return mean, (MAX_STD - MIN_STD) * jax.nn.sigmoid(raw_std + 2.0) + MIN_STD
 
-    def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " 3"]:
-        """The deterministic action squash_action(mean), float32 (3,) in the action box (a drop-in controller)."""
-        return squash_action(self.mean_std(z, h)[0])
+    def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " A"]:
+        """The deterministic action squash_action(mean), float32 (A,) in the action box (a drop-in controller)."""
+        return squash_action(self.mean_std(z, h)[0], self.squash)
 
     def sample(
         self, z: Float[Array, " Z"], h: Float[Array, " H"], key: PRNGKeyArray
-    ) -> tuple[Float[Array, " 3"], Float[Array, ""], Float[Array, ""]]:
+    ) -> tuple[Float[Array, " A"], Float[Array, ""], Float[Array, ""]]:
         """Sample an action with the reparameterisation trick (DreamerV1 Sec. 3; Kingma & Welling 2014).
 
         u = mean + std * eps with eps ~ N(0, I) and a = squash_action(u), so gradients flow from the action
@@ -134,7 +145,7 @@ class Actor(eqx.Module):
             key: PRNG key of the Gaussian noise.
 
         Returns:
-            (action float32 (3,), log_prob float32 scalar, entropy float32 scalar).
+            (action float32 (A,), log_prob float32 scalar, entropy float32 scalar).
         """
         mean, std = self.mean_std(z, h)
         eps = jr.normal(key, mean.shape, mean.dtype)
@@ -142,7 +153,7 @@ class Actor(eqx.Module):
         fixed = jax.lax.stop_gradient(raw)
         log_prob = jnp.sum(-0.5 * jnp.square((fixed - mean) / std) - jnp.log(std) - _HALF_LOG_2PI)
         entropy = jnp.sum(jnp.log(std) + 0.5 + _HALF_LOG_2PI)
-        return squash_action(raw), log_prob, entropy
+        return squash_action(raw, self.squash), log_prob, entropy
 
 
 class Critic(eqx.Module):
@@ -181,9 +192,13 @@ class Critic(eqx.Module):
         return twohot.decode(self(z, h))
 
 
-def actor_hparams(z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2) -> dict:
-    """Keyword arguments that rebuild an ``Actor`` (for a checkpoint's ``hparams``); Z and H are the dynamics'."""
-    return {"z_size": z_size, "hidden_size": hidden_size, "action_size": action_size, "units": units, "layers": layers}
+def actor_hparams(
+    z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2, squash: str = "carracing"
+) -> dict:
+    """Keyword arguments that rebuild an ``Actor`` (for a checkpoint's ``hparams``); Z and H are the dynamics'.
+    A checkpoint written before ``squash`` existed has none and loads as ``carracing`` (it was the only box)."""
+    return {"z_size": z_size, "hidden_size": hidden_size, "action_size": action_size, "units": units, "layers": layers,
+            "squash": squash}  # fmt: skip
 
 
 def critic_hparams(z_size: int, hidden_size: int, units: int = 256, layers: int = 2) -> dict:
@@ -220,24 +235,27 @@ class ActorCritic(eqx.Module):
     def hidden_size(self) -> int:
         return self.actor.hidden_size
 
-    def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " 3"]:
-        """The actor's deterministic action (3,) = squash(mean) (``Actor.__call__``)."""
+    def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " A"]:
+        """The actor's deterministic action (A,) = squash(mean) (``Actor.__call__``)."""
         return self.actor(z, h)
 
-    def sample(self, z: Float[Array, " Z"], h: Float[Array, " H"], key: PRNGKeyArray) -> Float[Array, " 3"]:
-        """An action (3,) sampled from the actor's policy (``Actor.sample``): its exploration when it collects
+    def sample(self, z: Float[Array, " Z"], h: Float[Array, " H"], key: PRNGKeyArray) -> Float[Array, " A"]:
+        """An action (A,) sampled from the actor's policy (``Actor.sample``): its exploration when it collects
         on-policy data (``agent.agent_step(explore=True)``)."""
         return self.actor.sample(z, h, key)[0]
 
 
 def actor_critic_hparams(
-    z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2
+    z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2, squash: str = "carracing"
 ) -> dict:
     """Keyword arguments that rebuild an ``ActorCritic`` (the checkpoint kind ``actor``)."""
-    return actor_hparams(z_size, hidden_size, action_size, units, layers)
+    return actor_hparams(z_size, hidden_size, action_size, units, layers, squash)
 
 
-def build_actor_critic(z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2):
-    """``ActorCritic`` skeleton for loading (kind ``actor``)."""
+def build_actor_critic(
+    z_size: int, hidden_size: int, action_size: int = 3, units: int = 256, layers: int = 2, squash: str = "carracing"
+) -> ActorCritic:
+    """``ActorCritic`` skeleton for loading (kind ``actor``; no ``squash`` in an older checkpoint: ``carracing``)."""
     critic = build_critic(z_size=z_size, hidden_size=hidden_size, units=units, layers=layers)
-    return ActorCritic(build_actor(**actor_hparams(z_size, hidden_size, action_size, units, layers)), critic, critic)
+    actor = build_actor(**actor_hparams(z_size, hidden_size, action_size, units, layers, squash))
+    return ActorCritic(actor, critic, critic)
