@@ -34,7 +34,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.models import twohot
-from worldmodels.models.controller import squash_action
+from worldmodels.models.controller import action_box, squash_action
 from worldmodels.models.mdnrnn import batch_major_linear
 
 MIN_STD = 0.1
@@ -97,7 +97,7 @@ class Actor(eqx.Module):
         *,
         key: PRNGKeyArray,
     ):
-        if squash not in ("carracing", "tanh") or (squash == "carracing" and action_size != 3):
+        if action_box(squash, action_size)[0].shape != (action_size,):  # action_box refuses an unknown squash
             raise ValueError(
                 f"actor squash {squash!r} with {action_size} actions: expected 'tanh', or 'carracing' with 3"
             )
