@@ -39,6 +39,12 @@ ARMS: dict[str, dict] = {
     # The dream weights each reward by M's probability that the episode is still running instead of ending at the
     # done threshold (dream.termination).
     "expected_termination": {"termination": "expected"},
+    # The controller: one hidden layer of U tanh units (dream.controller_units; the paper's Table 1 variant), on
+    # [z, h] or on z alone (the "V model only" agent).
+    "units_8": {"controller_units": 8},
+    "units_32": {"controller_units": 32},
+    "z_only": {"controller_inputs": "z"},
+    "z_only_units_16": {"controller_inputs": "z", "controller_units": 16},
 }
 """Each arm's changes to the source preset's dream config."""
 

@@ -81,6 +81,7 @@ TRIALS = [
     ("train_dream.py", ["--mid-episode-starts", "1.5"], "dream.mid_episode_starts"),
     ("train_dream.py", ["--mid-episode-starts", "-0.5"], "dream.mid_episode_starts"),
     ("train_dream.py", ["--start-pool", "0"], "dream.start_pool must be >= 1"),
+    ("train_dream.py", ["--controller-units", "4", "--learner", "actor-critic"], "use --learner cmaes"),
     ("train_dream.py", ["--step-size-adaptation", "foo"], "--step-size-adaptation"),
     ("train_dream.py", ["--population", "many"], "--population"),
     # test_agent.py

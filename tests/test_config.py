@@ -53,6 +53,7 @@ def test_unknown_step_size_rule_is_refused():
         (IterateConfig, "iterations", -1, "iterate.iterations must be >= 0"),
         (IterateConfig, "restart_sigma", -0.1, "iterate.restart_sigma must be >= 0"),
         (DreamConfig, "keep", "last", "dream.keep must be 'best' or 'mean', got 'last'"),
+        (DreamConfig, "controller_units", -1, "dream.controller_units must be >= 0, got -1"),
     ],
 )
 def test_out_of_range_values_are_refused_with_the_field_named(cls, field, value, message):

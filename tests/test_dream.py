@@ -37,6 +37,27 @@ def test_scanned_dream_equals_python_loop():
     np.testing.assert_allclose(scanned, carry.total, rtol=1e-4, atol=1e-4)
 
 
+def test_dream_of_a_controller_with_a_hidden_layer_equals_python_loop():
+    """``units`` > 0: the scanned dream and the generation call use ``MLPController`` exactly as a Python loop does."""
+    from worldmodels.models.controller import controller_from_flat, controller_num_params
+
+    rnn, start, _ = small_world()
+    n = controller_num_params(8, 16, 3, units=6)
+    population = jr.normal(jr.key(2), (3, n)) * 0.5
+    key, steps, tau = jr.key(3), 20, 1.0
+    fitness = generation_fitness(population, rnn, start, key, jnp.float32(tau), 2, steps, 0.5, units=6)
+    for p in range(3):
+        controller = controller_from_flat(population[p], 8, 16, units=6)
+        totals = []
+        for k in jr.split(key, 2):
+            k_start, k_steps = jr.split(k)
+            carry = initial_carry(rnn, start, k_start)
+            for ks in jr.split(k_steps, steps):
+                carry, _ = dream_step(controller, rnn, carry, mixture_noise(ks, 3, 8), tau, 0.5)
+            totals.append(carry.total)
+        np.testing.assert_allclose(fitness[p], np.mean(totals), rtol=1e-4, atol=1e-4)
+
+
 def test_noisy_dream_equals_python_loop_with_the_ou_noise_clipped_to_the_box():
     """With action noise the scanned dream is the loop whose action is clip(C(z, h) + n_t, box), n = ``ou_path`` of
     ``fold_in(key, 1)``; the noise changes the return, and 0 is the noise-free dream exactly."""

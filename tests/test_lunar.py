@@ -156,9 +156,13 @@ def test_controller_squash_and_latent_only_inputs():
         LinearController.from_flat(flat, 16, 128, 2, "tanh", "zh")
 
 
-def run(script, *args):
+def run(script, *args, check=True):
+    """stdout of ``script`` (asserting it succeeded), or with ``check`` False its stdout and stderr after a failure."""
     proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
+    if not check:
+        assert proc.returncode != 0, f"{script} succeeded where it should have failed:\n{proc.stdout[-3000:]}"
+        return proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -228,6 +232,25 @@ def test_lunar_smoke_end_to_end(tmp_path):
     with np.load(v_only / "controller" / "es_state.npz") as state:
         assert state["mean"].shape == (2 * 4 + 2,)  # A x Z + A with lunar_smoke's Z = 4
     assert json.loads((v_only / "eval" / "results.json").read_text())["n"] == 2
+
+    # The controller with a hidden layer (3 tanh units on [z, h]): evolved, checkpointed with its units, loaded back
+    # by test_agent.py; a second run with other units is refused before anything is written.
+    mlp = tmp_path / "mlp"
+    mlp.mkdir()
+    for part in ("data", "vae", "rnn"):
+        shutil.copytree(rd / part, mlp / part)
+    common = ["--preset", "lunar_smoke", "--run-dir", str(mlp)]
+    run("train_dream.py", *common, "--controller-units", "3")
+    run("test_agent.py", *common, "--no-video")
+    ctrl = checkpoint.newest_meta(mlp / "controller" / "ckpt")["hparams"]
+    assert ctrl["units"] == 3 and ctrl["inputs"] == "zh"
+    with np.load(mlp / "controller" / "es_state.npz") as state:
+        z, h = 4, ctrl["hidden_size"]
+        assert state["mean"].shape == (3 * (z + h + 1) + 2 * (3 + 1),)
+    assert json.loads((mlp / "eval" / "results.json").read_text())["n"] == 2
+    before = (mlp / "config.json").read_text()
+    out = run("train_dream.py", *common, "--controller-units", "5", "--generations", "99", check=False)
+    assert "units=3 in the checkpoint, 5 in the config" in out and (mlp / "config.json").read_text() == before
 
     # What M predicts where the held-out episodes end (experiments/terminal_predictions.py): a row per kind.
     table = tmp_path / "terminal.json"

@@ -126,6 +126,39 @@ def test_controller_paper_size_and_action_bounds():
         LinearController.from_flat(jnp.zeros(10), 32, 256)
 
 
+def test_controller_with_a_hidden_layer_computes_its_formula_and_round_trips():
+    """``MLPController``: a = squash(W_2 tanh(W_1 x + b_1) + b_2), N = U (I + 1) + A (U + 1); ``controller_from_flat``
+    picks the class by ``units`` and refuses a wrong length or negative units."""
+    from worldmodels.models.controller import MLPController, controller_from_flat, controller_num_params
+
+    z, h, units = 4, 6, 5
+    n = controller_num_params(z, h, 2, "zh", units=units)
+    assert n == 5 * (10 + 1) + 2 * (5 + 1) == MLPController.num_params(z, h, 2, units=units)
+    assert controller_num_params(z, h, 2, "z", units=units) == 5 * (4 + 1) + 2 * 6
+    assert controller_num_params(z, h, 2, "zh") == LinearController.num_params(z, h, 2)
+    flat = jr.normal(jr.key(0), (n,))
+    ctrl = controller_from_flat(flat, z, h, 2, "tanh", "zh", units)
+    assert isinstance(ctrl, MLPController) and ctrl.hidden_weight.shape == (5, 10) and ctrl.weight.shape == (2, 5)
+    np.testing.assert_array_equal(ctrl.to_flat(), flat)
+    zv, hv = jr.normal(jr.key(1), (z,)), jr.normal(jr.key(2), (h,))
+    w1, b1 = np.asarray(flat[:50]).reshape(5, 10), np.asarray(flat[50:55])
+    w2, b2 = np.asarray(flat[55:65]).reshape(2, 5), np.asarray(flat[65:])
+    x = np.concatenate([zv, hv])
+    np.testing.assert_allclose(ctrl(zv, hv), np.tanh(w2 @ np.tanh(w1 @ x + b1) + b2), rtol=1e-5, atol=1e-6)
+    assert isinstance(controller_from_flat(jnp.zeros(2 * 10 + 2), z, h, 2, "tanh"), LinearController)
+    v_only = controller_from_flat(jnp.zeros(5 * 5 + 2 * 6), z, h, 2, "tanh", "z", units)
+    assert v_only(zv, hv * 100).shape == (2,)  # h is not read
+    # CarRacing's squash keeps gas and brake in [0, 1] behind the hidden layer too.
+    big = controller_from_flat(jr.normal(jr.key(3), (controller_num_params(z, h, 3, units=7),)) * 10, z, h, 3,
+                               units=7)  # fmt: skip
+    acts = jax.vmap(big)(jr.normal(jr.key(4), (200, z)) * 5, jr.normal(jr.key(5), (200, h)) * 5)
+    assert float(acts[:, 1:].min()) >= 0.0 and float(acts.max()) <= 1.0 and float(acts[:, 0].min()) >= -1.0
+    with pytest.raises(ValueError, match=r"\(67,\)"):
+        controller_from_flat(jnp.zeros(66), z, h, 2, "tanh", "zh", units)
+    with pytest.raises(ValueError, match="units must be >= 0"):
+        controller_from_flat(jnp.zeros(22), z, h, 2, "tanh", "zh", -1)
+
+
 def test_fused_lstm_step_equals_equinox_cell():
     import jax.random as jr
 

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from worldmodels.models import ConvVAE, LinearController
+from worldmodels.models import ConvVAE
+from worldmodels.models.controller import Controller
 from worldmodels.models.dynamics import Dynamics, broadcast_batch
 from worldmodels.models.mdnrnn import most_likely_z
 from worldmodels.models.vae import to_float
@@ -27,7 +28,8 @@ class Agent(eqx.Module):
     vae: ConvVAE
     dynamics: Dynamics
     """The memory M: any ``Dynamics`` (an ``MDNRNN``, or a gossip pool's exported ``GRUTransition``)."""
-    controller: LinearController
+    controller: Controller
+    """C: linear, with a hidden layer, or an actor-critic (anything callable as controller(z (Z,), h (H,)) -> (A,))."""
 
 
 def explores(controller: Any) -> bool:

@@ -438,6 +438,10 @@ class DreamConfig:
     controller_inputs: Literal["zh", "z"] = "zh"
     """What the linear controller reads: ``zh`` (V's z and M's hidden state h, the paper's agent) or ``z`` (V's
     latent alone, the paper's "V model only" agent of Table 1, still evolved in M's dream)."""
+    controller_units: int = 0
+    """CMA-ES only: tanh units of a hidden layer between the controller's inputs and its actions
+    (``models.controller.MLPController``; Table 1 of the paper reports the "V model only" agent with one). 0: the
+    paper's linear controller. The flat vector CMA-ES searches grows to U * (I + 1) + A * (U + 1) for I inputs."""
     step_size_adaptation: Literal["csa", "tpa"] = "tpa"
     """CMA-ES step-size rule: ``tpa`` (two-point adaptation, Hansen et al. 2014: the two first samples of a
     generation mirror the last mean shift, and their ranks grow or shrink sigma) or ``csa`` (cumulative
@@ -469,7 +473,7 @@ class DreamConfig:
              "generations": ">= 1", "sigma_init": "> 0", "done_threshold": "in (0, 1]", "eval_every": ">= 0",
              "eval_episodes": ">= 1", "eval_max_steps": ">= 1", "checkpoint_every": ">= 1",
              "mid_episode_starts": "in [0, 1]", "start_pool": ">= 1", "pessimism": ">= 0",
-             "ensemble": ">= 1", "action_noise": ">= 0"},
+             "ensemble": ">= 1", "action_noise": ">= 0", "controller_units": ">= 0"},
         )  # fmt: skip
         if self.controller_inputs not in ("zh", "z"):
             raise ValueError(f"dream.controller_inputs must be 'zh' or 'z', got {self.controller_inputs!r}")
@@ -477,6 +481,8 @@ class DreamConfig:
             raise ValueError(f"dream.termination must be 'threshold' or 'expected', got {self.termination!r}")
         if self.learner not in LEARNERS:
             raise ValueError(f"dream.learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
+        if self.controller_units and self.learner != "cmaes":
+            raise ValueError("dream.controller_units shapes the controller CMA-ES evolves; use --learner cmaes")
         if self.ensemble > 1 and self.learner != "cmaes":
             raise ValueError("dream.ensemble deals CMA-ES dreams over several M; use --learner cmaes")
         if self.pessimism > 0 and self.ensemble == 1:

@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.config import OU_THETA
-from worldmodels.models.controller import LinearController, action_box
+from worldmodels.models.controller import Controller, action_box, controller_from_flat
 from worldmodels.models.dynamics import Dynamics
 from worldmodels.models.mdnrnn import MDNOutput, MixtureNoise, mixture_noise, sample_next_z_from_noise
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
@@ -106,7 +106,7 @@ def ou_path(
 
 
 def dream_step(
-    controller: LinearController,
+    controller: Controller,
     dynamics: Dynamics,
     carry: DreamCarry,
     noise: MixtureNoise,
@@ -136,7 +136,7 @@ def dream_step(
     return DreamCarry(z_next, state, alive, total), action
 
 
-def _noisy(controller: LinearController, action: Array, noise: Array | None) -> Array:
+def _noisy(controller: Controller, action: Array, noise: Array | None) -> Array:
     """``action`` plus ``noise`` clipped to the controller's action box; ``action`` itself when ``noise`` is None."""
     if noise is None:
         return action
@@ -271,13 +271,15 @@ def mid_episode_starts(
 
 def _rollout_setup(
     params, agent: Dynamics, world: Dynamics, key: PRNGKeyArray, steps: int, squash: str, inputs: str,
-    action_noise: float = 0.0,
+    action_noise: float = 0.0, units: int = 0,
 ):  # fmt: skip
     """The controller of ``params`` (reading ``agent``'s h), the start key, and the scan's inputs: the sampling
     noise of every step of a dream in ``world`` (``mixture_noise`` of each step's key, drawn in one vectorised call
     before the scan), paired with the action noise (``ou_path`` of ``fold_in(key, 1)``) when ``action_noise`` > 0
     (else ``None``, and the dream is exactly the noise-free one)."""
-    controller = LinearController.from_flat(params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs)
+    controller = controller_from_flat(
+        params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs, units
+    )
     k_start, k_steps = jr.split(key)
     draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
     mixture = draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
@@ -297,15 +299,17 @@ def single_rollout(
     squash: str = "carracing",
     inputs: str = "zh",
     action_noise: float = 0.0,
+    units: int = 0,
 ) -> Float[Array, ""]:
-    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,), a ``LinearController``
-    with the environment's action ``squash`` reading ``inputs`` (``zh`` or ``z``), its actions perturbed by
-    Ornstein-Uhlenbeck noise of stationary std ``action_noise`` (static; 0: none; ``dream_step``).
+    """Return of one dream of ``steps`` steps for the flat controller ``params`` (N,), C with the environment's
+    action ``squash`` reading ``inputs`` (``zh`` or ``z``), linear or with a hidden layer of ``units`` tanh units
+    (``controller_from_flat``), its actions perturbed by Ornstein-Uhlenbeck noise of stationary std
+    ``action_noise`` (static; 0: none; ``dream_step``).
 
     The sampling noise of all steps (``mixture_noise`` of each step's key) and the action noise are drawn in
     vectorised calls before the ``lax.scan``, so the scanned step runs no random-number hashing.
     """
-    controller, k_start, xs = _rollout_setup(params, dynamics, dynamics, key, steps, squash, inputs, action_noise)
+    controller, k_start, xs = _rollout_setup(params, dynamics, dynamics, key, steps, squash, inputs, action_noise, units)
 
     def step(carry, x):
         n, a = x
@@ -339,6 +343,7 @@ def tracked_rollout(
     squash: str = "carracing",
     inputs: str = "zh",
     action_noise: float = 0.0,
+    units: int = 0,
 ) -> Float[Array, ""]:
     """Return of one dream of ``steps`` steps whose world is ``world`` while the controller reads ``agent``'s h
     (with ``action_noise`` as in ``single_rollout``).
@@ -354,7 +359,7 @@ def tracked_rollout(
     """
     if start.state is not None:
         raise ValueError("a dream in another ensemble member starts from first frames only (start.state is None)")
-    controller, k_start, xs = _rollout_setup(params, agent, world, key, steps, squash, inputs, action_noise)
+    controller, k_start, xs = _rollout_setup(params, agent, world, key, steps, squash, inputs, action_noise, units)
     first = initial_carry(agent, start, k_start)
 
     def step(carry: TrackedCarry, x):
@@ -400,6 +405,7 @@ def generation_fitness(
     squash: str = "carracing",
     inputs: str = "zh",
     action_noise: float = 0.0,
+    units: int = 0,
 ) -> Float[Array, " P"]:
     """A whole CMA-ES generation, P x R x T dream steps, in one jitted call.
 
@@ -414,7 +420,8 @@ def generation_fitness(
             With a mesh the (P, R) grid of returns is constrained to ``PartitionSpec("pop", "roll")``
             so XLA splits candidates and rollouts over the devices; the values are the same. Use
             ``sharded_generation_fitness``, which builds the mesh and pads P.
-        squash, inputs: static; the controller's action squash and inputs (``models.controller``).
+        squash, inputs, units: static; the controller's action squash, inputs and hidden units
+            (``models.controller.controller_from_flat``; 0: linear).
         action_noise: static; stationary std of the actions' Ornstein-Uhlenbeck noise (``single_rollout``).
 
     Returns:
@@ -422,7 +429,7 @@ def generation_fitness(
     """
     keys = jr.split(key, rollouts)
     kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
-          "inputs": inputs, "action_noise": action_noise}  # fmt: skip
+          "inputs": inputs, "action_noise": action_noise, "units": units}  # fmt: skip
     if mesh is None:
         return population_rollout(population, dynamics, start, keys, **kw)
     population = jax.lax.with_sharding_constraint(population, NamedSharding(mesh, PartitionSpec(POP, None)))
@@ -447,6 +454,7 @@ def ensemble_generation_returns(
     squash: str = "carracing",
     inputs: str = "zh",
     action_noise: float = 0.0,
+    units: int = 0,
 ) -> Float[Array, "P K"]:
     """Each candidate's mean dream return in each of K ensemble members, one jitted call per generation.
 
@@ -460,7 +468,7 @@ def ensemble_generation_returns(
         population: float32 (P, N) flat controllers.
         members: K >= 1 dynamics of one Z and A (the run's M first), a static-length tuple.
         start: first-frame starts (``start.state`` None).
-        key, temperature, rollouts, steps, done_threshold, squash, inputs, action_noise: as in
+        key, temperature, rollouts, steps, done_threshold, squash, inputs, action_noise, units: as in
             ``generation_fitness``.
 
     Returns:
@@ -474,7 +482,7 @@ def ensemble_generation_returns(
         raise ValueError(f"{rollouts} dream rollouts cannot cover {k} ensemble members; use at least {k}")
     keys = jr.split(key, rollouts)
     kw = {"steps": steps, "temperature": temperature, "done_threshold": done_threshold, "squash": squash,
-          "inputs": inputs, "action_noise": action_noise}  # fmt: skip
+          "inputs": inputs, "action_noise": action_noise, "units": units}  # fmt: skip
     agent = members[0]
     columns = [population_rollout(population, agent, start, keys[0::k], **kw)]
     one = functools.partial(tracked_rollout, **kw)
@@ -512,6 +520,7 @@ def sharded_generation_fitness(
     squash: str = "carracing",
     inputs: str = "zh",
     action_noise: float = 0.0,
+    units: int = 0,
 ) -> Float[Array, " P"]:
     """``generation_fitness`` spread over ``devices`` (default ``jax.devices()``).
 
@@ -525,7 +534,7 @@ def sharded_generation_fitness(
         population: float32 (P, N) flat controllers (NumPy or JAX).
         dynamics, start, key, temperature, rollouts, steps, done_threshold: as in ``generation_fitness``.
         devices: the devices to use; default all of ``jax.devices()``.
-        squash, inputs: the controller's action squash and inputs (``models.controller``).
+        squash, inputs, units: the controller's action squash, inputs and hidden units (``models.controller``).
         action_noise: stationary std of the actions' Ornstein-Uhlenbeck noise (``single_rollout``; 0: none).
 
     Returns:
@@ -533,7 +542,7 @@ def sharded_generation_fitness(
     """
     devices = list(jax.devices() if devices is None else devices)
     args = (dynamics, start, key, temperature, rollouts, steps, done_threshold)
-    kw = {"squash": squash, "inputs": inputs, "action_noise": action_noise}
+    kw = {"squash": squash, "inputs": inputs, "action_noise": action_noise, "units": units}
     if len(devices) == 1:
         return generation_fitness(population, *args, **kw)
     p = population.shape[0]

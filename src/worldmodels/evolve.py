@@ -23,7 +23,7 @@ from worldmodels.config import DreamConfig
 from worldmodels.dream import DreamStart, ensemble_fitness, ensemble_generation_returns, sharded_generation_fitness
 from worldmodels.errors import TrainingDiverged
 from worldmodels.metrics_log import MetricsLog, trim_jsonl, write_json
-from worldmodels.models import LinearController
+from worldmodels.models.controller import controller_from_flat, controller_num_params
 from worldmodels.models.dynamics import Dynamics
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ def dream_fitness(
     members: Sequence[Dynamics] = (),
 ) -> Callable:
     """``fitness(population float32 (P, N), key) -> float32 (P,)``: mean dream return of each flat controller
-    (a ``LinearController`` with the environment's action ``squash``, reading ``cfg.controller_inputs``; its actions
+    (C with the environment's action ``squash``, reading ``cfg.controller_inputs``, with ``cfg.controller_units``
+    hidden units (0: linear); its actions
     perturbed by ``cfg.action_noise``, ``dream.single_rollout``).
 
     The dream ends by ``cfg.termination`` (``dream.dream_step``: at M's done threshold, or continue-weighted).
@@ -66,17 +67,14 @@ def dream_fitness(
     ensemble = (dynamics, *members)
     done_threshold = cfg.done_threshold if cfg.termination == "threshold" else None  # None: continue-weighted
 
+    kw = {"squash": squash, "inputs": cfg.controller_inputs, "action_noise": cfg.action_noise,
+          "units": cfg.controller_units}  # fmt: skip
+
     def fitness(population, key):
+        dream = (start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold)
         if members:
-            returns = ensemble_generation_returns(
-                population, ensemble, start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold,
-                squash=squash, inputs=cfg.controller_inputs, action_noise=cfg.action_noise,
-            )  # fmt: skip
-            return ensemble_fitness(returns, cfg.pessimism)
-        return sharded_generation_fitness(
-            population, dynamics, start, key, tau, cfg.rollouts, cfg.dream_steps, done_threshold,
-            squash=squash, inputs=cfg.controller_inputs, action_noise=cfg.action_noise,
-        )  # fmt: skip
+            return ensemble_fitness(ensemble_generation_returns(population, ensemble, *dream, **kw), cfg.pessimism)
+        return sharded_generation_fitness(population, dynamics, *dream, **kw)
 
     return fitness
 
@@ -88,7 +86,8 @@ def evolve(
     cfg: DreamConfig,
     real_check: Callable[[np.ndarray], float] | None = None,
 ) -> np.ndarray:
-    """Evolve a linear controller with CMA-ES; resumes from ``out_dir/es_state.npz``.
+    """Evolve the controller (linear, or with ``hparams["units"]`` hidden units) with CMA-ES; resumes from
+    ``out_dir/es_state.npz``.
 
     Writes ``metrics.jsonl`` (per generation: best, mean, std of the dream fitness, sigma, the
     re-scored best, seconds; a resumed run first drops the rows an interrupted one wrote after the saved
@@ -128,7 +127,7 @@ def evolve(
             last are left as they were.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = LinearController.num_params(**hparams)
+    n = controller_num_params(**hparams)
     state_path = out_dir / "es_state.npz"
     mean, sigma, first_gen = np.zeros(n), cfg.sigma_init, 0
     best, best_score, mean_score = np.zeros(n, np.float32), -np.inf, -np.inf
@@ -170,7 +169,7 @@ def evolve(
         checkpoint.save(
             out_dir / "ckpt",
             gen,
-            LinearController.from_flat(jnp.asarray(params), **hparams),
+            controller_from_flat(jnp.asarray(params), **hparams),
             kind="controller",
             hparams=hparams,
             extra={"dream_score": score, "generation": gen, "keep": cfg.keep},

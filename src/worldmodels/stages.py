@@ -40,7 +40,7 @@ from worldmodels.env import get_spec
 from worldmodels.evaluate import ci95, run_episodes, summarize
 from worldmodels.evolve import dream_fitness, evolve, save_es_state, write_restart_state
 from worldmodels.metrics_log import append_jsonl, write_json
-from worldmodels.models import LinearController
+from worldmodels.models.controller import controller_from_flat
 from worldmodels.models.dynamics import stack_modules
 from worldmodels.models.registry import controller_hparams
 from worldmodels.run_dir import (
@@ -377,15 +377,17 @@ def _finish(out_dir: Path, keys: list[str], title: str, *pictures: str, png: str
     print(f"{title}: {xkey} {last[xkey]}: {values} -> {out_dir} ({', '.join((png, *pictures))})")
 
 
-def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int, inputs: str = "zh"):
-    """A function flat_params -> mean real return over ``episodes`` episodes (for periodic checks) of the linear
-    controller reading ``inputs`` in the run's environment."""
+def real_checker(
+    run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int, inputs: str = "zh", units: int = 0
+):
+    """A function flat_params -> mean real return over ``episodes`` episodes (for periodic checks) of the
+    controller reading ``inputs`` with ``units`` hidden units (0: linear) in the run's environment."""
     vae, _ = load_vae(run_dir)
     dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
     spec = env_spec(run_dir)
 
     def check(flat: np.ndarray) -> float:
-        ctrl = LinearController.from_flat(jnp.asarray(flat), **controller_hparams(dynamics, spec.squash, inputs))
+        ctrl = controller_from_flat(jnp.asarray(flat), **controller_hparams(dynamics, spec.squash, inputs, units))
         res = run_episodes(
             Agent(vae, dynamics, ctrl),
             list(range(seed, seed + episodes)),
@@ -492,7 +494,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     recipe_paths(run_dir, rnn_cfg.dataset)  # the episodes dreams start from exist
     _check_learner(run_dir, cfg)
     spec = env_spec(run_dir)
-    hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs)
+    hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs, cfg.controller_units)
     if cfg.learner == "cmaes":
         _check_sizes(run_dir / "controller" / "ckpt", hparams)
     members = _ensemble_members(run_dir, rnn_cfg, cfg, dynamics)
@@ -513,7 +515,9 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     check = None
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
-        check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0, cfg.controller_inputs)
+        check = real_checker(
+            run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0, cfg.controller_inputs, cfg.controller_units
+        )
     fitness = dream_fitness(dynamics, start, cfg, spec.squash, members)
     if members:
         print(f"CMA-ES in an ensemble of {len(members) + 1} M, pessimism {cfg.pessimism:g}")

@@ -19,7 +19,7 @@ import jax.random as jr
 
 from worldmodels.errors import CheckpointError
 from worldmodels.models.actor import build_actor_critic
-from worldmodels.models.controller import LinearController
+from worldmodels.models.controller import Controller, controller_from_flat, controller_num_params
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.mlp_autoencoder import DEFAULT_HIDDEN, MLPAutoencoder
 from worldmodels.models.rssm import RSSM
@@ -159,25 +159,32 @@ def build_transformer(
 # C
 
 
-def controller_hparams(dynamics: Any, squash: str = "carracing", inputs: str = "zh") -> dict:
-    """Keyword arguments that rebuild the linear controller acting on ``dynamics``' [z, h] (``Dynamics``), or on z
-    alone (``inputs="z"``), with the environment's action ``squash`` (``env.EnvSpec.squash``)."""
+def controller_hparams(dynamics: Any, squash: str = "carracing", inputs: str = "zh", units: int = 0) -> dict:
+    """Keyword arguments that rebuild the controller acting on ``dynamics``' [z, h] (``Dynamics``), or on z alone
+    (``inputs="z"``), with the environment's action ``squash`` (``env.EnvSpec.squash``): linear with ``units`` 0,
+    else with one hidden layer of that many units (``controller.controller_from_flat``)."""
     return {
         "z_size": dynamics.z_size,
         "hidden_size": dynamics.hidden_size,
         "action_size": dynamics.action_size,
         "squash": squash,
         "inputs": inputs,
+        "units": units,
     }
 
 
 def build_controller(
-    z_size: int, hidden_size: int, action_size: int = 3, squash: str = "carracing", inputs: str = "zh"
-) -> LinearController:
-    """Linear controller skeleton (zeros) for loading (kind ``controller``); checkpoints written before ``squash``
-    and ``inputs`` existed are CarRacing's [z, h] controllers."""
-    n = LinearController.num_params(z_size, hidden_size, action_size, inputs)
-    return LinearController.from_flat(jnp.zeros(n), z_size, hidden_size, action_size, squash, inputs)
+    z_size: int,
+    hidden_size: int,
+    action_size: int = 3,
+    squash: str = "carracing",
+    inputs: str = "zh",
+    units: int = 0,
+) -> Controller:
+    """Controller skeleton (zeros) for loading (kind ``controller``); checkpoints written before ``squash``,
+    ``inputs`` and ``units`` existed are CarRacing's linear [z, h] controllers."""
+    n = controller_num_params(z_size, hidden_size, action_size, inputs, units=units)
+    return controller_from_flat(jnp.zeros(n), z_size, hidden_size, action_size, squash, inputs, units)
 
 
 register("vae", "vision", build_vae, "convolutional VAE on 64x64x3 frames (train_vae.py)")
