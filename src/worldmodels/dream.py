@@ -277,9 +277,7 @@ def _rollout_setup(
     noise of every step of a dream in ``world`` (``mixture_noise`` of each step's key, drawn in one vectorised call
     before the scan), paired with the action noise (``ou_path`` of ``fold_in(key, 1)``) when ``action_noise`` > 0
     (else ``None``, and the dream is exactly the noise-free one)."""
-    controller = controller_from_flat(
-        params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs, units
-    )
+    controller = controller_from_flat(params, agent.z_size, agent.hidden_size, agent.action_size, squash, inputs, units)
     k_start, k_steps = jr.split(key)
     draw = jax.vmap(mixture_noise, in_axes=(0, None, None))
     mixture = draw(jr.split(k_steps, steps), world.num_mixtures, world.z_size)
@@ -309,7 +307,9 @@ def single_rollout(
     The sampling noise of all steps (``mixture_noise`` of each step's key) and the action noise are drawn in
     vectorised calls before the ``lax.scan``, so the scanned step runs no random-number hashing.
     """
-    controller, k_start, xs = _rollout_setup(params, dynamics, dynamics, key, steps, squash, inputs, action_noise, units)
+    controller, k_start, xs = _rollout_setup(
+        params, dynamics, dynamics, key, steps, squash, inputs, action_noise, units
+    )
 
     def step(carry, x):
         n, a = x

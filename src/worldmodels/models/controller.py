@@ -141,7 +141,12 @@ class MLPController(eqx.Module):
 
     @staticmethod
     def num_params(
-        z_size: int, hidden_size: int, action_size: int = 3, inputs: str = "zh", squash: str = "carracing", units: int = 1
+        z_size: int,
+        hidden_size: int,
+        action_size: int = 3,
+        inputs: str = "zh",
+        squash: str = "carracing",
+        units: int = 1,
     ) -> int:
         """Length of the flat vector: U * I + U + A * U + A (I = Z + H, or Z with ``inputs="z"``)."""
         n_in = _input_size(z_size, hidden_size, inputs)
@@ -178,9 +183,7 @@ class MLPController(eqx.Module):
 
     def to_flat(self) -> Float[Array, " N"]:
         """The flat parameter vector (W_1 row-major, b_1, W_2 row-major, b_2)."""
-        return jnp.concatenate(
-            [self.hidden_weight.reshape(-1), self.hidden_bias, self.weight.reshape(-1), self.bias]
-        )
+        return jnp.concatenate([self.hidden_weight.reshape(-1), self.hidden_bias, self.weight.reshape(-1), self.bias])
 
     def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " A"]:
         """Action (A,) for latent z (Z,) and the memory's hidden state h (H,) (ignored with ``inputs="z"``)."""
