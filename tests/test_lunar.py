@@ -220,37 +220,27 @@ def test_lunar_smoke_end_to_end(tmp_path):
 
     # V only: a controller reading z alone, evolved in the same M's dream, tested on the same seeds. The data, V
     # and M are copied without config.json (data collected elsewhere): the run's environment is its datasets'.
-    v_only = tmp_path / "v_only"
-    v_only.mkdir()
-    for part in ("data", "vae", "rnn"):
-        shutil.copytree(rd / part, v_only / part)
-    common = ["--preset", "lunar_smoke", "--run-dir", str(v_only)]
-    run("train_dream.py", *common, "--controller-inputs", "z")
-    run("test_agent.py", *common, "--no-video")
-    ctrl = checkpoint.newest_meta(v_only / "controller" / "ckpt")["hparams"]
-    assert ctrl["inputs"] == "z"
-    with np.load(v_only / "controller" / "es_state.npz") as state:
-        assert state["mean"].shape == (2 * 4 + 2,)  # A x Z + A with lunar_smoke's Z = 4
-    assert json.loads((v_only / "eval" / "results.json").read_text())["n"] == 2
-
-    # The controller with a hidden layer (3 tanh units on [z, h]): evolved, checkpointed with its units, loaded back
-    # by test_agent.py; a second run with other units is refused before anything is written.
-    mlp = tmp_path / "mlp"
-    mlp.mkdir()
-    for part in ("data", "vae", "rnn"):
-        shutil.copytree(rd / part, mlp / part)
-    common = ["--preset", "lunar_smoke", "--run-dir", str(mlp)]
-    run("train_dream.py", *common, "--controller-units", "3")
-    run("test_agent.py", *common, "--no-video")
-    ctrl = checkpoint.newest_meta(mlp / "controller" / "ckpt")["hparams"]
-    assert ctrl["units"] == 3 and ctrl["inputs"] == "zh"
-    with np.load(mlp / "controller" / "es_state.npz") as state:
-        z, h = 4, ctrl["hidden_size"]
-        assert state["mean"].shape == (3 * (z + h + 1) + 2 * (3 + 1),)
-    assert json.loads((mlp / "eval" / "results.json").read_text())["n"] == 2
-    before = (mlp / "config.json").read_text()
+    for name, flags, size in (("v_only", ["--controller-inputs", "z"], 2 * 4 + 2),  # A x Z + A, lunar_smoke's Z 4
+                              ("mlp", ["--controller-units", "3"], None)):  # fmt: skip
+        # The controller with a hidden layer (3 tanh units on [z, h]) is checkpointed with its units and loaded back
+        # by test_agent.py.
+        other = tmp_path / name
+        other.mkdir()
+        for part in ("data", "vae", "rnn"):
+            shutil.copytree(rd / part, other / part)
+        common = ["--preset", "lunar_smoke", "--run-dir", str(other)]
+        run("train_dream.py", *common, *flags)
+        run("test_agent.py", *common, "--no-video")
+        ctrl = checkpoint.newest_meta(other / "controller" / "ckpt")["hparams"]
+        assert (ctrl["inputs"], ctrl["units"]) == (("z", 0) if name == "v_only" else ("zh", 3))
+        size = size or 3 * (4 + ctrl["hidden_size"] + 1) + 2 * (3 + 1)  # U (I + 1) + A (U + 1)
+        with np.load(other / "controller" / "es_state.npz") as state:
+            assert state["mean"].shape == (size,)
+        assert json.loads((other / "eval" / "results.json").read_text())["n"] == 2
+    # A second search with other units is refused before anything is written.
+    before = (other / "config.json").read_text()
     out = run("train_dream.py", *common, "--controller-units", "5", "--generations", "99", check=False)
-    assert "units=3 in the checkpoint, 5 in the config" in out and (mlp / "config.json").read_text() == before
+    assert "units=3 in the checkpoint, 5 in the config" in out and (other / "config.json").read_text() == before
 
     # What M predicts where the held-out episodes end (experiments/terminal_predictions.py): a row per kind.
     table = tmp_path / "terminal.json"

@@ -73,8 +73,7 @@ class LinearController(eqx.Module):
     ) -> int:
         """Length of the flat parameter vector: A * (Z + H) + A (A * Z + A with ``inputs="z"``); ``squash`` does not
         change it (accepted so a controller's hparams can be passed whole)."""
-        n_in = z_size + (hidden_size if inputs == "zh" else 0)
-        return action_size * n_in + action_size
+        return action_size * _input_size(z_size, hidden_size, inputs) + action_size
 
     @classmethod
     def from_flat(
@@ -92,12 +91,8 @@ class LinearController(eqx.Module):
             ValueError: if the vector has the wrong length or ``inputs`` is unknown.
         """
         n_in = _input_size(z_size, hidden_size, inputs)
-        expected = cls.num_params(z_size, hidden_size, action_size, inputs)
-        if flat.shape != (expected,):
-            raise ValueError(
-                f"controller vector has shape {flat.shape}, expected ({expected},) for Z={z_size}, H={hidden_size}, "
-                f"A={action_size}, inputs {inputs}"
-            )
+        _check_length(flat, cls.num_params(z_size, hidden_size, action_size, inputs), z_size, hidden_size, action_size,
+                      inputs)  # fmt: skip
         weight = flat[: action_size * n_in].reshape(action_size, n_in)
         return cls(weight=weight, bias=flat[action_size * n_in :], squash=squash, inputs=inputs)
 
@@ -107,8 +102,7 @@ class LinearController(eqx.Module):
 
     def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " A"]:
         """Action (A,) for latent z (Z,) and the memory's hidden state h (H,) (ignored with ``inputs="z"``)."""
-        x = z if self.inputs == "z" else jnp.concatenate([z, h])
-        return squash_action(self.weight @ x + self.bias, self.squash)
+        return squash_action(self.weight @ _read(z, h, self.inputs) + self.bias, self.squash)
 
 
 def _input_size(z_size: int, hidden_size: int, inputs: str) -> int:
@@ -120,6 +114,21 @@ def _input_size(z_size: int, hidden_size: int, inputs: str) -> int:
     if inputs not in CONTROLLER_INPUTS:
         raise ValueError(f"controller inputs must be one of {CONTROLLER_INPUTS}, got {inputs!r}")
     return z_size + (hidden_size if inputs == "zh" else 0)
+
+
+def _check_length(flat: Array, expected: int, z: int, h: int, a: int, inputs: str, units: int = 0) -> None:
+    """Raise ``ValueError`` naming the sizes when ``flat`` is not (expected,)."""
+    if flat.shape != (expected,):
+        layer = f", {units} hidden units" if units else ""
+        raise ValueError(
+            f"controller vector has shape {flat.shape}, expected ({expected},) for Z={z}, H={h}, A={a}, "
+            f"inputs {inputs}{layer}"
+        )
+
+
+def _read(z: Float[Array, " Z"], h: Float[Array, " H"], inputs: str) -> Float[Array, " I"]:
+    """What the controller reads: [z, h], or z with ``inputs="z"``."""
+    return z if inputs == "z" else jnp.concatenate([z, h])
 
 
 class MLPController(eqx.Module):
@@ -172,11 +181,7 @@ class MLPController(eqx.Module):
             raise ValueError(f"a controller's hidden layer needs at least one unit, got {units}")
         n_in = _input_size(z_size, hidden_size, inputs)
         expected = cls.num_params(z_size, hidden_size, action_size, inputs, units=units)
-        if flat.shape != (expected,):
-            raise ValueError(
-                f"controller vector has shape {flat.shape}, expected ({expected},) for Z={z_size}, H={hidden_size}, "
-                f"A={action_size}, inputs {inputs}, {units} hidden units"
-            )
+        _check_length(flat, expected, z_size, hidden_size, action_size, inputs, units)
         cuts = [units * n_in, units * n_in + units, units * n_in + units + action_size * units]
         w1, b1, w2, b2 = jnp.split(flat, cuts)
         return cls(w1.reshape(units, n_in), b1, w2.reshape(action_size, units), b2, squash=squash, inputs=inputs)
@@ -187,7 +192,7 @@ class MLPController(eqx.Module):
 
     def __call__(self, z: Float[Array, " Z"], h: Float[Array, " H"]) -> Float[Array, " A"]:
         """Action (A,) for latent z (Z,) and the memory's hidden state h (H,) (ignored with ``inputs="z"``)."""
-        x = z if self.inputs == "z" else jnp.concatenate([z, h])
+        x = _read(z, h, self.inputs)
         return squash_action(self.weight @ jnp.tanh(self.hidden_weight @ x + self.hidden_bias) + self.bias, self.squash)
 
 
