@@ -69,12 +69,12 @@ def _save_controller(run_dir: Path, source: Path, flat: np.ndarray, hparams: dic
     import jax.numpy as jnp
 
     from worldmodels import checkpoint
-    from worldmodels.models.controller import LinearController
+    from worldmodels.models.controller import controller_from_flat
     from worldmodels.run_dir import copy_world_model
 
     copy_world_model(source, run_dir, latents=False)
     if checkpoint.latest_step(run_dir / "controller" / "ckpt") is None:
-        ctrl = LinearController.from_flat(jnp.asarray(flat, jnp.float32), **hparams)
+        ctrl = controller_from_flat(jnp.asarray(flat, jnp.float32), **hparams)
         checkpoint.save(run_dir / "controller" / "ckpt", step, ctrl, kind="controller", hparams=hparams)
 
 
@@ -118,7 +118,7 @@ def main() -> None:
     spec = env_spec(args.source)
     cfg = dataclasses.replace(load_preset(args.preset).dream, generations=args.generations, seed=args.seed,
                               sigma_init=args.sigma, action_noise=args.action_noise)  # fmt: skip
-    hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs)
+    hparams = controller_hparams(dynamics, spec.squash, cfg.controller_inputs, cfg.controller_units)
     source_ctrl, _ = load_controller(args.source)
     source_flat = np.asarray(source_ctrl.to_flat())
 
