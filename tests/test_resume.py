@@ -153,6 +153,15 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     assert [r["iteration"] for r in table["rows"]] == [0] and table["rows"][0]["onpolicy_n"] == 2
     assert table["rows"][0]["test_mean"] == scores[0]["mean"] and table["picked_iteration"] == 0
     assert table["rows"][0]["onpolicy_mean"] == pytest.approx(own[0])
+    # Each iteration's controller re-scored in the last M's dream (experiments/dream_pick.py), the run only read.
+    before = sorted(str(f.relative_to(a)) for f in a.rglob("*"))
+    cmd = [sys.executable, str(ROOT / "experiments" / "dream_pick.py"), "--run-dirs", str(a), "--rollouts", "4"]
+    ok([*cmd, "--out", str(tmp_path / "pick.json"), "--scratch", str(tmp_path / "scratch")])
+    pick = json.loads((tmp_path / "pick.json").read_text())[str(a)]
+    assert [r["iteration"] for r in pick["rows"]] == [0, 1] and pick["last"]["iteration"] == 1
+    assert pick["pick"]["iteration"] == int(np.argmax([r["dream"] for r in pick["rows"]]))
+    assert [r["test"] for r in pick["rows"]] == [scores[k]["mean"] for k in (0, 1)]
+    assert sorted(str(f.relative_to(a)) for f in a.rglob("*")) == before
     # The seeds report (experiments/recipe_seeds.py) reads the run's stage times and scores; here the last
     # iteration's own test stands in for the final 100-episode test.
     final = a / "iterations" / "1" / "results.json"
