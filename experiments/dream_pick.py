@@ -4,9 +4,10 @@ After ``pipeline.py --iterations N`` a run holds the controller of every iterati
 test score of each on the same real seeds (1,000,000 on). This script re-scores every controller in the dream of the
 last iteration's M (the one trained on the most on-policy data), each on the same ``--rollouts`` dreams (same keys,
 same first-frame starts: the episodes that M was trained on), with the run's dream settings (length, temperature,
-termination), and picks the iteration with the highest dream score. Real episodes play no part in the pick: it is a
-choice by dream fitness alone (issue 13's rule). It then reports the pick's test score against the last iteration's
-and the best one's, and Pearson's r between the dream re-scores and the test scores over the iterations.
+termination, action noise; ``evolve.dream_fitness``), and picks the iteration with the highest dream score. Real
+episodes play no part in the pick: it is a choice by dream fitness alone (issue 13's rule). It then reports the
+pick's test score against the last iteration's and the best one's, and Pearson's r between the dream re-scores and
+the test scores over the iterations.
 
 The run directory is only read: the latents the dream starts from are encoded into a scratch directory (``--scratch``,
 default a temporary one).
@@ -45,13 +46,6 @@ def _test_scores(run_dir: Path) -> dict[int, dict]:
     return {int(r["iteration"]): r for r in rows if r.get("mean") is not None}
 
 
-def _iterations(run_dir: Path) -> list[int]:
-    """The iterations k whose agent (V, M, C) and test score exist, in order."""
-    return sorted(
-        k for k in _test_scores(run_dir) if (run_dir / "iterations" / str(k) / "agent" / "controller").is_dir()
-    )
-
-
 def dream_pick(run_dir: Path, rollouts: int, seed: int, scratch: Path) -> dict:
     """One run's table: each iteration's dream re-score in the last M and its test score, and the picks."""
     import dataclasses
@@ -60,11 +54,13 @@ def dream_pick(run_dir: Path, rollouts: int, seed: int, scratch: Path) -> dict:
     import jax.random as jr
 
     from worldmodels.config import DreamConfig, RNNConfig
-    from worldmodels.dream import generation_fitness
+    from worldmodels.evolve import dream_fitness
     from worldmodels.run_dir import env_spec, load_controller, load_dynamics
     from worldmodels.stages import dream_starts, latents
 
-    ks = _iterations(run_dir)
+    test = _test_scores(run_dir)
+    # The iterations whose agent (V, M, C) and test score exist, in order.
+    ks = sorted(k for k in test if (run_dir / "iterations" / str(k) / "agent" / "controller").is_dir())
     if len(ks) < 2:
         raise SystemExit(f"--run-dirs {run_dir}: fewer than two tested iterations with an agent; nothing to pick")
     last = run_dir / "iterations" / str(ks[-1]) / "agent"
@@ -78,7 +74,6 @@ def dream_pick(run_dir: Path, rollouts: int, seed: int, scratch: Path) -> dict:
         if not (work / part).exists():
             (work / part).symlink_to((run_dir / part).resolve())
     dynamics, _ = load_dynamics(last)
-    start = dream_starts(dynamics, latents(work, rnn_cfg), dataclasses.replace(dream_cfg, mid_episode_starts=0.0))
     flats, hparams = [], None
     for k in ks:
         ctrl, meta = load_controller(run_dir / "iterations" / str(k) / "agent")
@@ -86,14 +81,15 @@ def dream_pick(run_dir: Path, rollouts: int, seed: int, scratch: Path) -> dict:
             raise SystemExit(f"{run_dir}: iteration {k}'s controller has other sizes ({meta['hparams']} vs {hparams})")
         hparams = meta["hparams"]
         flats.append(np.asarray(ctrl.to_flat(), np.float32))
-    threshold = dream_cfg.done_threshold if dream_cfg.termination == "threshold" else None
-    dream = generation_fitness(
-        jnp.asarray(np.stack(flats)), dynamics, start, jr.key(seed), jnp.float32(dream_cfg.temperature), rollouts,
-        dream_cfg.dream_steps, threshold, squash=hparams.get("squash", "carracing"),
-        inputs=hparams.get("inputs", "zh"), units=hparams.get("units", 0),
+    # The run's dream (length, temperature, termination, action noise) in the last M alone, first-frame starts, for
+    # controllers of the checkpoints' inputs and units.
+    cfg = dataclasses.replace(
+        dream_cfg, rollouts=rollouts, mid_episode_starts=0.0, ensemble=1, pessimism=0.0,
+        controller_inputs=hparams.get("inputs", "zh"), controller_units=hparams.get("units", 0),
     )  # fmt: skip
-    dream = np.asarray(dream, float)
-    test = _test_scores(run_dir)
+    start = dream_starts(dynamics, latents(work, rnn_cfg), cfg)
+    fitness = dream_fitness(dynamics, start, cfg, hparams.get("squash", "carracing"))
+    dream = np.asarray(fitness(jnp.asarray(np.stack(flats)), jr.key(seed)), float)
     real = np.array([test[k]["mean"] for k in ks])
     pick = ks[int(np.argmax(dream))]
     best = ks[int(np.argmax(real))]

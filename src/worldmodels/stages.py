@@ -377,17 +377,16 @@ def _finish(out_dir: Path, keys: list[str], title: str, *pictures: str, png: str
     print(f"{title}: {xkey} {last[xkey]}: {values} -> {out_dir} ({', '.join((png, *pictures))})")
 
 
-def real_checker(
-    run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int, inputs: str = "zh", units: int = 0
-):
+def real_checker(run_dir: Path, episodes: int, seed: int, max_steps: int, workers: int, hparams: dict):
     """A function flat_params -> mean real return over ``episodes`` episodes (for periodic checks) of the
-    controller reading ``inputs`` with ``units`` hidden units (0: linear) in the run's environment."""
+    controller of ``hparams`` (``registry.controller_hparams``: its sizes, squash, inputs and hidden units) in the
+    run's environment."""
     vae, _ = load_vae(run_dir)
     dynamics, _ = load_dynamics(run_dir, expected={"z_size": vae.z_size})
     spec = env_spec(run_dir)
 
     def check(flat: np.ndarray) -> float:
-        ctrl = controller_from_flat(jnp.asarray(flat), **controller_hparams(dynamics, spec.squash, inputs, units))
+        ctrl = controller_from_flat(jnp.asarray(flat), **hparams)
         res = run_episodes(
             Agent(vae, dynamics, ctrl),
             list(range(seed, seed + episodes)),
@@ -515,9 +514,7 @@ def run_dream(run_dir: Path, cfg: DreamConfig, ac: ActorCriticConfig | None = No
     check = None
     if cfg.eval_every:
         # Seeds between collection's and the final test's.
-        check = real_checker(
-            run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0, cfg.controller_inputs, cfg.controller_units
-        )
+        check = real_checker(run_dir, cfg.eval_episodes, 500_000, cfg.eval_max_steps, 0, hparams)
     fitness = dream_fitness(dynamics, start, cfg, spec.squash, members)
     if members:
         print(f"CMA-ES in an ensemble of {len(members) + 1} M, pessimism {cfg.pessimism:g}")
