@@ -1,6 +1,7 @@
 """Fused dream versus a per-step NumPy loop, against the machine's matmul roofline.
 
-Measures, in one run, at the paper's sizes (Z 32, LSTM 256, 5 mixtures, linear controller):
+Measures, in one run, at the paper's sizes (Z 32, LSTM 256, 5 mixtures, linear controller; or C with one hidden
+layer of U tanh units with ``--controller-units U``):
 
 * dream-steps/s of one fused CMA-ES generation (P x R x T in one jitted call), compile time apart;
 * the same dream stepped one example at a time in NumPy (batch 1, how the original workers
@@ -9,7 +10,7 @@ Measures, in one run, at the paper's sizes (Z 32, LSTM 256, 5 mixtures, linear c
 * FLOPs per dream step from the shapes, the fused dream's achieved GFLOP/s, its fraction of the
   matmul roofline and its speed-up over the loop.
 
-    uv run python benchmarks/bench_dream.py [--small] [--json PATH]
+    uv run python benchmarks/bench_dream.py [--small] [--controller-units U] [--json PATH]
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Args:
     """Dreams each NumPy loop process runs (throughput is measured on these)."""
     repeats: int = 3
     """Timed repetitions of the fused generation (the best is reported)."""
+    controller_units: int = 0
+    """Hidden tanh units of C (0: the paper's linear controller); the NumPy loop steps the same C."""
     small: bool = False
     """A run of under a minute: P 16, R 4, T 200, one loop dream per core."""
     json: Path | None = None
@@ -57,7 +60,7 @@ def _numpy_params(rnn):
 def _loop_worker(args):
     """Dreams stepped one example and one step at a time in NumPy; returns steps done and seconds."""
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    params, ctrl_w, ctrl_b, z0, rollouts, steps, k, zs, seed = args
+    params, ctrl, z0, rollouts, steps, k, zs, seed = args
     rng = np.random.default_rng(seed)
     hidden = params["w_hh"].shape[1]
     t0 = time.perf_counter()
@@ -65,7 +68,10 @@ def _loop_worker(args):
         z, h, c = z0.copy(), np.zeros(hidden, np.float32), np.zeros(hidden, np.float32)
         total = 0.0
         for _ in range(steps):
-            o = np.tanh(ctrl_w @ np.concatenate([z, h]) + ctrl_b)
+            x = np.concatenate([z, h])
+            for w, b in ctrl[:-1]:  # the hidden layer, if C has one
+                x = np.tanh(w @ x + b)
+            o = np.tanh(ctrl[-1][0] @ x + ctrl[-1][1])
             a = np.array([o[0], (o[1] + 1) / 2, min(max(o[2], 0.0), 1.0)], np.float32)
             gates = params["w_ih"] @ np.concatenate([z, a]) + params["w_hh"] @ h + params["b"]
             i, f, g, og = np.split(gates, 4)
@@ -110,7 +116,8 @@ def main(args: Args) -> dict:
     import jax.random as jr
 
     from worldmodels.dream import DreamStart, dream_flops_per_step, generation_fitness
-    from worldmodels.models import MDNRNN, LinearController
+    from worldmodels.models import MDNRNN
+    from worldmodels.models.controller import controller_from_flat, controller_num_params
 
     if args.small:
         p, r, t, loop_r = 16, 4, 200, 1
@@ -119,18 +126,21 @@ def main(args: Args) -> dict:
     z, hidden, k = 32, 256, 5
     rnn = MDNRNN(z, 3, hidden, k, key=jr.key(0))
     start = DreamStart(jr.normal(jr.key(1), (16, z)), jnp.full((16, z), -2.0))
-    n = LinearController.num_params(z, hidden)
+    units = args.controller_units
+    if units < 0:
+        raise SystemExit(f"--controller-units must be >= 0 (0: linear C), got {units}")
+    n = controller_num_params(z, hidden, units=units)
     population = jr.normal(jr.key(2), (p, n)) * 0.1
     tau = jnp.float32(1.0)
 
     # Fused generation
     t0 = time.perf_counter()
-    generation_fitness(population, rnn, start, jr.key(3), tau, r, t, 0.5).block_until_ready()
+    generation_fitness(population, rnn, start, jr.key(3), tau, r, t, 0.5, units=units).block_until_ready()
     first = time.perf_counter() - t0
     times = []
     for i in range(args.repeats):
         t0 = time.perf_counter()
-        generation_fitness(population, rnn, start, jr.key(4 + i), tau, r, t, 0.5).block_until_ready()
+        generation_fitness(population, rnn, start, jr.key(4 + i), tau, r, t, 0.5, units=units).block_until_ready()
         times.append(time.perf_counter() - t0)
     run_s = min(times)
     fused_steps = p * r * t / run_s
@@ -138,21 +148,23 @@ def main(args: Args) -> dict:
     # Per-step NumPy loop, one process per core
     cores = mp.cpu_count()
     params = _numpy_params(rnn)
-    ctrl_w = np.asarray(population[0, : 3 * (z + hidden)]).reshape(3, z + hidden)
-    ctrl_b = np.asarray(population[0, 3 * (z + hidden) :])
+    c = controller_from_flat(population[0], z, hidden, units=units)
+    layers = [(c.hidden_weight, c.hidden_bias)] if units else []
+    ctrl = [(np.asarray(w), np.asarray(b)) for w, b in [*layers, (c.weight, c.bias)]]
     z0 = np.asarray(start.mu[0])
-    jobs = [(params, ctrl_w, ctrl_b, z0, loop_r, t, k, z, s) for s in range(cores)]
+    jobs = [(params, ctrl, z0, loop_r, t, k, z, s) for s in range(cores)]
     with mp.get_context("spawn").Pool(cores) as pool:
         done = pool.map(_loop_worker, jobs)
     # Each process times its own loop (process start-up excluded); the loops run side by side.
     loop_steps = sum(steps / seconds for steps, seconds in done)
 
     gflops_peak = matmul_gflops()
-    flops = dream_flops_per_step(z, hidden, k)
+    flops = dream_flops_per_step(z, hidden, k, controller_units=units)
     achieved = fused_steps * flops / 1e9
     result = {
         "device": str(jax.devices()[0]),
         "cores": cores,
+        "controller_units": units,
         "population": p,
         "rollouts": r,
         "steps": t,
@@ -168,6 +180,7 @@ def main(args: Args) -> dict:
     }
     rows = [
         ("device", result["device"]),
+        ("controller", f"{units} hidden units, {n:,} parameters" if units else f"linear, {n:,} parameters"),
         ("generation (P x R x T)", f"{p} x {r} x {t} = {p * r * t:,} dream steps"),
         ("compile", f"{result['compile_s']:.2f} s"),
         ("fused generation", f"{run_s:.3f} s, {fused_steps:,.0f} steps/s"),

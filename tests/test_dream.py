@@ -58,6 +58,22 @@ def test_dream_of_a_controller_with_a_hidden_layer_equals_python_loop():
         np.testing.assert_allclose(fitness[p], np.mean(totals), rtol=1e-4, atol=1e-4)
 
 
+def test_flop_count_counts_the_controllers_weights_whatever_its_layers():
+    """The roofline's FLOPs per dream step: 2 per weight of C (biases excluded) on top of the same LSTM and head."""
+    from worldmodels.models.controller import controller_num_params
+
+    z, h, k, a = 32, 256, 5, 3
+    base = dream.dream_flops_per_step(z, h, k, a)
+    assert base == 765_120  # the figure bench_dream.py prints for the quick preset's sizes
+    linear_weights = controller_num_params(z, h, a) - a
+    for units in (1, 8, 32):
+        mlp_weights = controller_num_params(z, h, a, units=units) - units - a
+        extra = dream.dream_flops_per_step(z, h, k, a, controller_units=units) - base
+        assert extra == 2 * (mlp_weights - linear_weights), units
+    with pytest.raises(ValueError, match="controller units must be >= 0"):
+        dream.dream_flops_per_step(z, h, k, a, controller_units=-1)
+
+
 def test_noisy_dream_equals_python_loop_with_the_ou_noise_clipped_to_the_box():
     """With action noise the scanned dream is the loop whose action is clip(C(z, h) + n_t, box), n = ``ou_path`` of
     ``fold_in(key, 1)``; the noise changes the return, and 0 is the noise-free dream exactly."""

@@ -551,9 +551,22 @@ def sharded_generation_fitness(
     return fitness if fitness.shape[0] == p else fitness[:p]
 
 
-def dream_flops_per_step(z_size: int, hidden_size: int, num_mixtures: int, action_size: int = 3) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one dream step: controller, LSTM cell and MDN head."""
-    ctrl = 2 * action_size * (z_size + hidden_size)
+def dream_flops_per_step(
+    z_size: int, hidden_size: int, num_mixtures: int, action_size: int = 3, controller_units: int = 0
+) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one dream step: controller, LSTM cell and MDN head.
+
+    The controller reads [z, h]: linear with ``controller_units`` 0 (the paper's C), else through one hidden layer
+    of that many units (``MLPController``: two matrices, [z, h] -> U -> A). Element-wise work (gates, tanh, the
+    mixture's sampling) is not counted: the figure is the matmul work a roofline compares against.
+
+    Raises:
+        ValueError: ``controller_units`` below 0.
+    """
+    if controller_units < 0:
+        raise ValueError(f"controller units must be >= 0 (0: linear), got {controller_units}")
+    x = z_size + hidden_size
+    ctrl = 2 * (controller_units * (x + action_size) if controller_units else action_size * x)
     lstm = 2 * 4 * hidden_size * (z_size + action_size + hidden_size)
     head = 2 * hidden_size * (num_mixtures + 2 * num_mixtures * z_size + 2)
     return ctrl + lstm + head
