@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from worldmodels.models import ConvVAE
+from worldmodels.models.actor import ActorCritic
 from worldmodels.models.controller import Controller
 from worldmodels.models.dynamics import Dynamics, broadcast_batch
 from worldmodels.models.mdnrnn import most_likely_z
+from worldmodels.models.mlp_autoencoder import MLPAutoencoder
 from worldmodels.models.vae import to_float
 from worldmodels.planners import CEMConfig, cem_plan, draw_noise, ensemble_initial_state, initial_mean, seed_mean
 
@@ -25,10 +27,11 @@ from worldmodels.planners import CEMConfig, cem_plan, draw_noise, ensemble_initi
 class Agent(eqx.Module):
     """The paper's agent: V encodes the frame, C acts on [z, h], M updates h (Sec. 2.4)."""
 
-    vae: ConvVAE
+    vae: ConvVAE | MLPAutoencoder
+    """The vision model V: the conv VAE (pixels) or the MLP autoencoder (vector observations)."""
     dynamics: Dynamics
     """The memory M: any ``Dynamics`` (an ``MDNRNN``, or a gossip pool's exported ``GRUTransition``)."""
-    controller: Controller
+    controller: Controller | ActorCritic
     """C: linear, with a hidden layer, or an actor-critic (anything callable as controller(z (Z,), h (H,)) -> (A,))."""
 
 
