@@ -41,7 +41,7 @@ FIGURES = [
 ]
 
 
-@pytest.mark.heavy(seconds=60)
+@pytest.mark.heavy(seconds=105)
 def test_small_run_writes_every_figure(tmp_path):
     out = tmp_path / "x.json"
     proc = subprocess.run(

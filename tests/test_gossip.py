@@ -227,7 +227,7 @@ def collected(tmp_path_factory):
     return rd / "data"
 
 
-@pytest.mark.heavy(seconds=40)
+@pytest.mark.heavy(seconds=100)
 def test_train_gossip_script_smoke_with_a_pool_of_four(tmp_path, collected):
     rd = tmp_path / "run"
     run = functools.partial(run_script, rd)
@@ -322,7 +322,7 @@ def test_a_gru_export_counts_as_trained_vae_and_dynamics(tmp_path, capsys):
     assert not stages.rnn_done(tmp_path / "mdn", RNNConfig(steps=10))
 
 
-@pytest.mark.heavy(seconds=80)
+@pytest.mark.heavy(seconds=115)
 def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path, collected):
     """train_gossip.py --flavour gru, then train_dream.py and test_agent.py run the exported GRU transition."""
 
@@ -344,7 +344,7 @@ def test_gru_pool_exports_to_the_dream_and_test_scripts(tmp_path, collected):
     assert "holds a 'gru' dynamics exported from model 0 of a gossip pool" in proc.stderr
 
 
-@pytest.mark.heavy(seconds=95)
+@pytest.mark.heavy(seconds=160)
 def test_gossip_experiment_script_smoke(tmp_path, collected):
     """experiments/gossip.py: baseline and one gossip condition, a controller each, the report; a changed drift
     setting re-measures the cached runs instead of retraining them."""

@@ -167,7 +167,7 @@ def run(script, *args, check=True):
     return proc.stdout
 
 
-@pytest.mark.heavy(seconds=150)
+@pytest.mark.heavy(seconds=350)
 def test_lunar_smoke_end_to_end(tmp_path):
     """The whole pipeline on LunarLander with one Sim2Real2Sim iteration, then a V-only controller on its V and M."""
     from worldmodels import checkpoint

@@ -174,6 +174,7 @@ def test_joint_action_drives_the_transition():
         single.tom_logits(state)
 
 
+@pytest.mark.heavy(seconds=90)
 def test_tom_loss_minimal_at_true_policy_and_recovered_by_training():
     """L_ToM on teammate actions drawn from a known pi is lowest when the head predicts pi, and gradient descent on
     the world model's loss recovers pi from data."""
@@ -273,7 +274,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.heavy(seconds=175)
+@pytest.mark.heavy(seconds=335)
 def test_train_marl_smoke_end_to_end(tmp_path):
     """marl_smoke trains the teammates, the world model and the actor, evaluates with training and held-out
     teammates, writes results.json and a GIF, resumes without redoing work, runs the PPO reference on the same
@@ -314,7 +315,7 @@ def test_train_marl_smoke_end_to_end(tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-@pytest.mark.heavy(seconds=100)
+@pytest.mark.heavy(seconds=235)
 def test_train_marl_mpe_smoke_end_to_end(tmp_path):
     """marl_mpe_smoke (vector observations, five actions, 25-step episodes) trains and evaluates end to end; a run
     directory of that environment refuses the Overcooked preset."""

@@ -84,7 +84,7 @@ def counted_episodes(path):
         return 0
 
 
-@pytest.mark.heavy(seconds=350)
+@pytest.mark.heavy(seconds=385)
 def test_killed_stages_resume_to_the_uninterrupted_result(tmp_path):
     from worldmodels.data import load_episodes
 
