@@ -127,9 +127,10 @@ def main(args: Args) -> dict:
     rnn = MDNRNN(z, 3, hidden, k, key=jr.key(0))
     start = DreamStart(jr.normal(jr.key(1), (16, z)), jnp.full((16, z), -2.0))
     units = args.controller_units
-    if units < 0:
-        raise SystemExit(f"--controller-units must be >= 0 (0: linear C), got {units}")
-    n = controller_num_params(z, hidden, units=units)
+    try:
+        n = controller_num_params(z, hidden, units=units)
+    except ValueError as e:
+        raise SystemExit(f"--controller-units: {e}") from None
     population = jr.normal(jr.key(2), (p, n)) * 0.1
     tau = jnp.float32(1.0)
 

@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from worldmodels.config import OU_THETA
-from worldmodels.models.controller import Controller, action_box, controller_from_flat
+from worldmodels.models.controller import Controller, action_box, controller_from_flat, controller_num_params
 from worldmodels.models.dynamics import Dynamics
 from worldmodels.models.mdnrnn import MDNOutput, MixtureNoise, mixture_noise, sample_next_z_from_noise
 from worldmodels.sharding import POP, ROLL, dream_mesh, shard_population
@@ -557,16 +557,15 @@ def dream_flops_per_step(
     """Multiply-add FLOPs (2 per MAC) of one dream step: controller, LSTM cell and MDN head.
 
     The controller reads [z, h]: linear with ``controller_units`` 0 (the paper's C), else through one hidden layer
-    of that many units (``MLPController``: two matrices, [z, h] -> U -> A). Element-wise work (gates, tanh, the
-    mixture's sampling) is not counted: the figure is the matmul work a roofline compares against.
+    of that many units (``MLPController``); either way 2 FLOPs per weight, its parameters less its biases (U + A).
+    Element-wise work (gates, tanh, the mixture's sampling) is not counted: the figure is the matmul work a
+    roofline compares against.
 
     Raises:
-        ValueError: ``controller_units`` below 0.
+        ValueError: ``controller_units`` below 0 (``controller_num_params``).
     """
-    if controller_units < 0:
-        raise ValueError(f"controller units must be >= 0 (0: linear), got {controller_units}")
-    x = z_size + hidden_size
-    ctrl = 2 * (controller_units * (x + action_size) if controller_units else action_size * x)
+    n = controller_num_params(z_size, hidden_size, action_size, units=controller_units)
+    ctrl = 2 * (n - controller_units - action_size)
     lstm = 2 * 4 * hidden_size * (z_size + action_size + hidden_size)
     head = 2 * hidden_size * (num_mixtures + 2 * num_mixtures * z_size + 2)
     return ctrl + lstm + head

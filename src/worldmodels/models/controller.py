@@ -200,10 +200,21 @@ Controller = LinearController | MLPController
 """C: linear (the paper's) or with one hidden layer."""
 
 
+def _check_units(units: int) -> None:
+    """Refuse a negative number of hidden units (0 is the linear controller)."""
+    if units < 0:
+        raise ValueError(f"controller units must be >= 0 (0: linear), got {units}")
+
+
 def controller_num_params(
     z_size: int, hidden_size: int, action_size: int = 3, inputs: str = "zh", squash: str = "carracing", units: int = 0
 ) -> int:
-    """Length N of the flat vector of C: ``LinearController``'s with ``units`` 0, else ``MLPController``'s."""
+    """Length N of the flat vector of C: ``LinearController``'s with ``units`` 0, else ``MLPController``'s.
+
+    Raises:
+        ValueError: for ``units`` < 0.
+    """
+    _check_units(units)
     if units:
         return MLPController.num_params(z_size, hidden_size, action_size, inputs, units=units)
     return LinearController.num_params(z_size, hidden_size, action_size, inputs)
@@ -224,8 +235,7 @@ def controller_from_flat(
     Raises:
         ValueError: as the classes' ``from_flat`` (wrong length, unknown inputs), or for ``units`` < 0.
     """
-    if units < 0:
-        raise ValueError(f"controller units must be >= 0 (0: linear), got {units}")
+    _check_units(units)
     if units:
         return MLPController.from_flat(flat, z_size, hidden_size, action_size, squash, inputs, units)
     return LinearController.from_flat(flat, z_size, hidden_size, action_size, squash, inputs)
