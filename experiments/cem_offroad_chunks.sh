@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 agent=${1:-pretrained/carracing}
 out=${2:-runs/cem_ship}
 first=${3:-1000000}
+if ! [[ $first =~ ^[0-9]+$ ]] || (( first < 1000000 || first > 1000045 || (first - 1000000) % 5 )); then
+  echo "FIRST must be a chunk's first seed, 1000000, 1000005, ..., 1000045 (the unconstrained runs' chunks), got $first" >&2
+  exit 2
+fi
 mkdir -p "$out"
 for start in $(seq "$first" 5 1000045); do
   dir=$out/offroad_$start

@@ -17,12 +17,11 @@
 set -euo pipefail
 data=$(realpath "${1:?usage: experiments/seed_swap.sh DATA_RUN VAE_RUN OUT [M:ES ...]}")
 vae=$(realpath "${2:?VAE_RUN}")
-out=${3:?OUT}
+out=$(realpath -m "${3:?OUT}")  # like DATA_RUN and VAE_RUN, relative to where the script is called from
 shift 3
 [ $# -gt 0 ] && pairs=("$@") || pairs=(0:0 1:0 0:1)
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
-out=$(realpath "$out")
 for pair in "${pairs[@]}"; do
   m=${pair%%:*} es=${pair##*:}
   run=$out/m$m
