@@ -36,6 +36,7 @@ ARMS: dict[str, dict] = {
     "ensemble2_pessimism1": {"ensemble": 2, "pessimism": 1.0},
     "ensemble3": {"ensemble": 3},
     "ensemble3_pessimism1": {"ensemble": 3, "pessimism": 1.0},
+    "ensemble4_pessimism1": {"ensemble": 4, "pessimism": 1.0},
     # The dream weights each reward by M's probability that the episode is still running instead of ending at the
     # done threshold (dream.termination).
     "expected_termination": {"termination": "expected"},
