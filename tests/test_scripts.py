@@ -231,6 +231,16 @@ def test_every_script_end_to_end(tmp_path):
     assert dream["mid_episode_starts"] == 1.0 and dream["dream_steps"] == 300 and dream["generations"] == 2
     assert "done before" in run(*experiment, *arms).stdout  # resumes: nothing is run again
 
+    # Each arm's controller in each world's dream (experiments/cross_dream.py). Both worlds are this run's M, so
+    # their columns are the same dreams and equal, the spread is 0 and the cross score is that return.
+    cross = tmp_path / "cross.json"
+    agents = [str(levers / "baseline"), str(levers / "ensemble2_pessimism1")]
+    run("experiments/cross_dream.py", "--agents", *agents, "--worlds", rd, rd, "--rollouts", "2", "--out", str(cross))
+    assert snapshot() == before
+    rows = json.loads(cross.read_text())["rows"]
+    assert [r["agent"] for r in rows] == agents and all(r["real"] == table[Path(r["agent"]).name]["mean"] for r in rows)
+    assert all(r["world_returns"][0] == r["world_returns"][1] == r["cross_score"] for r in rows)
+
     # CMA-ES again in this world model (experiments/honest_dream_search.py): the kept best and the final mean
     # re-scored on more dreams and driven on the road, with M's own estimate of each real return; source untouched.
     search = tmp_path / "search"
