@@ -13,7 +13,8 @@
 set -uo pipefail
 usage="usage: bash experiments/cem_chunks.sh NAME AGENT OUT FIRST LAST [FLAG ...]"
 name=${1:?$usage}
-agent=$(realpath "${2:?$usage}")
+[ -d "${2:?$usage}" ] || { echo "AGENT $2: no such run directory" >&2; exit 2; }
+agent=$(realpath "$2")
 out=$(realpath -m "${3:?$usage}")
 first=${4:?$usage}
 last=${5:?$usage}

@@ -48,12 +48,14 @@ def cross_scores(args: Args) -> dict:
     """Each agent's mean dream return in each world, its cross score and real score, and the pick."""
     import dataclasses
 
+    import equinox as eqx
+    import jax
     import jax.numpy as jnp
     import jax.random as jr
 
     from worldmodels.config import DreamConfig, RNNConfig
     from worldmodels.dream import ensemble_fitness, ensemble_generation_returns
-    from worldmodels.run_dir import env_spec, load_controller, load_dynamics
+    from worldmodels.run_dir import env_spec, load_controller, load_dynamics, load_vae
     from worldmodels.stages import dream_starts, latents
 
     first = args.agents[0]
@@ -61,6 +63,12 @@ def cross_scores(args: Args) -> dict:
     rnn_cfg = RNNConfig(**config["rnn"])
     base = DreamConfig(**config["dream"])
     worlds = [load_dynamics(w)[0] for w in args.worlds]
+    # Every agent and world reads one V's latents: a world trained on another V would dream other codes.
+    ours = jax.tree.leaves(eqx.filter(load_vae(first)[0], eqx.is_array))
+    for run in (*args.agents, *args.worlds):
+        theirs = jax.tree.leaves(eqx.filter(load_vae(run)[0], eqx.is_array))
+        if len(ours) != len(theirs) or not all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)):
+            raise SystemExit(f"{run}: its V differs from {first}'s; every agent and world must share one V")
     squash = env_spec(first).squash
     key = jr.key(args.seed)
     rows = []
