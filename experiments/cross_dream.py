@@ -48,14 +48,12 @@ def cross_scores(args: Args) -> dict:
     """Each agent's mean dream return in each world, its cross score and real score, and the pick."""
     import dataclasses
 
-    import equinox as eqx
-    import jax
     import jax.numpy as jnp
     import jax.random as jr
 
     from worldmodels.config import DreamConfig, RNNConfig
     from worldmodels.dream import ensemble_fitness, ensemble_generation_returns
-    from worldmodels.run_dir import env_spec, load_controller, load_dynamics, load_vae
+    from worldmodels.run_dir import env_spec, load_controller, load_dynamics, load_vae, same_weights
     from worldmodels.stages import dream_starts, latents
 
     first = args.agents[0]
@@ -64,12 +62,12 @@ def cross_scores(args: Args) -> dict:
     base = DreamConfig(**config["dream"])
     worlds = [load_dynamics(w)[0] for w in args.worlds]
     # Every agent and world reads one V's latents: a world trained on another V would dream other codes.
-    ours = jax.tree.leaves(eqx.filter(load_vae(first)[0], eqx.is_array))
+    vae = load_vae(first)[0]
     for run in (*args.agents, *args.worlds):
-        theirs = jax.tree.leaves(eqx.filter(load_vae(run)[0], eqx.is_array))
-        if len(ours) != len(theirs) or not all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)):
+        if not same_weights(vae, load_vae(run)[0]):
             raise SystemExit(f"{run}: its V differs from {first}'s; every agent and world must share one V")
     squash = env_spec(first).squash
+    data = latents(first, rnn_cfg)  # the episodes every dream starts from, read once
     key = jr.key(args.seed)
     rows = []
     for agent_dir in args.agents:
@@ -77,7 +75,7 @@ def cross_scores(args: Args) -> dict:
         ctrl, meta = load_controller(agent_dir)
         hp = meta["hparams"]
         cfg = dataclasses.replace(base, controller_inputs=hp.get("inputs", "zh"), controller_units=hp.get("units", 0))
-        start = dream_starts(memory, latents(first, rnn_cfg), dataclasses.replace(cfg, mid_episode_starts=0.0))
+        start = dream_starts(memory, data, dataclasses.replace(cfg, mid_episode_starts=0.0))
         population = jnp.asarray(np.asarray(ctrl.to_flat(), np.float32))[None]
         returns = []
         for world in worlds:  # world column k: `rollouts` dreams in that world (member 1 of a two-member ensemble)

@@ -167,3 +167,18 @@ def test_earlier_stage_times_read_only_a_pipeline_report_of_the_same_preset(tmp_
         path.write_bytes(text.encode("utf-8", "surrogateescape"))
         assert _earlier_seconds(tmp_path, "quick") == {}
         assert f"{path} is not a pipeline report" in capsys.readouterr().out
+
+
+def test_same_weights_compares_every_array():
+    """Two V are the same only with equal arrays leaf for leaf: one changed value, or another architecture, differs."""
+    import equinox as eqx
+
+    vae = ConvVAE(8, key=jr.key(0))
+    assert run_dir.same_weights(vae, ConvVAE(8, key=jr.key(0)))
+    assert not run_dir.same_weights(vae, ConvVAE(8, key=jr.key(1)))
+    arrays, static = eqx.partition(vae, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].add(1.0)  # one value of one array
+    changed = eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+    assert not run_dir.same_weights(vae, changed)
+    assert not run_dir.same_weights(vae, MDNRNN(8, 3, 16, 2, key=jr.key(0)))

@@ -181,6 +181,17 @@ def load_vae(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
     return _load(Path(run_dir) / "vae" / "ckpt", "vision", f"uv run train_vae.py --run-dir {run_dir}", expected)
 
 
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two modules hold the same arrays, leaf for leaf (same count, shapes and values): e.g. two runs' V, so
+    that M trained on one reads the other's latents (an ensemble of M across runs, ``stages.planner_of``)."""
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    ours, theirs = (jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, b))
+    return len(ours) == len(theirs) and all(np.array_equal(x, y) for x, y in zip(ours, theirs, strict=True))
+
+
 def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
     """The trained dynamics M of a run: whichever registered dynamics kind ``RUN_DIR/rnn/ckpt`` holds.
 

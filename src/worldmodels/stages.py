@@ -12,8 +12,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -60,6 +58,7 @@ from worldmodels.run_dir import (
     require_ckpt,
     results_path,
     results_plan,
+    same_weights,
 )
 from worldmodels.train import (
     DYNAMICS_NAMES,
@@ -543,8 +542,7 @@ def planner_of(run_dir: Path, agent: Agent, cfg: TestConfig, cem: CEMConfig) -> 
                     "ensemble needs one kind"
                 )
             other_vae, _ = load_vae(Path(entry))
-            ours, theirs = (jax.tree.leaves(eqx.filter(v, eqx.is_array)) for v in (agent.vae, other_vae))
-            if len(ours) != len(theirs) or not all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)):
+            if not same_weights(agent.vae, other_vae):
                 raise checkpoint.CheckpointError(
                     f"--ensemble {entry}: its V differs from {run_dir}'s, so its M reads other latents; train it on "
                     "this run's V (link vae/ and rnn/latents/, as experiments/dynamics_compare.sh does)"
