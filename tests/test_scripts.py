@@ -200,19 +200,21 @@ def test_every_script_end_to_end(tmp_path):
 
     # The Sim2Real2Sim iterations (pipeline.py --iterations): tests/test_resume.py, killed and resumed.
 
-    # An ensemble of M: a second MDN-RNN on the same data, in rnn/members/1; the run's own M is left as it was.
+    # An ensemble of M: two more MDN-RNNs on the same data, trained at once (vmapped) into rnn/members/1 and 2;
+    # the run's own M is left as it was.
     own = {f: v for f, v in snapshot().items() if "/rnn/ckpt/" in f}
-    out = run("train_rnn.py", *common, "--ensemble", "2").stdout
-    assert "ensemble member 1 of 1 (seed 1)" in out
+    out = run("train_rnn.py", *common, "--ensemble", "3").stdout
+    assert "training 2 members of the ensemble of 3 MDN-RNNs at once (vmapped; members [1, 2], seeds [1, 2])" in out
     assert {f: v for f, v in snapshot().items() if "/rnn/ckpt/" in f} == own
-    assert (run_dir / "rnn" / "members" / "1" / "metrics.jsonl").is_file()
-    assert "an ensemble of 2" in run("train_rnn.py", *common, "--ensemble", "2").stdout  # done: skipped
+    assert (run_dir / "rnn" / "ensemble" / "metrics.jsonl").is_file()
+    assert {(run_dir / "rnn" / "members" / k / "ckpt" / "10").is_dir() for k in "12"} == {True}
+    assert "an ensemble of 3" in run("train_rnn.py", *common, "--ensemble", "3").stdout  # done: skipped
     record = (run_dir / "config.json").read_text()
     from worldmodels.config import DreamConfig
     from worldmodels.stages import run_dream
 
-    with pytest.raises(ValueError, match="has 2 M; train the members"):
-        run_dream(run_dir, DreamConfig(ensemble=3, rollouts=3))
+    with pytest.raises(ValueError, match="has 3 M; train the members"):
+        run_dream(run_dir, DreamConfig(ensemble=4, rollouts=4))
     assert (run_dir / "config.json").read_text() == record  # refused before anything was recorded
 
     # The dream-levers experiment: fresh controllers in this world model, one per arm, the source untouched.

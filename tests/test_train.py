@@ -81,3 +81,45 @@ def test_latent_cache_round_trip_and_damage_named(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(CheckpointError, match="brownian.npz"):
         LatentDataset.load(path)
+
+
+def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
+    """``train_rnn_ensemble`` (one vmapped update of every member) gives each member what ``train_rnn`` gives it
+    alone with its seed, checkpoints and all; it resumes from the members' checkpoints (members trained one by one
+    and now fine-tuned together equal the ensemble's members fine-tuned alone), and refuses members standing at
+    different steps."""
+    import dataclasses
+
+    import jax
+    import pytest
+
+    from worldmodels.checkpoint import CheckpointError, latest_step
+    from worldmodels.train import train_rnn, train_rnn_ensemble
+
+    data = toy_latents()
+    cfg = RNNConfig(hidden_size=16, num_mixtures=2, seq_len=8, batch_size=4, steps=6, learning_rate=1e-2,
+                    log_every=3, checkpoint_every=3, seed=5)  # fmt: skip
+    alone_dirs, ens_dirs = (
+        [tmp_path / "alone" / str(k) for k in range(2)],
+        [tmp_path / "ens" / str(k) for k in range(2)],
+    )
+    alone = [train_rnn(d, data, dataclasses.replace(cfg, seed=5 + k)) for k, d in enumerate(alone_dirs)]
+    together = train_rnn_ensemble(tmp_path / "ens" / "log", ens_dirs, data, cfg, [5, 6])
+
+    def close(a, b):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5)
+
+    for k in range(2):
+        close(together[k], alone[k])
+        assert latest_step(ens_dirs[k] / "ckpt") == 6
+    rows = [json.loads(x) for x in (tmp_path / "ens" / "log" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6] and {"total/0", "total/1"} <= set(rows[-1])
+    assert not (tmp_path / "ens" / "log" / "ckpt").exists()  # the members' own directories hold the checkpoints
+    longer = dataclasses.replace(cfg, steps=9)
+    finetuned_together = train_rnn_ensemble(tmp_path / "alone" / "log", alone_dirs, data, longer, [5, 6])
+    for k in range(2):
+        finetuned_alone = train_rnn(ens_dirs[k], data, dataclasses.replace(longer, seed=5 + k))
+        close(finetuned_together[k], finetuned_alone)
+    with pytest.raises(CheckpointError, match="different steps"):
+        train_rnn_ensemble(tmp_path / "mixed", [ens_dirs[0], tmp_path / "fresh"], data, longer, [5, 6])

@@ -68,6 +68,7 @@ from worldmodels.train import (
     frames_of,
     rnn_hparams,
     train_rnn,
+    train_rnn_ensemble,
     train_vae,
     vae_hparams,
 )
@@ -331,6 +332,20 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
         return
     data = latents(run_dir, cfg)
     keys = ["total", "obs", "kl", "reward", "cont"] if cfg.kind == "rssm" else ["total", "mdn_nll", "reward", "done"]
+    todo = [k for k in range(cfg.ensemble) if not _ckpt_done(member_dir(run_dir, k) / "ckpt", cfg.steps)]
+    if len(todo) > 1 and len({checkpoint.latest_step(member_dir(run_dir, k) / "ckpt") for k in todo}) == 1:
+        seeds = [cfg.seed + k for k in todo]
+        print(
+            f"training {len(todo)} members of the ensemble of {cfg.ensemble} {name}s at once (vmapped; members "
+            f"{todo}, seeds {seeds}) on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held "
+            f"out), {len(data.actions)} steps"
+        )
+        log_dir = run_dir / "rnn" / "ensemble"
+        models = train_rnn_ensemble(log_dir, [member_dir(run_dir, k) for k in todo], data, cfg, seeds)
+        _finish(log_dir, keys, f"{name} ensemble training (means over members; name/k in metrics.jsonl)")
+        if todo[0] == 0:
+            record_delusion(run_dir, models[0], data, cfg.steps)
+        return
     if not _ckpt_done(run_dir / "rnn" / "ckpt", cfg.steps):
         print(
             f"training the {name} on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "

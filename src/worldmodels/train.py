@@ -8,6 +8,7 @@ latest checkpoint, so an interrupted run continues where it stopped and a finish
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,14 @@ from worldmodels.diagnostics import off_road, reward_delusion
 from worldmodels.dream import teacher_forced
 from worldmodels.losses import kl_diag_normal, rnn_step_loss, rssm_sequence_loss, vae_loss, weighted_total
 from worldmodels.models import MDNRNN, ConvVAE
+from worldmodels.models.dynamics import module_at, stack_modules
 from worldmodels.models.mdnrnn import MDNOutput, rollout_sequence
 from worldmodels.models.mlp_autoencoder import MLPAutoencoder
 from worldmodels.models.rssm import RSSM
 from worldmodels.models.transformer import TransformerDynamics
 from worldmodels.models.transition import GRUTransition, gru_rollout_sequence
 from worldmodels.models.vae import to_float
-from worldmodels.trainer import clipped_adam, fit
+from worldmodels.trainer import MemberCheckpoints, clipped_adam, fit, make_ensemble_step
 
 # Vision
 
@@ -473,6 +475,14 @@ DYNAMICS_NAMES = {"mdnrnn": "MDN-RNN", "gru": "MDN-GRU", "rssm": "RSSM", "transf
 """How messages and progress bars name each dynamics kind of the M stage."""
 
 
+def _rnn_model_and_loss(cfg: RNNConfig, hparams: dict[str, Any], seed: int) -> tuple[Any, Callable]:
+    """M of ``cfg.kind`` initialised from ``seed``, and its batch loss."""
+    if cfg.kind == "rssm":
+        return RSSM(**hparams, key=jr.key(seed)), rssm_loss
+    builder = {"transformer": TransformerDynamics, "gru": GRUTransition}.get(cfg.kind, MDNRNN)
+    return builder(**hparams, key=jr.key(seed)), rnn_loss
+
+
 def train_rnn(
     out_dir: Path, data: LatentDataset, cfg: RNNConfig
 ) -> MDNRNN | GRUTransition | RSSM | TransformerDynamics:
@@ -481,14 +491,7 @@ def train_rnn(
     ``cfg.kind == "rssm"`` the RSSM (Hafner et al. 2019; losses of Hafner et al. 2023, Eq. 5), or with
     ``cfg.kind == "transformer"`` the causal transformer (``models.transformer``; the MDN-RNN's loss)."""
     hparams = rnn_hparams(cfg, data.mu.shape[-1], data.actions.shape[-1])
-    if cfg.kind == "rssm":
-        model, loss = RSSM(**hparams, key=jr.key(cfg.seed)), rssm_loss
-    elif cfg.kind == "transformer":
-        model, loss = TransformerDynamics(**hparams, key=jr.key(cfg.seed)), rnn_loss
-    elif cfg.kind == "gru":
-        model, loss = GRUTransition(**hparams, key=jr.key(cfg.seed)), rnn_loss
-    else:
-        model, loss = MDNRNN(**hparams, key=jr.key(cfg.seed)), rnn_loss
+    model, loss = _rnn_model_and_loss(cfg, hparams, cfg.seed)
     optimizer = clipped_adam(cfg.learning_rate, cfg.grad_clip)
     return fit(
         model=model,
@@ -505,6 +508,66 @@ def train_rnn(
         items_per_step=cfg.batch_size * cfg.seq_len,
         desc=f"train {DYNAMICS_NAMES[cfg.kind]}",
     )
+
+
+def train_rnn_ensemble(
+    log_dir: Path, member_dirs: Sequence[Path], data: LatentDataset, cfg: RNNConfig, seeds: Sequence[int]
+) -> list[MDNRNN | GRUTransition | RSSM | TransformerDynamics]:
+    """Train E members of an ensemble of M at once: one stacked module, one ``vmap``-ped update per step
+    (``trainer.make_ensemble_step``), each member exactly as ``train_rnn`` trains it alone with ``cfg.seed`` =
+    ``seeds[k]`` (its initialisation, its windows ``sequence_batch(data, step, seed k)`` and its per-step keys), so
+    the result equals training them one by one up to float rounding, in about one member's time on a GPU.
+
+    Args:
+        log_dir: where ``metrics.jsonl`` (each metric's mean over the members as ``name``, member k's as
+            ``name/k``), ``tb/`` and the loss plot go.
+        member_dirs: E >= 1 member directories; member k's checkpoints go to ``member_dirs[k]/ckpt`` (the
+            ordinary checkpoint of an M), and training resumes from them when all hold the same step.
+        data: the latent sequences (``LatentDataset``).
+        cfg: the M stage's config (``cfg.seed`` is replaced by each member's seed).
+        seeds: E training seeds, one per member.
+
+    Returns:
+        The E trained members, in order.
+
+    Raises:
+        ValueError: when ``member_dirs`` and ``seeds`` differ in length or are empty.
+        CheckpointError: when the members' checkpoints stand at different steps (``trainer.MemberCheckpoints``).
+        TrainingDiverged: as ``trainer.fit``, naming the members' last good step.
+    """
+    if not seeds or len(seeds) != len(member_dirs):
+        raise ValueError(f"{len(member_dirs)} member directories and {len(seeds)} seeds: give one seed per member")
+    hparams = rnn_hparams(cfg, data.mu.shape[-1], data.actions.shape[-1])
+    members = [_rnn_model_and_loss(cfg, hparams, s) for s in seeds]
+    loss = members[0][1]
+    model = stack_modules([m for m, _ in members])
+    optimizer = clipped_adam(cfg.learning_rate, cfg.grad_clip)
+    member_cfgs = [dataclasses.replace(cfg, seed=s) for s in seeds]
+
+    def make_batch(step: int) -> dict[str, Any]:
+        windows = [sequence_batch(data, step, c) for c in member_cfgs]
+        return {
+            "member": jax.tree.map(lambda *xs: np.stack(xs), *windows),
+            "keys": jnp.stack([jr.fold_in(jr.key(s), step) for s in seeds]),
+        }
+
+    trained = fit(
+        model=model,
+        step_fn=make_ensemble_step(lambda m, b, k: loss(m, b, k, cfg), optimizer),
+        opt_state=eqx.filter_vmap(optimizer.init)(eqx.filter(model, eqx.is_array)),
+        make_batch=make_batch,
+        steps=cfg.steps,
+        out_dir=Path(log_dir),
+        kind=cfg.kind,
+        hparams=hparams,
+        seed=seeds[0],
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        items_per_step=cfg.batch_size * cfg.seq_len * len(seeds),
+        desc=f"train {len(seeds)} {DYNAMICS_NAMES[cfg.kind]}s at once",
+        checkpoints=MemberCheckpoints([Path(d) / "ckpt" for d in member_dirs], cfg.kind, hparams),
+    )
+    return [module_at(trained, k) for k in range(len(seeds))]
 
 
 @eqx.filter_jit
