@@ -5,7 +5,9 @@ Measures, in one run, at the paper's sizes (Z 32, LSTM 256, 5 mixtures, linear c
 * VAE training, images/s: the jitted update (``train.make_step`` with the loss of ``train.train_vae``,
   Adam) on a batch of 100 random uint8 frames (64 x 64 x 3); the first call's compile time apart;
 * MDN-RNN training, sequence-steps/s (B x L per update): the jitted update with ``train.rnn_loss``
-  (gradient clip + Adam, as in ``train.train_rnn``) on a batch of B x L random latents;
+  (gradient clip + Adam, as in ``train.train_rnn``) on a batch of B x L random latents; and an ensemble of E
+  such M updated at once (``trainer.make_ensemble_step``, as ``train.train_rnn_ensemble``), with the ratio of E
+  single updates' time to the one vmapped update's;
 * VAE encoding, frames/s: ``train.encode_frames`` (chunks of 1000, compiled before timing);
 * real-environment evaluation, env steps/s: ``evaluate.run_episodes`` of a randomly initialised agent
   (V + M + C) with 1 worker and with one worker per core, 2 episodes per worker, and the ratio all / 1;
@@ -52,6 +54,8 @@ class Args:
     """Window length L of the MDN-RNN batch (the paper's)."""
     rnn_steps: int = 5
     """Timed MDN-RNN updates after the warm-up."""
+    rnn_ensemble: int = 4
+    """Members E of the ensemble update timed after the single one (the ``quick_ensemble`` preset's 4)."""
     encode_frames: int = 10_000
     """Frames encoded in the timed ``encode_frames`` call."""
     eval_max_steps: int = 300
@@ -119,7 +123,7 @@ def time_updates(step, model, opt_state, batch, steps: int, seed: int) -> tuple[
         model, opt_state, metrics = step(model, opt_state, batch, jr.fold_in(key, i + 1))
     ready((model, metrics))
     per_step = (time.perf_counter() - t0) / steps
-    if not np.isfinite(float(metrics["total"])):
+    if not np.all(np.isfinite(np.asarray(metrics["total"]))):
         raise RuntimeError(f"non-finite loss in the timed updates: {metrics}")
     return first, per_step
 
@@ -157,11 +161,15 @@ def bench_vae_train(batch_size: int, steps: int) -> dict[str, float]:
     }
 
 
-def bench_rnn_train(batch_size: int, seq_len: int, steps: int) -> dict[str, float]:
-    """MDN-RNN updates on a B x L batch of random latents, with ``rnn_loss`` and the optimiser of ``train_rnn``.
+def bench_rnn_train(batch_size: int, seq_len: int, steps: int, ensemble: int = 4) -> dict[str, float]:
+    """MDN-RNN updates on a B x L batch of random latents, with ``rnn_loss`` and the optimiser of ``train_rnn``;
+    then ``ensemble`` members updated at once (``make_ensemble_step``), each on its own copy of the batch.
 
     Returns:
-        ``rnn_compile_s``, ``rnn_step_s`` and ``rnn_train_seq_steps_per_s`` (B x L per update).
+        ``rnn_compile_s``, ``rnn_step_s`` and ``rnn_train_seq_steps_per_s`` (B x L per update); with
+        ``ensemble`` >= 2 also ``rnn_ensemble_step_s``, ``rnn_ensemble_seq_steps_per_s`` (E x B x L per update) and
+        ``rnn_ensemble_speedup`` (E x ``rnn_step_s`` / ``rnn_ensemble_step_s``: what training the members at once
+        saves over training them one by one).
     """
     import equinox as eqx
     import jax.numpy as jnp
@@ -170,8 +178,9 @@ def bench_rnn_train(batch_size: int, seq_len: int, steps: int) -> dict[str, floa
 
     from worldmodels.config import RNNConfig
     from worldmodels.models import MDNRNN
+    from worldmodels.models.dynamics import stack_modules
     from worldmodels.train import rnn_loss
-    from worldmodels.trainer import make_step
+    from worldmodels.trainer import make_ensemble_step, make_step
 
     cfg = RNNConfig(batch_size=batch_size, seq_len=seq_len)
     z = 32
@@ -191,11 +200,28 @@ def bench_rnn_train(batch_size: int, seq_len: int, steps: int) -> dict[str, floa
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = make_step(lambda m, x, k: rnn_loss(m, x, k, cfg), optimizer)
     first, per_step = time_updates(step, model, opt_state, batch, steps, 2)
-    return {
+    out = {
         "rnn_compile_s": max(first - per_step, 0.0),
         "rnn_step_s": per_step,
         "rnn_train_seq_steps_per_s": b * L / per_step,
     }
+    if ensemble >= 2:
+        members = stack_modules(
+            [MDNRNN(z, 3, cfg.hidden_size, cfg.num_mixtures, key=jr.key(k)) for k in range(ensemble)]
+        )
+        stacked = {
+            "member": {k: jnp.broadcast_to(v, (ensemble, *v.shape)) for k, v in batch.items()},
+            "keys": jr.split(jr.key(3), ensemble),
+        }
+        opt_states = eqx.filter_vmap(optimizer.init)(eqx.filter(members, eqx.is_array))
+        ens_step = make_ensemble_step(lambda m, x, k: rnn_loss(m, x, k, cfg), optimizer)
+        first, ens_per_step = time_updates(ens_step, members, opt_states, stacked, steps, 4)
+        out.update(
+            rnn_ensemble_step_s=ens_per_step,
+            rnn_ensemble_seq_steps_per_s=ensemble * b * L / ens_per_step,
+            rnn_ensemble_speedup=ensemble * per_step / ens_per_step,
+        )
+    return out
 
 
 def bench_encode(n: int) -> dict[str, float]:
@@ -367,7 +393,7 @@ def main(args: Args) -> dict:
     }
 
     result.update(bench_vae_train(s["vae_batch"], s["vae_steps"]))
-    result.update(bench_rnn_train(s["rnn_batch"], s["rnn_seq_len"], s["rnn_steps"]))
+    result.update(bench_rnn_train(s["rnn_batch"], s["rnn_seq_len"], s["rnn_steps"], args.rnn_ensemble))
     result.update(bench_encode(s["encode_frames"]))
 
     agent = random_agent()
@@ -406,6 +432,17 @@ def main(args: Args) -> dict:
             f"{r['rnn_train_seq_steps_per_s']:,.0f} sequence-steps/s",
         ),
         ("  step / compile", f"{r['rnn_step_s'] * 1e3:.0f} ms / {r['rnn_compile_s']:.1f} s"),
+        *(
+            [
+                (
+                    f"  {args.rnn_ensemble} such M updated at once (vmapped)",
+                    f"{r['rnn_ensemble_step_s'] * 1e3:.0f} ms, {r['rnn_ensemble_speedup']:.2f}x the speed of "
+                    f"{args.rnn_ensemble} single updates",
+                )
+            ]
+            if "rnn_ensemble_step_s" in r
+            else []
+        ),
         (f"VAE encode_frames, {s['encode_frames']:,} frames", f"{r['encode_frames_per_s']:,.0f} frames/s"),
     ]
     caps = {"eval": s["eval_max_steps"], "env_only": s["eval_max_steps"], "collect": s["collect_max_steps"]}

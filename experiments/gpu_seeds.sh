@@ -3,7 +3,9 @@
 # the recipe"), inside one deadline:
 #
 #   1. the first seed's collection on all CPU cores, then the next seeds' collections one after the other in the
-#      background (JAX_PLATFORMS=cpu) while the GPU trains, so the GPU waits for the environment only once;
+#      background (JAX_PLATFORMS=cpu) while the GPU trains, so the GPU waits for the environment only once. Measured
+#      on an H200 with 16 cores (2026-11-30, quick_ensemble): 14 background workers starved the training process's
+#      host side (V 53 s instead of 28, M 90 s instead of 79, CMA-ES 222 s instead of 59), so the default is 8;
 #   2. per seed, `pipeline.py --preset PRESET --seed S --iterations 0` (collect, V, M, CMA-ES in the dream, a real
 #      test of TEST_EPISODES episodes without video), one GPU process at a time (processes sharing one GPU time-slice
 #      it: a dream is 1,000 dependent steps of small kernels);
@@ -14,10 +16,14 @@
 #   experiments/gpu_seeds.sh PRESET OUT SEED [SEED ...]
 #
 # Environment: PYTHON (default `uv run python`), DEADLINE (seconds from the start after which unfinished work is
-# stopped, default 540), TEST_EPISODES (default 20), WORKERS (collection workers of the seeds after the first, default 14),
-# RUNS (where the run directories go, default runs/gpu_seeds). Logs: RUNS/logs/seed_S.log and collect_S.log, packed
-# into OUT/logs.tgz at the end; summary: OUT/summary.json (each seed's pipeline.json). OUT receives only these files
-# and the agents' pieces (a device machine returns few files).
+# stopped, default 540), TEST_EPISODES (default 20), WORKERS (collection workers of the seeds after the first,
+# default 8), RUNS (where the run directories go, default runs/gpu_seeds). Logs: RUNS/logs/seed_S.log and
+# collect_S.log, packed into OUT/logs.tgz at the end; summary: OUT/summary.json (each seed's pipeline.json). OUT
+# receives only these files and the agents' pieces (a device machine returns few files).
+#
+# As run on an H200 (wheels of the packages its image lacks installed to /tmp/site first):
+#   PYTHONPATH=/tmp/site:$PWD/src PYTHON=python3 DEADLINE=505 TEST_EPISODES=16 RUNS=/tmp/gpu_runs \
+#     experiments/gpu_seeds.sh quick_ensemble $OUT 0 1 2
 set -uo pipefail
 usage="usage: experiments/gpu_seeds.sh PRESET OUT SEED [SEED ...]"
 preset=${1:?$usage}
@@ -60,7 +66,7 @@ print(with_seed(load_preset('$test_preset'), $s).collect.seed)") || return 1
 }
 
 collect "${seeds[0]}" 0  # all cores
-(for s in "${seeds[@]:1}"; do collect "$s" "${WORKERS:-14}"; touch "$log/collected_$s"; done) &  # while the GPU trains
+(for s in "${seeds[@]:1}"; do collect "$s" "${WORKERS:-8}"; touch "$log/collected_$s"; done) &  # while the GPU trains
 for s in "${seeds[@]}"; do
   while [ "$s" != "${seeds[0]}" ] && [ ! -e "$log/collected_$s" ] && [ "$(left)" -gt 1 ]; do sleep 2; done
   t0=$(date +%s)

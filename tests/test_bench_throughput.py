@@ -17,6 +17,9 @@ FIGURES = [
     "rnn_train_seq_steps_per_s",
     "rnn_step_s",
     "rnn_compile_s",
+    "rnn_ensemble_step_s",
+    "rnn_ensemble_seq_steps_per_s",
+    "rnn_ensemble_speedup",
     "encode_frames_per_s",
     "eval_env_steps_per_s_1_worker",
     "eval_env_steps_per_s_all_workers",
@@ -67,3 +70,4 @@ def test_small_run_writes_every_figure(tmp_path):
     # The table names each unit.
     for unit in ("images/s", "sequence-steps/s", "frames/s", "env steps/s"):
         assert unit in proc.stdout
+    assert result["rnn_ensemble_speedup"] > 0 and "4 such M updated at once" in proc.stdout
