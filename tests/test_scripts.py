@@ -203,8 +203,9 @@ def test_every_script_end_to_end(tmp_path):
     # An ensemble of M: two more MDN-RNNs on the same data, trained at once (vmapped) into rnn/members/1 and 2;
     # the run's own M is left as it was.
     own = {f: v for f, v in snapshot().items() if "/rnn/ckpt/" in f}
-    out = run("train_rnn.py", *common, "--ensemble", "3").stdout
+    out = run("train_rnn.py", *common, "--ensemble", "3", "--bootstrap").stdout
     assert "training 2 members of the ensemble of 3 MDN-RNNs at once (vmapped; members [1, 2], seeds [1, 2])" in out
+    assert "members >= 1 on bootstrap resamples" in out
     assert {f: v for f, v in snapshot().items() if "/rnn/ckpt/" in f} == own
     assert (run_dir / "rnn" / "ensemble" / "metrics.jsonl").is_file()
     assert {(run_dir / "rnn" / "members" / k / "ckpt" / "10").is_dir() for k in "12"} == {True}

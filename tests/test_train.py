@@ -94,7 +94,7 @@ def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
     import pytest
 
     from worldmodels.checkpoint import CheckpointError, latest_step
-    from worldmodels.train import train_rnn, train_rnn_ensemble
+    from worldmodels.train import bootstrap_episodes, train_rnn, train_rnn_ensemble
 
     data = toy_latents()
     cfg = RNNConfig(hidden_size=16, num_mixtures=2, seq_len=8, batch_size=4, steps=6, learning_rate=1e-2,
@@ -103,8 +103,9 @@ def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
         [tmp_path / "alone" / str(k) for k in range(2)],
         [tmp_path / "ens" / str(k) for k in range(2)],
     )
-    alone = [train_rnn(d, data, dataclasses.replace(cfg, seed=5 + k)) for k, d in enumerate(alone_dirs)]
-    together = train_rnn_ensemble(tmp_path / "ens" / "log", ens_dirs, data, cfg, [5, 6])
+    datas = [data, bootstrap_episodes(data, 6)]  # member 1 on a bootstrap resample (RNNConfig.bootstrap)
+    alone = [train_rnn(d, datas[k], dataclasses.replace(cfg, seed=5 + k)) for k, d in enumerate(alone_dirs)]
+    together = train_rnn_ensemble(tmp_path / "ens" / "log", ens_dirs, datas, cfg, [5, 6])
 
     def close(a, b):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -117,9 +118,34 @@ def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
     assert [r["step"] for r in rows] == [3, 6] and {"total/0", "total/1"} <= set(rows[-1])
     assert not (tmp_path / "ens" / "log" / "ckpt").exists()  # the members' own directories hold the checkpoints
     longer = dataclasses.replace(cfg, steps=9)
-    finetuned_together = train_rnn_ensemble(tmp_path / "alone" / "log", alone_dirs, data, longer, [5, 6])
+    finetuned_together = train_rnn_ensemble(tmp_path / "alone" / "log", alone_dirs, datas, longer, [5, 6])
     for k in range(2):
-        finetuned_alone = train_rnn(ens_dirs[k], data, dataclasses.replace(longer, seed=5 + k))
+        finetuned_alone = train_rnn(ens_dirs[k], datas[k], dataclasses.replace(longer, seed=5 + k))
         close(finetuned_together[k], finetuned_alone)
     with pytest.raises(CheckpointError, match="different steps"):
         train_rnn_ensemble(tmp_path / "mixed", [ens_dirs[0], tmp_path / "fresh"], data, longer, [5, 6])
+
+
+def test_bootstrap_reweights_training_episodes_only():
+    """``bootstrap_episodes``: each training episode's weight times its count in n draws with replacement (so some
+    drop out, some count twice), held-out episodes never drawn, deterministic in the seed, different across seeds."""
+    import dataclasses
+
+    import pytest
+
+    from worldmodels.train import bootstrap_episodes
+
+    data = toy_latents(episodes=12)
+    held = np.zeros(12, bool)
+    held[-2:] = True
+    data = dataclasses.replace(data, heldout=held, episode_p=np.where(held, 0.0, 0.1))
+    a, b = bootstrap_episodes(data, 1), bootstrap_episodes(data, 2)
+    np.testing.assert_array_equal(a.episode_p, bootstrap_episodes(data, 1).episode_p)
+    assert not np.array_equal(a.episode_p, b.episode_p)
+    assert np.isclose(a.episode_p.sum(), 1.0) and np.all(a.episode_p[-2:] == 0)
+    counts = a.episode_p[:10] * 10  # each of the 10 training episodes: its count in the 10 draws
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
+    assert (counts == 0).any() and counts.sum() == pytest.approx(10)
+    np.testing.assert_array_equal(a.mu, data.mu)  # the episodes themselves are untouched
+    with pytest.raises(ValueError, match="at least one training episode"):
+        bootstrap_episodes(dataclasses.replace(data, heldout=np.ones(12, bool)), 1)

@@ -311,6 +311,11 @@ class RNNConfig:
     (seed ``seed``) and members 1 .. ensemble - 1 in RUN_DIR/rnn/members/K/ (seed ``seed + K``: their own
     initialisation and batch order). CMA-ES deals its dreams over ``dream.ensemble`` of them (with
     ``dream.pessimism``); the agent acts with the run's own M. 1: one M (the paper)."""
+    bootstrap: bool = False
+    """With ``ensemble`` > 1: members 1 .. ensemble - 1 each train on a bootstrap resample of the training episodes
+    (PETS, Chua et al. 2018: as many episodes as there are drawn with replacement, seeded by the member's seed; an
+    episode's sampling weight is multiplied by how often it was drawn), so that the members differ in data as well as
+    in initialisation; the run's own M (the agent's memory) trains on every episode. False: all on the same data."""
 
     def __post_init__(self):
         _check_ranges(

@@ -64,6 +64,7 @@ from worldmodels.train import (
     DYNAMICS_NAMES,
     FrameMix,
     LatentDataset,
+    bootstrap_episodes,
     encode_episodes,
     frames_of,
     rnn_hparams,
@@ -333,15 +334,20 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     data = latents(run_dir, cfg)
     keys = ["total", "obs", "kl", "reward", "cont"] if cfg.kind == "rssm" else ["total", "mdn_nll", "reward", "done"]
     todo = [k for k in range(cfg.ensemble) if not _ckpt_done(member_dir(run_dir, k) / "ckpt", cfg.steps)]
+
+    def member_data(k: int) -> LatentDataset:
+        return bootstrap_episodes(data, cfg.seed + k) if cfg.bootstrap and k else data
+
     if len(todo) > 1 and len({checkpoint.latest_step(member_dir(run_dir, k) / "ckpt") for k in todo}) == 1:
         seeds = [cfg.seed + k for k in todo]
         print(
             f"training {len(todo)} members of the ensemble of {cfg.ensemble} {name}s at once (vmapped; members "
             f"{todo}, seeds {seeds}) on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held "
-            f"out), {len(data.actions)} steps"
+            f"out), {len(data.actions)} steps" + (", members >= 1 on bootstrap resamples" if cfg.bootstrap else "")
         )
         log_dir = run_dir / "rnn" / "ensemble"
-        models = train_rnn_ensemble(log_dir, [member_dir(run_dir, k) for k in todo], data, cfg, seeds)
+        member_dirs, datas = [member_dir(run_dir, k) for k in todo], [member_data(k) for k in todo]
+        models = train_rnn_ensemble(log_dir, member_dirs, datas, cfg, seeds)
         _finish(log_dir, keys, f"{name} ensemble training (means over members; name/k in metrics.jsonl)")
         if todo[0] == 0:
             record_delusion(run_dir, models[0], data, cfg.steps)
@@ -358,7 +364,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
         out = member_dir(run_dir, k)
         if not _ckpt_done(out / "ckpt", cfg.steps):
             print(f"training ensemble member {k} of {cfg.ensemble - 1} (seed {cfg.seed + k}) into {out}")
-            train_rnn(out, data, dataclasses.replace(cfg, seed=cfg.seed + k))
+            train_rnn(out, member_data(k), dataclasses.replace(cfg, seed=cfg.seed + k))
             _finish(out, keys, f"{name} training, ensemble member {k}")
 
 

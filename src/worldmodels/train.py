@@ -510,8 +510,29 @@ def train_rnn(
     )
 
 
+def bootstrap_episodes(data: LatentDataset, seed: int) -> LatentDataset:
+    """``data`` with each training episode's sampling weight (``episode_p``) multiplied by how often it comes up in n
+    draws with replacement from the n training episodes (the bootstrap of PETS, Chua et al. 2018), renormalised.
+
+    Held-out episodes and episodes of weight 0 are never drawn. Deterministic in ``seed``.
+
+    Raises:
+        ValueError: when ``data`` has no training episode of positive weight.
+    """
+    train = np.flatnonzero(~data.heldout & (data.episode_p > 0))
+    if not len(train):
+        raise ValueError("bootstrap needs at least one training episode of positive weight")
+    drawn = np.random.default_rng([seed, 0xB0]).choice(train, size=len(train))
+    p = data.episode_p * np.bincount(drawn, minlength=len(data.episode_p))
+    return dataclasses.replace(data, episode_p=p / p.sum())
+
+
 def train_rnn_ensemble(
-    log_dir: Path, member_dirs: Sequence[Path], data: LatentDataset, cfg: RNNConfig, seeds: Sequence[int]
+    log_dir: Path,
+    member_dirs: Sequence[Path],
+    data: LatentDataset | Sequence[LatentDataset],
+    cfg: RNNConfig,
+    seeds: Sequence[int],
 ) -> list[MDNRNN | GRUTransition | RSSM | TransformerDynamics]:
     """Train E members of an ensemble of M at once: one stacked module, one ``vmap``-ped update per step
     (``trainer.make_ensemble_step``), each member exactly as ``train_rnn`` trains it alone with ``cfg.seed`` =
@@ -523,7 +544,8 @@ def train_rnn_ensemble(
             ``name/k``), ``tb/`` and the loss plot go.
         member_dirs: E >= 1 member directories; member k's checkpoints go to ``member_dirs[k]/ckpt`` (the
             ordinary checkpoint of an M), and training resumes from them when all hold the same step.
-        data: the latent sequences (``LatentDataset``).
+        data: the latent sequences (``LatentDataset``), or one per member (the same episodes with each member's
+            sampling weights, e.g. ``bootstrap_episodes``).
         cfg: the M stage's config (``cfg.seed`` is replaced by each member's seed).
         seeds: E training seeds, one per member.
 
@@ -531,13 +553,16 @@ def train_rnn_ensemble(
         The E trained members, in order.
 
     Raises:
-        ValueError: when ``member_dirs`` and ``seeds`` differ in length or are empty.
+        ValueError: when ``member_dirs``, ``seeds`` (and a list ``data``) differ in length or are empty.
         CheckpointError: when the members' checkpoints stand at different steps (``trainer.MemberCheckpoints``).
         TrainingDiverged: as ``trainer.fit``, naming the members' last good step.
     """
-    if not seeds or len(seeds) != len(member_dirs):
-        raise ValueError(f"{len(member_dirs)} member directories and {len(seeds)} seeds: give one seed per member")
-    hparams = rnn_hparams(cfg, data.mu.shape[-1], data.actions.shape[-1])
+    datas = [data] * len(seeds) if isinstance(data, LatentDataset) else list(data)
+    if not seeds or len(seeds) != len(member_dirs) or len(datas) != len(seeds):
+        raise ValueError(
+            f"{len(member_dirs)} member directories, {len(seeds)} seeds and {len(datas)} data sets: give one per member"
+        )
+    hparams = rnn_hparams(cfg, datas[0].mu.shape[-1], datas[0].actions.shape[-1])
     members = [_rnn_model_and_loss(cfg, hparams, s) for s in seeds]
     loss = members[0][1]
     model = stack_modules([m for m, _ in members])
@@ -545,7 +570,7 @@ def train_rnn_ensemble(
     member_cfgs = [dataclasses.replace(cfg, seed=s) for s in seeds]
 
     def make_batch(step: int) -> dict[str, Any]:
-        windows = [sequence_batch(data, step, c) for c in member_cfgs]
+        windows = [sequence_batch(d, step, c) for d, c in zip(datas, member_cfgs, strict=True)]
         return {
             "member": jax.tree.map(lambda *xs: np.stack(xs), *windows),
             "keys": jnp.stack([jr.fold_in(jr.key(s), step) for s in seeds]),
