@@ -333,12 +333,13 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
         return
     data = latents(run_dir, cfg)
     keys = ["total", "obs", "kl", "reward", "cont"] if cfg.kind == "rssm" else ["total", "mdn_nll", "reward", "done"]
-    todo = [k for k in range(cfg.ensemble) if not _ckpt_done(member_dir(run_dir, k) / "ckpt", cfg.steps)]
+    latest = [checkpoint.latest_step(member_dir(run_dir, k) / "ckpt") for k in range(cfg.ensemble)]
+    todo = [k for k, step in enumerate(latest) if step is None or step < cfg.steps]
 
     def member_data(k: int) -> LatentDataset:
         return bootstrap_episodes(data, cfg.seed + k) if cfg.bootstrap and k else data
 
-    if len(todo) > 1 and len({checkpoint.latest_step(member_dir(run_dir, k) / "ckpt") for k in todo}) == 1:
+    if len(todo) > 1 and len({latest[k] for k in todo}) == 1:
         seeds = [cfg.seed + k for k in todo]
         print(
             f"training {len(todo)} members of the ensemble of {cfg.ensemble} {name}s at once (vmapped; members "
@@ -352,7 +353,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
         if todo[0] == 0:
             record_delusion(run_dir, models[0], data, cfg.steps)
         return
-    if not _ckpt_done(run_dir / "rnn" / "ckpt", cfg.steps):
+    if 0 in todo:
         print(
             f"training the {name} on {int((~data.heldout).sum())} episodes ({int(data.heldout.sum())} held out), "
             f"{len(data.actions)} steps"
@@ -360,9 +361,9 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
         model = train_rnn(run_dir / "rnn", data, cfg)
         _finish(run_dir / "rnn", keys, f"{name} training")
         record_delusion(run_dir, model, data, cfg.steps)
-    for k in range(1, cfg.ensemble):
-        out = member_dir(run_dir, k)
-        if not _ckpt_done(out / "ckpt", cfg.steps):
+    for k in todo:
+        if k:
+            out = member_dir(run_dir, k)
             print(f"training ensemble member {k} of {cfg.ensemble - 1} (seed {cfg.seed + k}) into {out}")
             train_rnn(out, member_data(k), dataclasses.replace(cfg, seed=cfg.seed + k))
             _finish(out, keys, f"{name} training, ensemble member {k}")

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
@@ -95,8 +93,8 @@ class Checkpoints(Protocol):
     def save(self, step: int, model: Any, opt_state: Any, metrics: dict[str, np.ndarray]) -> None:
         """Save ``step`` (with the last update's metrics in the metadata)."""
 
-    def where(self, step: int | None) -> str:
-        """How messages name ``step`` (``"none (no checkpoint yet)"`` for None)."""
+    def where(self, step: int) -> str:
+        """How messages name a saved ``step``."""
 
 
 class CheckpointDir:
@@ -120,8 +118,8 @@ class CheckpointDir:
         checkpoint.save(self.directory, step, model, kind=self.kind, hparams=self.hparams, opt_state=opt_state,
                         extra=extra)  # fmt: skip
 
-    def where(self, step: int | None) -> str:
-        return f"{self.directory}/{step}" if step is not None else "none (no checkpoint yet)"
+    def where(self, step: int) -> str:
+        return f"{self.directory}/{step}"
 
 
 class MemberCheckpoints:
@@ -153,11 +151,10 @@ class MemberCheckpoints:
                 step=step,
                 opt_like=module_at(opt_state, k),
                 expected=self.hparams,
-            )  # fmt: skip
+            )
             for k, d in enumerate(self.directories)
         ]
-        opt = jax.tree.map(lambda *xs: jnp.stack(xs), *[o for _, o, _ in loaded])
-        return stack_modules([m for m, _, _ in loaded]), opt, int(step)
+        return stack_modules([m for m, _, _ in loaded]), stack_modules([o for _, o, _ in loaded]), int(step)
 
     def save(self, step: int, model: Any, opt_state: Any, metrics: dict[str, np.ndarray]) -> None:
         for k, d in enumerate(self.directories):
@@ -165,9 +162,7 @@ class MemberCheckpoints:
             checkpoint.save(d, step, module_at(model, k), kind=self.kind, hparams=self.hparams,
                             opt_state=module_at(opt_state, k), extra=extra)  # fmt: skip
 
-    def where(self, step: int | None) -> str:
-        if step is None:
-            return "none (no checkpoint yet)"
+    def where(self, step: int) -> str:
         return f"step {step} of {', '.join(map(str, self.directories))}"
 
 
@@ -270,7 +265,7 @@ def fit(
             metrics = {k: np.asarray(v, np.float64) for k, v in out.items() if k not in exclude}
             bad = {k: v.tolist() for k, v in metrics.items() if not np.all(np.isfinite(v))}
             if bad:
-                where = ckpts.where(last_good)
+                where = ckpts.where(last_good) if last_good is not None else "none (no checkpoint yet)"
                 raise TrainingDiverged(
                     f"{desc}: non-finite loss at step {step + 1} ({bad}); last good checkpoint: {where}"
                 )
