@@ -63,7 +63,7 @@ def cross_scores(args: Args) -> dict:
     worlds = [load_dynamics(w)[0] for w in args.worlds]
     # Every agent and world reads one V's latents: a world trained on another V would dream other codes.
     vae = load_vae(first)[0]
-    for run in dict.fromkeys((*args.agents[1:], *args.worlds)):  # each other run once, the first not again
+    for run in dict.fromkeys((*args.agents, *args.worlds)):  # each run once; the first's V is the one loaded above
         if run != first and not same_weights(vae, load_vae(run)[0]):
             raise SystemExit(f"{run}: its V differs from {first}'s; every agent and world must share one V")
     squash = env_spec(first).squash

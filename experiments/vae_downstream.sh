@@ -18,8 +18,20 @@ set -euo pipefail
 data=$(realpath "${1:?usage: experiments/vae_downstream.sh DATA_RUN OUT [STEPS [VARIANT ...]]}")
 out=$(realpath -m "${2:?OUT}")
 steps=${3:-600}
-shift 2 && { [ $# -gt 0 ] && shift; true; }
+shift $(($# < 3 ? 2 : 3))
 [ $# -gt 0 ] && variants=("$@") || variants=(beta0.5 beta1 beta4 residual)
+flags_of() {  # flags_of VARIANT: train_vae.py's flags for it; fails for an unknown name
+  case $1 in
+    beta0.5) echo --beta 0.5 ;;
+    beta1) echo --beta 1 ;;
+    beta4) echo --beta 4 ;;
+    residual) echo --arch residual ;;
+    *) return 1 ;;
+  esac
+}
+for name in "${variants[@]}"; do  # every name checked before anything is written
+  flags_of "$name" >/dev/null || { echo "vae_downstream.sh: unknown variant '$name' (beta0.5, beta1, beta4, residual)" >&2; exit 2; }
+done
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 timed() {  # timed NAME STAGE COMMAND...: run it, append "NAME STAGE SECONDS" to OUT/times.tsv
@@ -29,13 +41,7 @@ timed() {  # timed NAME STAGE COMMAND...: run it, append "NAME STAGE SECONDS" to
   printf '%s\t%s\t%s\n' "$name" "$stage" "$((SECONDS - t0))" >>"$out/times.tsv"
 }
 for name in "${variants[@]}"; do
-  case $name in
-    beta0.5) flags=(--beta 0.5) ;;
-    beta1) flags=(--beta 1) ;;
-    beta4) flags=(--beta 4) ;;
-    residual) flags=(--arch residual) ;;
-    *) echo "vae_downstream.sh: unknown variant '$name' (beta0.5, beta1, beta4, residual)" >&2 && exit 2 ;;
-  esac
+  read -ra flags <<<"$(flags_of "$name")"
   run=$out/$name
   mkdir -p "$run"
   [ -e "$run/data" ] || ln -s "$data/data" "$run/data"

@@ -91,9 +91,13 @@ def collect_done(run_dir: Path, cfg: CollectConfig) -> bool:
     return True
 
 
-def _ckpt_done(path: Path, steps: int) -> bool:
-    step = checkpoint.latest_step(path)
+def _reached(step: int | None, steps: int) -> bool:
+    """Whether a checkpoint at ``step`` (None: none yet) finishes a stage of ``steps`` updates."""
     return step is not None and step >= steps
+
+
+def _ckpt_done(path: Path, steps: int) -> bool:
+    return _reached(checkpoint.latest_step(path), steps)
 
 
 def _check_sizes(ckpt_dir: Path, expected: dict) -> None:
@@ -334,7 +338,7 @@ def run_rnn(run_dir: Path, cfg: RNNConfig) -> None:
     data = latents(run_dir, cfg)
     keys = ["total", "obs", "kl", "reward", "cont"] if cfg.kind == "rssm" else ["total", "mdn_nll", "reward", "done"]
     latest = [checkpoint.latest_step(member_dir(run_dir, k) / "ckpt") for k in range(cfg.ensemble)]
-    todo = [k for k, step in enumerate(latest) if step is None or step < cfg.steps]
+    todo = [k for k, step in enumerate(latest) if not _reached(step, cfg.steps)]
 
     def member_data(k: int) -> LatentDataset:
         return bootstrap_episodes(data, cfg.seed + k) if cfg.bootstrap and k else data
