@@ -12,6 +12,8 @@
 #             the road's noise 0.2 on seeds 1,000,000-1,000,019; experiments/dream_levers.py, arm `baseline`)
 #   M:ES      the pairs to run, in order (default: 0:0 1:0 0:1)
 #
+# RNN_STEPS=N (environment) trains each M for N updates instead of the preset's 600 (e.g. M stopped early).
+#
 # Every step resumes (train_rnn.py and dream_levers.py skip what is done); M of another seed reuses the first M's
 # encoded latents.
 set -euo pipefail
@@ -31,7 +33,7 @@ for pair in "${pairs[@]}"; do
   [ -e "$run/config.json" ] || cp "$data/config.json" "$run/config.json"
   first=$(ls -d "$out"/m*/rnn/latents 2>/dev/null | head -1 || true)
   [ -e "$run/rnn/latents" ] || [ -z "$first" ] || cp -r "$first" "$run/rnn/"
-  uv run train_rnn.py --preset quick_dream_noise --run-dir "$run" --seed "$m"
+  uv run train_rnn.py --preset quick_dream_noise --run-dir "$run" --seed "$m" ${RNN_STEPS:+--steps "$RNN_STEPS"}
   uv run python experiments/dream_levers.py --source "$run" --out "$out/m${m}_es$es" --preset quick_dream_noise \
     --arms baseline --seed "$es" --episodes 20
 done

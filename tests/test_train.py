@@ -85,9 +85,9 @@ def test_latent_cache_round_trip_and_damage_named(tmp_path):
 
 def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
     """``train_rnn_ensemble`` (one vmapped update of every member) gives each member what ``train_rnn`` gives it
-    alone with its seed, checkpoints and all; it resumes from the members' checkpoints (members trained one by one
-    and now fine-tuned together equal the ensemble's members fine-tuned alone), and refuses members standing at
-    different steps."""
+    alone with its seed, checkpoints and held-out loss and all; it resumes from the members' checkpoints (members
+    trained one by one and now fine-tuned together equal the ensemble's members fine-tuned alone), and refuses
+    members standing at different steps."""
     import dataclasses
 
     import jax
@@ -96,7 +96,8 @@ def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
     from worldmodels.checkpoint import CheckpointError, latest_step
     from worldmodels.train import bootstrap_episodes, train_rnn, train_rnn_ensemble
 
-    data = toy_latents()
+    data = toy_latents(episodes=4)
+    data = dataclasses.replace(data, heldout=np.arange(4) == 3, episode_p=np.array([1, 1, 1, 0]) / 3)
     cfg = RNNConfig(hidden_size=16, num_mixtures=2, seq_len=8, batch_size=4, steps=6, learning_rate=1e-2,
                     log_every=3, checkpoint_every=3, seed=5)  # fmt: skip
     alone_dirs, ens_dirs = (
@@ -116,6 +117,9 @@ def test_ensemble_trained_at_once_equals_members_one_by_one(tmp_path):
         assert latest_step(ens_dirs[k] / "ckpt") == 6
     rows = [json.loads(x) for x in (tmp_path / "ens" / "log" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [3, 6] and {"total/0", "total/1"} <= set(rows[-1])
+    for k, d in enumerate(alone_dirs):  # each member's held-out loss, as it logs alone (trainer.fit's evaluate)
+        alone_last = json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])
+        np.testing.assert_allclose(rows[-1][f"heldout_total/{k}"], alone_last["heldout_total"], rtol=2e-4)
     assert not (tmp_path / "ens" / "log" / "ckpt").exists()  # the members' own directories hold the checkpoints
     longer = dataclasses.replace(cfg, steps=9)
     finetuned_together = train_rnn_ensemble(tmp_path / "alone" / "log", alone_dirs, datas, longer, [5, 6])
@@ -149,3 +153,38 @@ def test_bootstrap_reweights_training_episodes_only():
     np.testing.assert_array_equal(a.mu, data.mu)  # the episodes themselves are untouched
     with pytest.raises(ValueError, match="at least one training episode"):
         bootstrap_episodes(dataclasses.replace(data, heldout=np.ones(12, bool)), 1)
+
+
+def test_heldout_loss_is_m_on_whole_heldout_episodes(tmp_path):
+    """``heldout_batch`` holds each held-out episode whole from its first frame (shorter ones masked after their
+    end); ``train_rnn`` writes M's loss on it at every checkpoint as ``heldout_*`` columns of ``metrics.jsonl``, equal
+    to ``rnn_loss`` of the checkpoint on that batch (fixed key), while training on the other episodes lowers its own
+    loss (the ensemble's per-member columns: ``test_ensemble_trained_at_once_equals_members_one_by_one``)."""
+    import dataclasses
+
+    import jax.random as jr
+
+    from worldmodels.checkpoint import latest_step
+    from worldmodels.train import heldout_batch, rnn_loss, train_rnn
+
+    data = toy_latents(episodes=4)  # the last episode (10 steps) is half as long as the others (20)
+    assert heldout_batch(data) is None  # nothing held out: nothing to validate on
+    held = np.array([False, False, True, True])
+    data = dataclasses.replace(data, heldout=held, episode_p=np.where(held, 0.0, 0.5))
+    batch = heldout_batch(data)
+    assert batch["mu"].shape == (2, 21, 4) and batch["actions"].shape == (2, 20, 3)
+    np.testing.assert_array_equal(batch["mask"].sum(axis=1), [20, 10])
+    np.testing.assert_array_equal(batch["mu"][1, :11], data.mu[data.obs_start[3] : data.obs_start[3] + 11])
+    np.testing.assert_array_equal(batch["rewards"][0], data.rewards[data.act_start[2] : data.act_start[2] + 20])
+
+    cfg = RNNConfig(hidden_size=16, num_mixtures=2, seq_len=8, batch_size=4, steps=6, learning_rate=1e-2,
+                    log_every=2, checkpoint_every=3, seed=5)  # fmt: skip
+    model = train_rnn(tmp_path / "alone", data, cfg)
+    rows = [json.loads(x) for x in (tmp_path / "alone" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]  # step 3 is a checkpoint, not a logging step: a row of its own
+    assert set(rows[1]) == {"step", "heldout_total", "heldout_mdn_nll", "heldout_reward", "heldout_done"}
+    assert "heldout_total" in rows[3] and "total" in rows[3] and "heldout_total" not in rows[0]
+    expected = rnn_loss(model, batch, jr.key(0), cfg)[1]
+    for k in ("total", "mdn_nll", "reward"):
+        np.testing.assert_allclose(rows[3][f"heldout_{k}"], float(expected[k]), rtol=1e-5)
+    assert latest_step(tmp_path / "alone" / "ckpt") == 6  # the checkpoint it was measured on

@@ -405,6 +405,51 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
     }
 
 
+def heldout_batch(data: LatentDataset) -> dict[str, np.ndarray] | None:
+    """The held-out episodes as one batch of whole episodes from their first frame, shaped like ``sequence_batch``'s
+    (L = the longest held-out episode; shorter ones padded with their last frame and action, masked), or None
+    without held-out episodes. M's validation data: the dream also runs M from an episode's start.
+
+    Returns:
+        dict of numpy arrays: ``mu``, ``logvar`` float32 (H, L + 1, Z); ``actions`` (H, L, A); ``rewards``,
+        ``dones``, ``mask`` float32 (H, L), for the H held-out episodes.
+    """
+    eps = np.flatnonzero(data.heldout)
+    if not len(eps):
+        return None
+    n = data.lengths[eps][:, None]
+    t = np.arange(int(n.max()) + 1)[None, :]
+    obs_idx = data.obs_start[eps][:, None] + np.minimum(t, n)
+    act_idx = data.act_start[eps][:, None] + np.minimum(t[:, :-1], n - 1)
+    return {
+        "mu": data.mu[obs_idx],
+        "logvar": data.logvar[obs_idx],
+        "actions": data.actions[act_idx],
+        "rewards": data.rewards[act_idx],
+        "dones": data.dones[act_idx],
+        "mask": (t[:, :-1] < n).astype(np.float32),
+    }
+
+
+def heldout_loss(loss: Callable, data: LatentDataset, cfg: RNNConfig, members: bool = False) -> Callable | None:
+    """Validation for ``trainer.fit``'s ``evaluate``: ``model -> metrics`` of ``loss`` (``rnn_loss`` or
+    ``rssm_loss``) on ``heldout_batch(data)``, with z drawn from the VAE posterior by a fixed key so that every
+    checkpoint is scored on the same sample (float32 scalars; with ``members``, a stacked ensemble gives (E,)
+    vectors). None without held-out episodes.
+
+    An M that fits its training windows ever better while this rises is overfitting its 150-odd episodes.
+    """
+    batch = heldout_batch(data)
+    if batch is None:
+        return None
+    batch = jax.tree.map(jnp.asarray, batch)
+
+    def one(model):
+        return loss(model, batch, jr.key(0), cfg)[1]
+
+    return eqx.filter_jit(eqx.filter_vmap(one) if members else one)
+
+
 def mdn_sequence(model: MDNRNN | GRUTransition | TransformerDynamics, z: jax.Array, actions: jax.Array) -> MDNOutput:
     """Teacher-forced predictions of a mixture-head M over one sequence, z (T, Z) and actions (T, A) -> ``MDNOutput``
     with a leading T (steps 1 .. T): the transformer's ``forward_sequence`` (all steps at once, banded causal mask),
@@ -507,6 +552,7 @@ def train_rnn(
         checkpoint_every=cfg.checkpoint_every,
         items_per_step=cfg.batch_size * cfg.seq_len,
         desc=f"train {DYNAMICS_NAMES[cfg.kind]}",
+        evaluate=heldout_loss(loss, data, cfg),
     )
 
 
@@ -591,6 +637,7 @@ def train_rnn_ensemble(
         items_per_step=cfg.batch_size * cfg.seq_len * len(seeds),
         desc=f"train {len(seeds)} {DYNAMICS_NAMES[cfg.kind]}s at once",
         checkpoints=MemberCheckpoints([Path(d) / "ckpt" for d in member_dirs], cfg.kind, hparams),
+        evaluate=heldout_loss(loss, datas[0], cfg, members=True),
     )
     return [module_at(trained, k) for k in range(len(seeds))]
 

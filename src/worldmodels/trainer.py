@@ -186,6 +186,7 @@ def fit(
     exclude: tuple[str, ...] = (),
     postfix: tuple[str, ...] = ("total",),
     checkpoints: Checkpoints | None = None,
+    evaluate: Callable[[eqx.Module], dict[str, Any]] | None = None,
 ) -> eqx.Module:
     """Train ``model`` for ``steps`` updates, resuming from ``out_dir/ckpt`` when it holds a checkpoint.
 
@@ -219,6 +220,10 @@ def fit(
         log_every, checkpoint_every: cadences in updates.
         items_per_step: examples per update, for the throughput column.
         desc: progress-bar label.
+        evaluate: optional ``evaluate(model) -> {name: value}`` run after every checkpoint's update (validation
+            on held-out data): its values go into that step's ``metrics.jsonl`` row (and TensorBoard) as
+            ``heldout_<name>``, a vector value (one per ensemble member) as ``heldout_<name>`` (the mean) and
+            ``heldout_<name>/k``; a row of its own when the step is not a logging step.
 
     Returns:
         The trained module.
@@ -273,14 +278,18 @@ def fit(
             for k, v in metrics.items():
                 window.setdefault(k, []).append(v)
             done = step + 1
+            at_checkpoint = done % checkpoint_every == 0 or done == steps
+            heldout = heldout_record(evaluate(model)) if evaluate is not None and at_checkpoint else {}
             if done % log_every == 0 or done == steps:
                 elapsed = time.perf_counter() - t_window
                 rate = items_per_step * len(window["total"]) / max(elapsed, 1e-9)
-                record = window_record(done, window, rate)
+                record = {**window_record(done, window, rate), **heldout}
                 log.log(record, done)
                 bar.set_postfix({k: f"{record[k]:.4g}" for k in postfix if k in record})
                 window, t_window = {}, time.perf_counter()
-            if done % checkpoint_every == 0 or done == steps:
+            elif heldout:
+                log.log({"step": done, **heldout}, done)
+            if at_checkpoint:
                 save(done, metrics)
     except KeyboardInterrupt:
         if step > (last_good or 0):
@@ -290,6 +299,18 @@ def fit(
         bar.close()
         log.close()
     return model
+
+
+def heldout_record(values: dict[str, Any]) -> dict[str, float]:
+    """``evaluate``'s values as ``metrics.jsonl`` columns: ``heldout_<name>`` (a vector's mean over its entries)
+    and, for a vector (one value per ensemble member), ``heldout_<name>/k``."""
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        v = np.asarray(v, np.float64)
+        out[f"heldout_{k}"] = float(np.mean(v))
+        if v.ndim:
+            out.update({f"heldout_{k}/{m}": float(x) for m, x in enumerate(v.reshape(-1))})
+    return out
 
 
 def window_record(step: int, window: dict[str, list[np.ndarray]], items_per_s: float) -> dict[str, Any]:

@@ -181,7 +181,8 @@ def video_to_gif(video: Path, gif: Path, every: int = 3, scale: float = 0.5, fps
 
 
 def plot_metrics(metrics_path: Path, out_path: Path, keys: list[str], title: str) -> None:
-    """Line plots of the given ``metrics.jsonl`` columns against ``step`` (or ``generation``)."""
+    """Line plots of the given ``metrics.jsonl`` columns against ``step`` (or ``generation``); where the rows also
+    hold ``heldout_<key>`` (``trainer.fit``'s validation), it is drawn on the same panel, labelled held out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +197,11 @@ def plot_metrics(metrics_path: Path, out_path: Path, keys: list[str], title: str
         return
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        ax.plot([r[xkey] for r in rows if key in r], [r[key] for r in rows if key in r])
+        ax.plot([r[xkey] for r in rows if key in r], [r[key] for r in rows if key in r], label="training")
+        held = f"heldout_{key}"
+        if any(held in r for r in rows):
+            ax.plot([r[xkey] for r in rows if held in r], [r[held] for r in rows if held in r], "o--", label="held out")
+            ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel(xkey)
     fig.suptitle(title)
