@@ -244,6 +244,16 @@ def test_every_script_end_to_end(tmp_path):
     assert [r["agent"] for r in rows] == agents and all(r["real"] == table[Path(r["agent"]).name]["mean"] for r in rows)
     assert all(r["world_returns"][0] == r["world_returns"][1] == r["cross_score"] for r in rows)
 
+    # M's held-out loss at each kept checkpoint (experiments/m_heldout.py), read-only: at the last step it is the
+    # value train_rnn.py logged there (trainer.fit's evaluate).
+    heldout = tmp_path / "heldout.json"
+    run("experiments/m_heldout.py", "--runs", rd, "--out", str(heldout))
+    assert snapshot() == before
+    logged = [json.loads(x) for x in (Path(rd) / "rnn" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in logged if "heldout_total" in r][-1]
+    last = json.loads(heldout.read_text())["rows"][-1]
+    assert last["step"] == logged["step"] and last["heldout_total"] == pytest.approx(logged["heldout_total"], rel=1e-5)
+
     # CMA-ES again in this world model (experiments/honest_dream_search.py): the kept best and the final mean
     # re-scored on more dreams and driven on the road, with M's own estimate of each real return; source untouched.
     search = tmp_path / "search"
