@@ -395,13 +395,18 @@ def sequence_batch(data: LatentDataset, step: int, cfg: RNNConfig) -> dict[str, 
         ``dones``, ``mask`` (B, L).
     """
     obs_idx, act_idx, _, valid = window_indices(data, step, cfg)
+    return _gather(data, obs_idx, act_idx, valid)
+
+
+def _gather(data: LatentDataset, obs_idx: np.ndarray, act_idx: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """M's batch at frame indices (B, L + 1) and action indices (B, L) into ``data``, with the step ``mask``."""
     return {
         "mu": data.mu[obs_idx],
         "logvar": data.logvar[obs_idx],
         "actions": data.actions[act_idx],
         "rewards": data.rewards[act_idx],
         "dones": data.dones[act_idx],
-        "mask": valid,
+        "mask": mask,
     }
 
 
@@ -421,14 +426,7 @@ def heldout_batch(data: LatentDataset) -> dict[str, np.ndarray] | None:
     t = np.arange(int(n.max()) + 1)[None, :]
     obs_idx = data.obs_start[eps][:, None] + np.minimum(t, n)
     act_idx = data.act_start[eps][:, None] + np.minimum(t[:, :-1], n - 1)
-    return {
-        "mu": data.mu[obs_idx],
-        "logvar": data.logvar[obs_idx],
-        "actions": data.actions[act_idx],
-        "rewards": data.rewards[act_idx],
-        "dones": data.dones[act_idx],
-        "mask": (t[:, :-1] < n).astype(np.float32),
-    }
+    return _gather(data, obs_idx, act_idx, (t[:, :-1] < n).astype(np.float32))
 
 
 def heldout_loss(loss: Callable, data: LatentDataset, cfg: RNNConfig, members: bool = False) -> Callable | None:
