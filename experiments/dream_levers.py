@@ -26,6 +26,7 @@ from pathlib import Path
 ARMS: dict[str, dict] = {
     "baseline": {},
     "temperature_1.25": {"temperature": 1.25},
+    "temperature_0.75": {"temperature": 0.75},
     "mid_0.5": {"mid_episode_starts": 0.5},
     "mid_1.0": {"mid_episode_starts": 1.0},
     "mid_1.0_T300": {"mid_episode_starts": 1.0, "dream_steps": 300},
