@@ -28,7 +28,7 @@ class Args:
 def heldout_table(args: Args) -> list[dict]:
     """One row per (run, checkpoint step): M's held-out loss terms there, and the training loss logged at that step."""
     from worldmodels import checkpoint
-    from worldmodels.run_dir import kind_of
+    from worldmodels.run_dir import load_dynamics
     from worldmodels.stages import latents, recorded_rnn_config
     from worldmodels.train import heldout_loss, rnn_loss, rssm_loss
 
@@ -45,10 +45,8 @@ def heldout_table(args: Args) -> list[dict]:
             row = json.loads(line)
             if "total" in row:
                 logged[row["step"]] = row["total"]
-        ckpt = run / "rnn" / "ckpt"
-        for step in sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()):
-            kind = kind_of(checkpoint.read_meta(ckpt, step).get("kind"), "dynamics", f"{ckpt}/{step}")
-            model, _ = checkpoint.load_module(ckpt, kind.build, kind=kind.name, step=step)
+        for step in checkpoint.all_steps(run / "rnn" / "ckpt"):
+            model, _ = load_dynamics(run, step=step)
             held = {f"heldout_{k}": float(v) for k, v in evaluate(model).items()}
             rows.append({"run": str(run), "step": step, "train_total": logged.get(step), **held})
             print(

@@ -158,8 +158,8 @@ def test_bootstrap_reweights_training_episodes_only():
 def test_heldout_loss_is_m_on_whole_heldout_episodes(tmp_path):
     """``heldout_batch`` holds each held-out episode whole from its first frame (shorter ones masked after their
     end); ``train_rnn`` writes M's loss on it at every checkpoint as ``heldout_*`` columns of ``metrics.jsonl``, equal
-    to ``rnn_loss`` of the checkpoint on that batch (fixed key), while training on the other episodes lowers its own
-    loss (the ensemble's per-member columns: ``test_ensemble_trained_at_once_equals_members_one_by_one``)."""
+    to ``rnn_loss`` of the checkpoint on that batch (fixed key), in rows of their own at checkpoints that are not
+    logging steps (the ensemble's per-member columns: ``test_ensemble_trained_at_once_equals_members_one_by_one``)."""
     import dataclasses
 
     import jax.random as jr

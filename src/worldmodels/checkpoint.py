@@ -156,6 +156,14 @@ def latest_step(directory: Path) -> int | None:
         return mngr.latest_step()
 
 
+def all_steps(directory: Path) -> list[int]:
+    """The complete steps under ``directory``, oldest first (``[]`` when there is none)."""
+    if not Path(directory).is_dir():
+        return []
+    with _manager(directory) as mngr:
+        return sorted(mngr.all_steps())
+
+
 def read_meta(directory: Path, step: int | None = None) -> dict[str, Any]:
     """The metadata of ``step`` (default: the latest).
 
@@ -182,8 +190,7 @@ def newest_loadable(directory: Path, load_step: Callable[[int], T], *, set_aside
         CheckpointError: when there is no step; ``CheckpointDamaged`` when every step is damaged.
     """
     directory = Path(directory)
-    with _manager(directory) as mngr:
-        steps = sorted(mngr.all_steps(), reverse=True)
+    steps = all_steps(directory)[::-1]
     if not steps:
         raise CheckpointError(f"no checkpoint in {directory}")
     for i, step in enumerate(steps):

@@ -153,13 +153,15 @@ def fixed_export(run_dir: Path) -> dict | None:
     return meta if gossip_gru or meta.get("kind") not in DYNAMICS_KINDS else None
 
 
-def _load(path: Path, role: str, command: str, expected: dict | None) -> tuple[Any, dict]:
+def _load(path: Path, role: str, command: str, expected: dict | None, step: int | None = None) -> tuple[Any, dict]:
     require_ckpt(path, command)
 
     def load_step(step: int) -> tuple[Any, dict]:
         kind = kind_of(checkpoint.read_meta(path, step).get("kind"), role, f"{path}/{step}")
         return checkpoint.load_module(path, kind.build, kind=kind.name, expected=expected, step=step)
 
+    if step is not None:
+        return load_step(step)
     return checkpoint.newest_loadable(path, load_step)  # a damaged newest step falls back to the one before
 
 
@@ -192,7 +194,7 @@ def same_weights(a: Any, b: Any) -> bool:
     return len(ours) == len(theirs) and all(np.array_equal(x, y) for x, y in zip(ours, theirs, strict=True))
 
 
-def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dict]:
+def load_dynamics(run_dir: Path, expected: dict | None = None, step: int | None = None) -> tuple[Any, dict]:
     """The trained dynamics M of a run: whichever registered dynamics kind ``RUN_DIR/rnn/ckpt`` holds.
 
     An ``MDNRNN`` (kind ``mdnrnn``, from ``train_rnn.py`` or a gossip export) or a ``GRUTransition`` (kind
@@ -202,6 +204,7 @@ def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dic
     Args:
         run_dir: the run directory.
         expected: hparams that must match (e.g. ``{"z_size": 32}``).
+        step: which checkpoint step (default: the newest one that is not damaged).
 
     Returns:
         (module, meta).
@@ -211,7 +214,7 @@ def load_dynamics(run_dir: Path, expected: dict | None = None) -> tuple[Any, dic
         CheckpointError: for a kind that is not a dynamics, differing hparams or shapes, or a damaged
             checkpoint.
     """
-    return _load(Path(run_dir) / "rnn" / "ckpt", "dynamics", f"uv run train_rnn.py --run-dir {run_dir}", expected)
+    return _load(Path(run_dir) / "rnn" / "ckpt", "dynamics", f"uv run train_rnn.py --run-dir {run_dir}", expected, step)
 
 
 def member_dir(run_dir: Path, k: int) -> Path:

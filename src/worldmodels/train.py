@@ -419,6 +419,14 @@ def heldout_batch(data: LatentDataset) -> dict[str, np.ndarray] | None:
         dict of numpy arrays: ``mu``, ``logvar`` float32 (H, L + 1, Z); ``actions`` (H, L, A); ``rewards``,
         ``dones``, ``mask`` float32 (H, L), for the H held-out episodes.
     """
+    windows = _heldout_windows(data)
+    return None if windows is None else _gather(data, *windows)
+
+
+def _heldout_windows(data: LatentDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Frame indices (H, L + 1), action indices (H, L) and the float32 step mask (H, L) of the H held-out episodes,
+    whole from their first frame (L the longest; shorter ones repeat their last frame and action, masked), or None
+    without held-out episodes."""
     eps = np.flatnonzero(data.heldout)
     if not len(eps):
         return None
@@ -426,7 +434,7 @@ def heldout_batch(data: LatentDataset) -> dict[str, np.ndarray] | None:
     t = np.arange(int(n.max()) + 1)[None, :]
     obs_idx = data.obs_start[eps][:, None] + np.minimum(t, n)
     act_idx = data.act_start[eps][:, None] + np.minimum(t[:, :-1], n - 1)
-    return _gather(data, obs_idx, act_idx, (t[:, :-1] < n).astype(np.float32))
+    return obs_idx, act_idx, (t[:, :-1] < n).astype(np.float32)
 
 
 def heldout_loss(loss: Callable, data: LatentDataset, cfg: RNNConfig, members: bool = False) -> Callable | None:
@@ -650,27 +658,18 @@ def _teacher_forced_rewards(model, z: jax.Array, actions: jax.Array) -> jax.Arra
 def heldout_delusion(model, data: LatentDataset) -> dict[str, float | int | None]:
     """Reward delusion (``diagnostics.reward_delusion``) of M (any ``Dynamics``) on the held-out episodes.
 
-    M reads the real latent means and actions of each held-out episode (teacher forcing,
-    episodes padded to one length so it compiles once) and predicts each step's reward.
+    M reads the real latent means and actions of each held-out episode (teacher forcing, the episodes of
+    ``heldout_batch`` in one batch) and predicts each step's reward; M is causal, so the padding after an
+    episode's end changes none of its steps.
 
     Returns:
         The ``reward_delusion`` dict plus ``episodes``; delusion is None without held-out off-road steps.
     """
-    eps = np.nonzero(data.heldout)[0]
-    if len(eps) == 0:
+    windows = _heldout_windows(data)
+    if windows is None:
         return {"reward_delusion": None, "offroad_steps": 0, "steps": 0, "episodes": 0}
-    L = int(data.lengths[eps].max())
-    t = np.arange(L)
-    preds, reals, offs = [], [], []
-    for e in eps:
-        n = int(data.lengths[e])
-        obs_idx = data.obs_start[e] + np.minimum(t, n - 1)
-        act_idx = data.act_start[e] + np.minimum(t, n - 1)
-        r = _teacher_forced_rewards(
-            model, jnp.asarray(data.mu[obs_idx])[None], jnp.asarray(data.actions[act_idx])[None]
-        )
-        preds.append(np.asarray(r[0, :n]))
-        reals.append(data.rewards[act_idx[:n]])
-        offs.append(data.offroad[act_idx[:n]])
-    out = reward_delusion(np.concatenate(preds), np.concatenate(reals), np.concatenate(offs))
-    return {**out, "episodes": int(len(eps))}
+    obs_idx, act_idx, mask = windows
+    r = _teacher_forced_rewards(model, jnp.asarray(data.mu[obs_idx[:, :-1]]), jnp.asarray(data.actions[act_idx]))
+    valid = mask > 0  # episode by episode, step by step: the order of the real steps
+    out = reward_delusion(np.asarray(r)[valid], data.rewards[act_idx][valid], data.offroad[act_idx][valid])
+    return {**out, "episodes": len(obs_idx)}

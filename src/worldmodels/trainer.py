@@ -301,16 +301,22 @@ def fit(
     return model
 
 
+def metric_columns(name: str, value: Any) -> dict[str, float]:
+    """One metric's ``metrics.jsonl`` columns: ``name``, the value (a vector's mean over its entries), and for a
+    vector (one value per pool model or ensemble member, shape (M,)) each entry as ``name/m``."""
+    v = np.asarray(value, np.float64)
+    columns = {name: float(np.mean(v))}
+    if v.ndim:
+        columns.update({f"{name}/{m}": float(x) for m, x in enumerate(v.reshape(-1))})
+    return columns
+
+
 def heldout_record(values: dict[str, Any]) -> dict[str, float]:
-    """``evaluate``'s values as ``metrics.jsonl`` columns: ``heldout_<name>`` (a vector's mean over its entries)
-    and, for a vector (one value per ensemble member), ``heldout_<name>/k``."""
-    out: dict[str, float] = {}
+    """``evaluate``'s values as ``metrics.jsonl`` columns ``heldout_<name>`` (``metric_columns``)."""
+    record: dict[str, float] = {}
     for k, v in values.items():
-        v = np.asarray(v, np.float64)
-        out[f"heldout_{k}"] = float(np.mean(v))
-        if v.ndim:
-            out.update({f"heldout_{k}/{m}": float(x) for m, x in enumerate(v.reshape(-1))})
-    return out
+        record.update(metric_columns(f"heldout_{k}", v))
+    return record
 
 
 def window_record(step: int, window: dict[str, list[np.ndarray]], items_per_s: float) -> dict[str, Any]:
@@ -319,10 +325,6 @@ def window_record(step: int, window: dict[str, list[np.ndarray]], items_per_s: f
     as ``name`` and each model's window mean as ``name/m``."""
     record: dict[str, Any] = {"step": step}
     for k, rows in window.items():
-        mean = np.mean(np.stack(rows), axis=0)
-        record[k] = float(np.mean(mean))
-        if mean.ndim:
-            for m, v in enumerate(mean.reshape(-1)):
-                record[f"{k}/{m}"] = float(v)
+        record.update(metric_columns(k, np.mean(np.stack(rows), axis=0)))
     record["items_per_s"] = items_per_s
     return record
